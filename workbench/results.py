@@ -1,0 +1,135 @@
+"""The labelled result type every technique returns.
+
+A :class:`Result` is a tensor with a name for each axis (from one closed vocabulary, so that
+``"layer"`` always means the same thing), optional labels along any axis (token strings for
+``pos``, component names for ``component``), and a sentence saying what the numbers are.
+
+>>> import torch
+>>> from workbench.results import Result
+>>> r = Result(torch.arange(6.).reshape(2, 3), dims=("layer", "head"), metric="toy score")
+>>> r.to_frame().shape
+(6, 3)
+>>> r.top(2)[["layer", "head", "value"]].values.tolist()
+[[1, 2, 5.0], [1, 1, 4.0]]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+__all__ = ["AXES", "Result"]
+
+#: The closed set of axis names. Results, docstrings and jaxtyping annotations use only these.
+AXES = frozenset(
+    {
+        "batch",  # prompts
+        "pos",  # token position
+        "layer",
+        "head",  # query head
+        "kv_head",  # key/value head of a grouped-query model
+        "component",  # a labelled list of model parts (embed, L3H2, mlp4, ...)
+        "feature",  # SAE latent
+        "token",  # vocabulary entries, e.g. top-k tokens
+        "target",  # chosen answer tokens
+        "rank",  # 0..k-1 in a top-k list
+        "d_model",
+        "d_vocab",
+        "scale",  # intervention strength (steering, dose-response)
+        "k",  # a count being swept (number of heads ablated, ...)
+    }
+)
+
+
+@dataclass
+class Result:
+    """Values with named dims.
+
+    Attributes:
+        values: float tensor, detached, on the CPU.
+        dims: one axis name from :data:`AXES` per dimension of ``values``.
+        metric: what a value means, e.g. ``"normalised logit difference"``.
+        labels: optional per-axis labels, ``{axis: [label for each index]}``.
+        meta: free-form provenance (model name, method, options).
+    """
+
+    values: Tensor
+    dims: tuple[str, ...]
+    metric: str = "value"
+    labels: dict[str, Sequence[Any]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.values, Tensor):
+            self.values = torch.as_tensor(self.values)
+        self.values = self.values.detach().cpu()
+        self.dims = tuple(self.dims)
+        if len(self.dims) != self.values.ndim:
+            raise ValueError(
+                f"Result has {self.values.ndim}-d values of shape {tuple(self.values.shape)} "
+                f"but {len(self.dims)} dims {self.dims}."
+            )
+        unknown = [d for d in self.dims if d not in AXES]
+        if unknown:
+            raise ValueError(f"Unknown axis name(s) {unknown}; use one of {sorted(AXES)}.")
+        if len(set(self.dims)) != len(self.dims):
+            raise ValueError(f"Axis names must be distinct, got {self.dims}.")
+        for axis, labels in self.labels.items():
+            if axis not in self.dims:
+                raise ValueError(f"Labels given for axis {axis!r}, which is not in {self.dims}.")
+            size = self.values.shape[self.dims.index(axis)]
+            if len(labels) != size:
+                raise ValueError(f"{len(labels)} labels for axis {axis!r} of size {size}.")
+            self.labels[axis] = list(labels)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.values.shape)
+
+    def __repr__(self) -> str:
+        dims = ", ".join(f"{d}={n}" for d, n in zip(self.dims, self.shape))
+        return f"Result({self.metric!r}, {dims})"
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long-form table: one row per entry, an integer column per axis, ``value`` last.
+
+        Axes with labels get an extra ``<axis>_label`` column.
+        """
+        grids = torch.meshgrid(*[torch.arange(n) for n in self.shape], indexing="ij")
+        data: dict[str, Any] = {d: g.reshape(-1).numpy() for d, g in zip(self.dims, grids)}
+        for axis, labels in self.labels.items():
+            data[f"{axis}_label"] = [labels[i] for i in data[axis]]
+        data["value"] = self.values.reshape(-1).double().numpy()
+        return pd.DataFrame(data)
+
+    def top(self, k: int = 10, *, by: Literal["value", "abs", "-value"] = "value") -> pd.DataFrame:
+        """The k entries with the largest value (``by="abs"``: magnitude; ``"-value"``: smallest)."""
+        frame = self.to_frame()
+        key = {"value": frame["value"], "abs": frame["value"].abs(), "-value": -frame["value"]}[by]
+        return frame.loc[key.sort_values(ascending=False, kind="stable").index[:k]].reset_index(
+            drop=True
+        )
+
+    def sel(self, **index: int) -> "Result":
+        """Index some axes by integer, e.g. ``r.sel(layer=3)``, keeping the rest labelled."""
+        values, dims = self.values, list(self.dims)
+        labels = dict(self.labels)
+        for axis, i in index.items():
+            if axis not in dims:
+                raise ValueError(f"No axis {axis!r} in {tuple(dims)}.")
+            j = dims.index(axis)
+            values = values.select(j, i)
+            dims.pop(j)
+            labels.pop(axis, None)
+        return Result(values, tuple(dims), self.metric, labels, dict(self.meta))
+
+    def plot(self, **kwargs):
+        """A matplotlib figure of the values (heatmap for 2-d, bars/lines for 1-d)."""
+        from . import plot
+
+        return plot.plot_result(self, **kwargs)
