@@ -137,3 +137,131 @@ def plot_result(result: "Result", *, title: str | None = None, ax=None, **kwargs
 
 # ---------------------------------------------------------------------------------------------
 # Technique-specific figures are added below, one section per module that uses them.
+
+# --- patching, attribution, path patching, ablation (patching.py, attribution.py, ...) ---
+
+# --- lens, direct logit attribution, attention views (lens.py, widgets.py) ---
+
+#: Beyond this many cells a lens heatmap is not annotated with top-1 tokens, and beyond this
+#: many positions the tick labels of an attention panel are left out (they would overlap).
+LENS_ANNOTATE_MAX_CELLS = 400
+ATTENTION_MAX_LABELS = 60
+
+
+def logit_lens_heatmap(
+    lens,
+    kind: str = "rank",
+    *,
+    batch: int = 0,
+    annotate: bool | None = None,
+    ax=None,
+    title: str | None = None,
+):
+    """Layers down, positions across: the target's rank, probability or logit at each layer.
+
+    ``lens`` is a :class:`workbench.lens.LensResult`. Rank uses a log colour scale (rank 0 is
+    bright); cells are annotated with each layer's top-1 token when the grid is small
+    (``annotate=None``: automatic). Position tick labels are the prompt's tokens.
+    """
+    from matplotlib.colors import LogNorm
+
+    if kind not in ("rank", "prob", "logit"):
+        raise ValueError(f"kind must be 'rank', 'prob' or 'logit', got {kind!r}.")
+    res = getattr(lens, kind)
+    values = res.values if "batch" not in res.dims else res.values[:, batch]
+    values = values.float()
+    n_layers, n_pos = values.shape
+    if ax is None:
+        size = (min(2.5 + 0.55 * n_pos, 18), min(1.5 + 0.32 * n_layers, 12))
+        fig, ax = plt.subplots(figsize=size)
+    else:
+        fig = ax.figure
+    if kind == "rank":
+        shown = values + 1
+        top = float(torch.nan_to_num(shown, nan=1.0).max())
+        norm = LogNorm(vmin=1, vmax=max(top, 2.0))
+        im = ax.imshow(
+            shown.numpy(), aspect="auto", interpolation="nearest", cmap="viridis_r", norm=norm
+        )
+        cb_label = "target rank + 1 (log scale)"
+    else:
+        kw = dict(vmin=0.0, vmax=1.0) if kind == "prob" else {}
+        im = ax.imshow(values.numpy(), aspect="auto", interpolation="nearest", cmap="viridis", **kw)
+        cb_label = f"target {'probability' if kind == 'prob' else 'logit'}"
+    fig.colorbar(im, ax=ax).set_label(cb_label)
+    ax.set_yticks(range(n_layers), res.labels["layer"], fontsize=8)
+    xlabels = [repr(t)[1:-1] for t in lens.str_tokens[batch]]
+    ax.set_xticks(range(n_pos), xlabels, rotation=90, fontsize=8)
+    ax.set_xlabel("position (input token)")
+    ax.set_ylabel("layer (residual decoded)")
+    if annotate is None:
+        annotate = n_layers * n_pos <= LENS_ANNOTATE_MAX_CELLS
+    if annotate:
+        frame = lens.top_tokens
+        top1 = frame[(frame["batch"] == batch) & (frame["rank"] == 0)]
+        for layer, pos, text in zip(top1["layer"], top1["pos"], top1["token_str"]):
+            colour = "black" if kind == "rank" else "white"
+            short = repr(text)[1:-1][:8]
+            ax.text(pos, layer, short, ha="center", va="center", fontsize=6, color=colour)
+    if title is None:
+        what = {"final": "the final top-1", "next": "the next token"}.get(
+            lens.meta.get("targets"), "the targets"
+        )
+        title = f"Logit lens: {kind} of {what}"
+        if "batch" in res.dims:
+            title += f" (prompt {batch})"
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def attention_patterns(
+    patterns,
+    str_tokens=None,
+    *,
+    batch: int = 0,
+    ncols: int = 4,
+    title: str | None = None,
+    axes=None,
+):
+    """One panel per head: queries down, keys across, with the tokens as tick labels.
+
+    ``patterns`` maps ``(layer, head)`` to ``[batch, query, key]`` (or ``[query, key]``), as
+    returned by :func:`workbench.lens.get_patterns`; ``str_tokens`` labels the positions of
+    prompt ``batch`` (omitted beyond ``ATTENTION_MAX_LABELS`` positions).
+    """
+    if not patterns:
+        raise ValueError("No patterns to draw: pass at least one (layer, head).")
+    keys = list(patterns)
+    n = len(keys)
+    if axes is None:
+        cols = min(ncols, n)
+        rows = -(-n // cols)
+        fig, grid = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
+        axes = list(grid.reshape(-1))
+        for extra in axes[n:]:
+            extra.set_axis_off()
+    else:
+        axes = list(axes)
+        fig = axes[0].figure
+    for ax, (layer, head) in zip(axes, keys):
+        p = torch.as_tensor(patterns[(layer, head)]).detach().float().cpu()
+        if p.ndim == 3:
+            p = p[batch]
+        ax.imshow(p.numpy(), cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_title(f"L{layer}H{head}", fontsize=9)
+        if str_tokens is not None and len(str_tokens) <= ATTENTION_MAX_LABELS:
+            labels = [repr(t)[1:-1] for t in str_tokens]
+            ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+            ax.set_yticks(range(len(labels)), labels, fontsize=6)
+        ax.set_xlabel("key")
+        ax.set_ylabel("query")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+# --- head scores and head sets (heads.py) ---
+
+# --- SAE features (sae.py) ---
+
