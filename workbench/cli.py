@@ -1,0 +1,222 @@
+"""Command line: re-run a notebook on another model, list models.
+
+    workbench models
+    workbench run 01_ioi_circuit --model gemma-3-270m [--param N_PROMPTS=40 ...]
+    workbench run all --model smollm2-135m
+    python -m workbench run ...               (the same)
+
+``run`` executes the notebook headless with the model injected after its cell tagged
+``parameters``, and writes under ``reports/<model>/``: the executed notebook, an HTML export and
+every figure as PNG. Outputs are written to a temporary folder and moved into place only when the
+whole notebook succeeded; a failing run leaves ``<name>.FAILED.ipynb`` (and removes any older
+complete report of that notebook), so a half-run report never looks complete. The printed summary
+is the text output of the cells tagged ``findings``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import base64
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "run_notebook", "notebooks_dir", "find_notebook"]
+
+
+def notebooks_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def _all_notebooks() -> list[Path]:
+    return sorted(p for p in notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
+
+
+def find_notebook(name: str) -> Path:
+    """A notebook by path, file name, stem, or number prefix (``01``)."""
+    p = Path(name)
+    if p.suffix == ".ipynb" and p.exists():
+        return p.resolve()
+    for nb in _all_notebooks():
+        if name in (nb.name, nb.stem) or nb.stem.split("_", 1)[0] == name:
+            return nb
+    known = ", ".join(nb.stem for nb in _all_notebooks())
+    raise SystemExit(f"Unknown notebook {name!r}. Known notebooks: {known}, or 'all'.")
+
+
+def _parse_params(pairs: list[str]) -> dict[str, object]:
+    params = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise SystemExit(f"--param takes KEY=VALUE with KEY a Python name, got {pair!r}.")
+        try:
+            params[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            params[key] = raw  # a bare word is a string
+    return params
+
+
+def _parameter_names(source: str) -> set[str]:
+    names = set()
+    for node in ast.parse(source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
+        names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def _inject(nb, params: dict[str, object]) -> None:
+    import nbformat
+
+    index = next(
+        (i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])),
+        None,
+    )
+    if index is None:
+        raise SystemExit("This notebook has no cell tagged 'parameters' to inject the model into.")
+    allowed = _parameter_names(nb.cells[index].source)
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise SystemExit(
+            f"Unknown parameter(s) {unknown}; this notebook's parameters are {sorted(allowed)}."
+        )
+    source = "# Parameters injected by `workbench run`\n" + "\n".join(
+        f"{k} = {v!r}" for k, v in params.items()
+    )
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+    nb.cells.insert(index + 1, cell)
+
+
+def _figures(nb, stem: str, folder: Path) -> list[Path]:
+    written = []
+    for i, cell in enumerate(nb.cells):
+        for k, out in enumerate(cell.get("outputs", [])):
+            data = out.get("data", {})
+            if "image/png" in data:
+                path = folder / f"{stem}-cell{i:02d}-{k}.png"
+                path.write_bytes(base64.b64decode(data["image/png"]))
+                written.append(path)
+    return written
+
+
+def _findings(nb) -> str:
+    lines = []
+    for cell in nb.cells:
+        if "findings" not in cell.get("metadata", {}).get("tags", []):
+            continue
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stdout":
+                lines.append(out["text"].rstrip())
+            elif "text/plain" in out.get("data", {}):
+                lines.append(out["data"]["text/plain"].rstrip())
+    return "\n".join(lines)
+
+
+def run_notebook(
+    notebook: Path, model: str, params: dict[str, object], out_root: Path, timeout: int = 3600
+) -> Path:
+    """Execute one notebook; return the report folder. Raises SystemExit naming a failing cell."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    from nbconvert import HTMLExporter
+
+    stem = notebook.stem
+    nb = nbformat.read(notebook, as_version=4)
+    _inject(nb, {"MODEL": model, **params})
+    report = out_root / model
+    report.mkdir(parents=True, exist_ok=True)
+    tmp = report / f".{stem}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for stale in [report / f"{stem}.ipynb", report / f"{stem}.html", report / f"{stem}.FAILED.ipynb"]:
+        stale.unlink(missing_ok=True)
+    for stale in (report / "figures").glob(f"{stem}-cell*.png"):
+        stale.unlink()
+
+    env_backup = os.environ.get("MPLBACKEND")
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures as PNG
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
+    )
+    start = time.perf_counter()
+    try:
+        client.execute()
+    except CellExecutionError as e:
+        failed = next(
+            (i for i, c in enumerate(nb.cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))),
+            None,
+        )
+        nbformat.write(nb, report / f"{stem}.FAILED.ipynb")
+        shutil.rmtree(tmp, ignore_errors=True)
+        first_line = nb.cells[failed].source.splitlines()[0] if failed is not None else "?"
+        raise SystemExit(
+            f"{notebook.name} failed in cell {failed} ({first_line!r}) on {model}:\n"
+            f"{str(e).strip().splitlines()[-1]}\nPartial notebook: {report / (stem + '.FAILED.ipynb')}"
+        ) from None
+    finally:
+        if env_backup is None:
+            os.environ.pop("MPLBACKEND", None)
+        else:
+            os.environ["MPLBACKEND"] = env_backup
+    elapsed = time.perf_counter() - start
+    nbformat.write(nb, tmp / f"{stem}.ipynb")
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    (tmp / f"{stem}.html").write_text(html)
+    (tmp / "figures").mkdir()
+    _figures(nb, stem, tmp / "figures")
+    # Everything exists: move it into place.
+    (report / "figures").mkdir(exist_ok=True)
+    for fig in (tmp / "figures").iterdir():
+        fig.replace(report / "figures" / fig.name)
+    (tmp / f"{stem}.html").replace(report / f"{stem}.html")
+    (tmp / f"{stem}.ipynb").replace(report / f"{stem}.ipynb")  # last: marks the report complete
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"== {stem} on {model}: {elapsed:.0f} s -> {report / (stem + '.ipynb')}")
+    summary = _findings(nb)
+    if summary:
+        print(summary)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list the offline models and whether they are installed")
+    run = sub.add_parser("run", help="execute a notebook (or 'all') on a model")
+    run.add_argument("notebook", help="notebook name, number, path, or 'all'")
+    run.add_argument("--model", default=None, help="model name (default: the default offline model)")
+    run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--out", default="reports", help="report folder (default: reports/)")
+    args = parser.parse_args(argv)
+
+    from . import models
+
+    if args.command == "models":
+        import pandas as pd
+
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            print(models.list_models().drop(columns=["description"]))
+        return 0
+
+    model = args.model or models.DEFAULT_MODEL
+    if model not in models.OFFLINE_MODELS:
+        print(
+            f"Note: {model!r} is not an offline model; it will load through TransformerLens "
+            f"if its weights are reachable (offline models: {', '.join(models.OFFLINE_MODELS)}).",
+            file=sys.stderr,
+        )
+    targets = _all_notebooks() if args.notebook == "all" else [find_notebook(args.notebook)]
+    params = _parse_params(args.param)
+    for nb in targets:
+        run_notebook(nb, model, params, Path(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
