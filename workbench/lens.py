@@ -171,6 +171,17 @@ class _Readout:
     top_probs: Tensor
 
 
+def _logsumexp(logits: Float[Tensor, "pos d_vocab"]) -> Float[Tensor, " pos"]:
+    """``logits.logsumexp(-1)``, several times faster on CPU for spread-out logits.
+
+    Terms more than 80 below the maximum are raised to ``exp(-80)`` before summing: this keeps
+    ``exp`` out of float32's slow subnormal range, and changes the sum (at least 1) by less than
+    ``d_vocab * 2e-35``.
+    """
+    top = logits.amax(-1, keepdim=True)
+    return (logits - top).clamp_(min=-80.0).exp_().sum(-1).log_() + top[:, 0]
+
+
 @torch.no_grad()
 def _read_layer(
     model,
@@ -188,9 +199,9 @@ def _read_layer(
         logits = _decode(model, rows[start : start + chunk]).float()  # [n, d_vocab]
         t = tgt[start : start + chunk]
         valid = t >= 0
-        lse = logits.logsumexp(-1)
+        lse = _logsumexp(logits)
         t_logit = logits.gather(1, t.clamp(min=0)[:, None])[:, 0]
-        rank = (logits > t_logit[:, None]).sum(-1).float()
+        rank = torch.gt(logits, t_logit[:, None]).sum(-1, dtype=torch.int32).float()
         nan = torch.tensor(float("nan"))
         out["logit"].append(torch.where(valid, t_logit, nan))
         out["prob"].append(torch.where(valid, (t_logit - lse).exp(), nan))
@@ -286,9 +297,9 @@ class LensResult:
         frame["rank"] = self.rank.to_frame()["value"].to_numpy()
         b = frame["batch"].to_numpy() if "batch" in frame else [0] * len(frame)
         p = frame["pos"].to_numpy()
-        tgt = self.targets[torch.as_tensor(b), torch.as_tensor(p)]
+        tgt = self.targets[torch.tensor(b), torch.tensor(p)]
         frame["target"] = tgt.numpy()
-        frame["position"] = self.positions[torch.as_tensor(p)].numpy()
+        frame["position"] = self.positions[torch.tensor(p)].numpy()
         frame["target_str"] = [self.target_strs[i][j] for i, j in zip(b.tolist(), p.tolist())]
         return frame
 
@@ -296,7 +307,7 @@ class LensResult:
         """Heatmap, layers down and positions across, of ``kind`` for prompt ``batch``."""
         from . import plot
 
-        return plot.logit_lens(self, kind, batch=batch, annotate=annotate, **kw)
+        return plot.logit_lens_heatmap(self, kind, batch=batch, annotate=annotate, **kw)
 
 
 @torch.no_grad()
