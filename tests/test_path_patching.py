@@ -20,7 +20,8 @@ def data():
     return clean, corrupted, LogitDiff(answers=[1, 2, 3], wrong=[4, 5, 6])
 
 
-def reference_path_patch(model, clean, corrupted, metric, senders, receivers, kind, mask):
+def reference_path_patch(model, clean, corrupted, metric, senders, receivers, kind, mask,
+                         freeze_mlps=True):
     """The algorithm written out literally: full forward passes, one hook per hook point."""
     heads = {s for s in senders if isinstance(s, tuple)}
     mlps = {s for s in senders if isinstance(s, int)}
@@ -36,7 +37,9 @@ def reference_path_patch(model, clean, corrupted, metric, senders, receivers, ki
         return new
 
     def freeze_mlp(out, hook):
-        return xc[hook.name] if hook.layer() in mlps else cc[hook.name]
+        if hook.layer() in mlps:
+            return xc[hook.name]
+        return cc[hook.name] if freeze_mlps else out
 
     recorded = {}
 
@@ -140,6 +143,27 @@ def test_qkv_matches_reference(tiny_gqa, data, kind, receivers):
     assert_no_hooks(tiny_gqa)
 
 
+def test_deeper_model_receivers_between_and_above_senders(data):
+    """Receivers inside the sender layers and above them, with frozen layers in between."""
+    clean, corrupted, metric = data
+    model = models.tiny_model(n_layers=4, n_kv_heads=2, normalization="RMS", positional="rotary")
+    mask = torch.ones(clean.shape, dtype=torch.bool)
+    for kind, receivers in (("q", [(1, 2), (3, 0)]), ("k", [(2, 1), (3, 0)])):
+        for senders in ([(0, 3)], [(0, 1), (2, 2), 1], [1], [(3, 1)]):
+            for freeze_mlps in (True, False):
+                got = path_patch(model, clean, corrupted, metric, senders=senders,
+                                 receivers=receivers, receiver_input=kind, freeze_mlps=freeze_mlps)
+                want = reference_path_patch(model, clean, corrupted, metric, senders,
+                                            receivers, kind, mask, freeze_mlps)
+                assert abs(got - want) < 1e-5, (kind, senders, freeze_mlps)
+        r = path_patch_heads(model, clean, corrupted, metric, receivers=receivers,
+                             receiver_input=kind, progress=False, max_batch=3)
+        for layer, h in [(0, 0), (1, 3), (2, 1)]:
+            one = path_patch(model, clean, corrupted, metric, senders=[(layer, h)],
+                             receivers=receivers, receiver_input=kind)
+            assert abs(r.values[layer, h] - one) < 1e-5
+
+
 def test_resid_with_positions_matches_reference(tiny, data):
     clean, corrupted, metric = data
     for pos in ([8], [3], torch.tensor([8, 8, 2])):
@@ -165,10 +189,9 @@ def test_sweep_matches_loop_and_reference(tiny_gqa, data, kind, receivers, freez
                               receivers=receivers, receiver_input=kind, receiver_pos=[8],
                               freeze_mlps=freeze_mlps)
             assert abs(r.values[layer, h] - loop) < 1e-5
-            if freeze_mlps:
-                ref = reference_path_patch(tiny_gqa, clean, corrupted, metric, [(layer, h)],
-                                           receivers, kind, mask)
-                assert abs(r.values[layer, h] - ref) < 1e-5
+            ref = reference_path_patch(tiny_gqa, clean, corrupted, metric, [(layer, h)],
+                                       receivers, kind, mask, freeze_mlps)
+            assert abs(r.values[layer, h] - ref) < 1e-5
     clean_value = metric(tiny_gqa(clean))
     assert abs(r.meta["clean"] - clean_value) < 1e-5
     if kind != "resid":  # layer-1 senders cannot reach layer-1 receivers

@@ -335,10 +335,17 @@ def _run_sets(
             L = hook.layer()
             recorded[L] = act[:, :, receivers[L]].clone()
 
-        hooks = _frozen_hooks(model, cache, sets, range(start, top + 1), freeze_mlps)
-        hooks += [(f"blocks.{L}.attn.hook_{kind}", record) for L in receivers if L >= start]
+        # With frozen MLPs, run only the sender layers; a receiver above them reads the clean
+        # residual shifted by the senders' change (the layers in between add clean outputs).
+        stop = min(top, max(max(s.layers) for s in sets)) + 1 if freeze_mlps else top + 1
+        hooks = _frozen_hooks(model, cache, sets, range(start, stop), freeze_mlps)
+        hooks += [(f"blocks.{L}.attn.hook_{kind}", record) for L in receivers if start <= L < stop]
         with model.hooks(fwd_hooks=hooks):
-            model(resid, start_at_layer=start, stop_at_layer=top + 1)
+            out = model(resid, start_at_layer=start, stop_at_layer=stop)
+        for L in [L for L in receivers if L >= stop]:
+            shifted = out + _stack(cache.resid_pre[L] - cache.resid_post(stop - 1), P)
+            with model.hooks(fwd_hooks=[(f"blocks.{L}.attn.hook_{kind}", record)]):
+                model(shifted, start_at_layer=L, stop_at_layer=L + 1)
 
     # Step 3: a clean run with only the receivers' inputs patched.
     m = mask.repeat(P, 1)[:, :, None, None]
