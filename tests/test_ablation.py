@@ -154,7 +154,7 @@ def test_faithfulness_full_and_empty(tiny, data):
     # A partial circuit equals ablating its complement by hand.
     c = Circuit([(0, 1), (1, 2)]).with_all_mlps(tiny)
     f = faithfulness(tiny, tokens, metric, c, reference=reference)
-    rest = [(l, h) for l in range(2) for h in range(4) if (l, h) not in c]
+    rest = [(i, h) for i in range(2) for h in range(4) if (i, h) not in c]
     with ablate(tiny, heads=rest, kind="mean", reference=reference):
         want = metric(tiny(tokens)).item()
     assert f.circuit_value == pytest.approx(want, abs=1e-6)
@@ -220,6 +220,8 @@ def test_errors(tiny, data):
             pass
     with pytest.raises(TypeError, match="pair"):
         Circuit([3])
+    with pytest.raises(TypeError, match="ambiguous"):
+        Circuit([(0, 1)]) - (0, 1)
     with pytest.raises(ValueError, match="needs reference"):
         with ablate(tiny, heads=[(0, 0)], kind="mean"):
             pass
@@ -262,7 +264,7 @@ def test_smollm2_ioi_mean_ablation_by_template(smollm2):
     assert f.faithfulness == pytest.approx(1.0)
     assert f.model_value > 1  # the model does IOI
     # Mean-ablating every head of the last 2 layers changes the logit difference.
-    late = Circuit.full(smollm2) - [(l, h) for l in (28, 29) for h in range(9)]
+    late = Circuit.full(smollm2) - [(i, h) for i in (28, 29) for h in range(9)]
     g = faithfulness(smollm2, ds.clean_tokens, metric, late, reference=ds.abc_tokens,
                      template_ids=ds.template_ids)
     assert g.circuit_value != pytest.approx(f.model_value, abs=1e-3)

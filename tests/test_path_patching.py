@@ -63,7 +63,10 @@ def reference_path_patch(model, clean, corrupted, metric, senders, receivers, ki
                 act[:, :, h] = torch.where(mask[..., None], new[:, :, h], act[:, :, h])
         return act
 
-    names = [last] if site else sorted({f"blocks.{layer}.attn.hook_{kind}" for layer, _ in receivers})
+    if site:
+        names = [last]
+    else:
+        names = sorted({f"blocks.{layer}.attn.hook_{kind}" for layer, _ in receivers})
     logits = model.run_with_hooks(clean, fwd_hooks=[(n, patch) for n in names])
     return metric(logits)
 
@@ -169,7 +172,8 @@ def test_resid_with_positions_matches_reference(tiny, data):
     for pos in ([8], [3], torch.tensor([8, 8, 2])):
         got = path_patch(tiny, clean, corrupted, metric, senders=[(0, 2), 1], receiver_pos=pos)
         mask = _position_mask(pos, *clean.shape)
-        want = reference_path_patch(tiny, clean, corrupted, metric, [(0, 2), 1], None, "resid", mask)
+        want = reference_path_patch(tiny, clean, corrupted, metric, [(0, 2), 1], None, "resid",
+                                    mask)
         assert abs(got - want) < 1e-5
 
 
@@ -217,7 +221,7 @@ def test_normalised_metric_and_frame(tiny, data):
     clean, corrupted, metric = data
     normed = normalise(tiny, clean, corrupted, metric)
     r = path_patch_heads(tiny, clean, corrupted, normed, progress=False)
-    assert abs(r.meta["clean"] - 1) < 1e-5
+    assert abs(r.meta["clean"] - 1) < 1e-5 and abs(r.meta["corrupted"]) < 1e-5
     frame = r.to_frame()
     assert list(frame.columns) == ["layer", "head", "value"] and len(frame) == 8
     raw = path_patch_heads(tiny, clean, corrupted, metric, progress=False)
@@ -254,6 +258,8 @@ def test_errors_and_no_hooks_left(tiny_gqa, data):
         path_patch(m, clean, corrupted[:, :5], metric, senders=[(0, 1)])
     with pytest.raises(ValueError, match="attention-only"):
         path_patch(models.tiny_model(attn_only=True), clean, corrupted, metric, senders=[0])
+    with pytest.raises(TypeError, match="HookedTransformer"):
+        path_patch(object(), clean, corrupted, metric, senders=[(0, 1)])
     with pytest.raises(ValueError, match="max_batch"):
         path_patch_heads(m, clean, corrupted, metric, max_batch=0)
     per_prompt = LogitDiff(answers=[1, 2, 3], wrong=[4, 5, 6], per_prompt=True)

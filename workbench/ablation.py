@@ -3,16 +3,22 @@
 Ablating a head replaces its ``hook_z`` (its output before ``W_O``) for every position; ablating
 an MLP replaces its ``hook_mlp_out``. What replaces it depends on ``kind``:
 
-- ``"zero"``: zeros (the head then adds only its layer's share of ``b_O``, which is kept);
+- ``"zero"``: zeros (the layer's bias ``b_O``, shared by its heads, is kept);
 - ``"mean"``: the mean over a reference batch of prompts, **per position**, and per template if
   template ids are given (the IOI paper's mean over the ABC distribution, template by template);
 - ``"resample"``: the activation of another prompt of the reference batch, drawn with a seeded
-  generator (the same draw for every ablated component of one forward pass).
+  generator (the same draw for every ablated component of one forward pass; from the same
+  template if template ids are given; when the reference batch has as many prompts as the
+  ablated batch, prompt ``b`` never receives reference prompt ``b``, so the input batch itself
+  can serve as the reference).
+
+Replacing ``hook_z`` is exact also on models that normalise the attention output again
+(Gemma-3): the norm is applied to the sum of the heads, after the replacement.
 
 Inside ``with ablate(model, heads=..., mlps=..., kind=..., reference=...):`` every forward pass is
 ablated; the hooks are removed on exit, also when the block raises.
 
-Circuit evaluation (IOI paper, section 4), with ``F(X)`` the metric of the model in which every
+Circuit evaluation as in the IOI paper, with ``F(X)`` the metric of the model in which every
 component not in ``X`` is ablated (mean ablation by default):
 
 - :func:`faithfulness`: ``F(C) / F(M)``, the circuit against the full model;
@@ -85,7 +91,8 @@ class Circuit:
     def __init__(self, heads: Iterable = (), mlps: Iterable[int] = ()):
         hs, ms = set(), set()
         for h in heads:
-            if not (isinstance(h, (tuple, list)) and len(h) == 2 and all(isinstance(i, int) for i in h)):
+            if not (isinstance(h, (tuple, list)) and len(h) == 2
+                    and all(isinstance(i, int) for i in h)):
                 raise TypeError(f"A head is a pair (layer, head) of ints, got {h!r}.")
             hs.add(tuple(h))
         for m in mlps:
@@ -100,8 +107,16 @@ class Circuit:
         """A circuit from a Circuit or a mixed list of heads ``(layer, head)`` and MLP ``int``s."""
         if isinstance(components, Circuit):
             return components
+        if isinstance(components, tuple) and len(components) == 2 and all(
+            type(i) is int for i in components
+        ):
+            raise TypeError(
+                f"{components!r} is ambiguous: write [{components!r}] for one head, or "
+                f"[{components[0]}, {components[1]}] for two MLPs."
+            )
         comps = list(components)
-        return cls([c for c in comps if not isinstance(c, int)], [c for c in comps if isinstance(c, int)])
+        mlps = [c for c in comps if isinstance(c, int)]
+        return cls([c for c in comps if not isinstance(c, int)], mlps)
 
     @classmethod
     def full(cls, model) -> "Circuit":
@@ -117,8 +132,8 @@ class Circuit:
         for layer, h in self.heads:
             if not (0 <= layer < cfg.n_layers and 0 <= h < cfg.n_heads):
                 raise ValueError(
-                    f"Head {(layer, h)} is out of range: this model has layers 0..{cfg.n_layers - 1}"
-                    f" and heads 0..{cfg.n_heads - 1}."
+                    f"Head {(layer, h)} is out of range: this model has layers "
+                    f"0..{cfg.n_layers - 1} and heads 0..{cfg.n_heads - 1}."
                 )
         for m in self.mlps:
             if cfg.attn_only:
@@ -167,7 +182,9 @@ class Circuit:
 def _as_ids(ids, name: str) -> Tensor:
     t = torch.as_tensor(ids, dtype=torch.long).cpu()
     if t.ndim != 1:
-        raise ValueError(f"{name} must be one template id per prompt (1-d), got shape {tuple(t.shape)}.")
+        raise ValueError(
+            f"{name} must be one template id per prompt (1-d), got shape {tuple(t.shape)}."
+        )
     return t
 
 
@@ -177,7 +194,9 @@ class _Ablator:
     def __init__(self, model, kind, components: Circuit, reference, template_ids,
                  reference_template_ids, seed: int):
         if kind not in get_args(AblationKind):
-            raise ValueError(f"Unknown ablation kind {kind!r}; choose one of {get_args(AblationKind)}.")
+            raise ValueError(
+                f"Unknown ablation kind {kind!r}; choose one of {get_args(AblationKind)}."
+            )
         self.kind, self.seed = kind, seed
         self.template_ids = None if template_ids is None else _as_ids(template_ids, "template_ids")
         self.seq = None
@@ -197,21 +216,26 @@ class _Ablator:
             self.ref_ids = _as_ids(ref_ids, "reference_template_ids")
             if len(self.ref_ids) != self.n_ref:
                 raise ValueError(
-                    f"{len(self.ref_ids)} template ids for a reference batch of {self.n_ref} prompts. "
+                    f"{len(self.ref_ids)} template ids for a reference batch of {self.n_ref} "
+                    "prompts. "
                     "Pass reference_template_ids (one per reference prompt) when the reference "
                     "batch differs from the ablated batch."
                 )
         if self.ref_ids is not None:
             self.templates = self.ref_ids.unique()  # sorted
-        names = {f"blocks.{l}.attn.hook_z" for l, _ in components.heads}
-        names |= {f"blocks.{l}.hook_mlp_out" for l in components.mlps}
-        _, cache = model.run_with_cache(reference, names_filter=lambda n: n in names, return_type=None)
+        names = {f"blocks.{layer}.attn.hook_z" for layer, _ in components.heads}
+        names |= {f"blocks.{layer}.hook_mlp_out" for layer in components.mlps}
+        _, cache = model.run_with_cache(
+            reference, names_filter=lambda n: n in names, return_type=None
+        )
         for name in names:
             acts = cache[name]
             if kind == "mean" and self.ref_ids is None:
                 self.stats[name] = acts.mean(0, keepdim=True)  # [1, pos, ...]
             elif kind == "mean":
-                self.stats[name] = torch.stack([acts[self.ref_ids == t].mean(0) for t in self.templates])
+                self.stats[name] = torch.stack(
+                    [acts[self.ref_ids == t].mean(0) for t in self.templates]
+                )  # [template, pos, ...]
             else:
                 self.stats[name] = acts
 
@@ -396,7 +420,8 @@ def faithfulness(
     does), use ``Circuit(heads).with_all_mlps(model)``.
     """
     c = _circuit(model, circuit, allow_empty=True)
-    F = _Evaluator(model, tokens, metric, kind, reference, template_ids, reference_template_ids, seed)
+    F = _Evaluator(model, tokens, metric, kind, reference, template_ids,
+                   reference_template_ids, seed)
     return Faithfulness(c, F(c), F(F.full), F(Circuit()))
 
 
@@ -447,7 +472,8 @@ def completeness(
         for k in ks:
             if k - c:
                 raise ValueError(f"Subset {k} has components outside the circuit: {k - c}.")
-    F = _Evaluator(model, tokens, metric, kind, reference, template_ids, reference_template_ids, seed)
+    F = _Evaluator(model, tokens, metric, kind, reference, template_ids,
+                   reference_template_ids, seed)
     circ, full = [], []
     for k in tqdm(ks, desc="completeness", disable=not progress):
         circ.append(F(c - k))
@@ -508,7 +534,8 @@ def minimality(
     for kv in ks:
         if kv - c:
             raise ValueError(f"K = {kv} has components outside the circuit: {kv - c}.")
-    F = _Evaluator(model, tokens, metric, kind, reference, template_ids, reference_template_ids, seed)
+    F = _Evaluator(model, tokens, metric, kind, reference, template_ids,
+                   reference_template_ids, seed)
     base, removed = [], []
     for v, kv in tqdm(list(zip(c, ks)), desc="minimality", disable=not progress):
         base.append(F(c - kv))

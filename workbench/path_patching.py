@@ -111,7 +111,7 @@ def _check_head(model, comp, what: str, n_heads: int) -> tuple[int, int]:
 
 
 def _parse_senders(model, senders) -> _Senders:
-    if isinstance(senders, tuple) and len(senders) == 2 and all(isinstance(i, int) for i in senders):
+    if isinstance(senders, tuple) and len(senders) == 2 and all(type(i) is int for i in senders):
         raise TypeError(
             f"senders={senders!r} is ambiguous: write [{senders!r}] for one head, or "
             f"[{senders[0]}, {senders[1]}] for two MLPs."
@@ -264,13 +264,14 @@ class _Cache:
 
         _, c = model.run_with_cache(clean, names_filter=wanted, return_type=None)
         _, x = model.run_with_cache(corrupted, names_filter=lambda s: s.endswith(
-            ("hook_z", "hook_mlp_out")), return_type=None)
+            ("hook_z", "hook_mlp_out")) or s == f"blocks.{n - 1}.hook_resid_post", return_type=None)
         self.z_clean = [c[f"blocks.{L}.attn.hook_z"] for L in range(n)]
         self.z_corr = [x[f"blocks.{L}.attn.hook_z"] for L in range(n)]
         self.mlp_clean = [c[f"blocks.{L}.hook_mlp_out"] for L in range(n)] if mlp else None
         self.mlp_corr = [x[f"blocks.{L}.hook_mlp_out"] for L in range(n)] if mlp else None
         self.resid_pre = [c[f"blocks.{L}.hook_resid_pre"] for L in range(n)]
         self.final = c[f"blocks.{n - 1}.hook_resid_post"]
+        self.final_corr = x[f"blocks.{n - 1}.hook_resid_post"]
         self.qkv = {L: c[f"blocks.{L}.attn.hook_{kind}"] for L in qkv_layers}
 
     def resid_post(self, layer: int) -> Tensor:
@@ -364,7 +365,19 @@ def _run_sets(
     return _metric_per_set(model, final, metric, P)
 
 
-def _check_model(model, clean: Tensor) -> None:
+def _metric_name(metric) -> str:
+    if type(metric).__repr__ is not object.__repr__:
+        return repr(metric)
+    return getattr(metric, "__name__", type(metric).__name__)
+
+
+def _check_model(model) -> None:
+    from transformer_lens import HookedTransformer
+
+    if not isinstance(model, HookedTransformer):
+        raise TypeError(
+            f"Path patching needs a TransformerLens HookedTransformer, got {type(model).__name__}."
+        )
     cfg = model.cfg
     if cfg.positional_embedding_type == "shortformer":
         raise ValueError("Path patching does not support shortformer positional embeddings.")
@@ -413,10 +426,10 @@ def path_patch(
         ``metric(clean logits) - value``.
     """
     _check_tokens(clean_tokens, corrupted_tokens)
+    _check_model(model)
     sender_set = _parse_senders(model, senders)
     by_layer = _parse_receivers(model, receivers, receiver_input)
     mask = _position_mask(receiver_pos, *clean_tokens.shape)
-    _check_model(model, clean_tokens)
     cache = _Cache(model, clean_tokens, corrupted_tokens, by_layer, receiver_input)
     return _run_sets(
         model, cache, [sender_set], metric, by_layer, receiver_input, mask, freeze_mlps
@@ -449,13 +462,14 @@ def path_patch_heads(
         ``meta["clean"] - value``.
     """
     _check_tokens(clean_tokens, corrupted_tokens)
+    _check_model(model)
     by_layer = _parse_receivers(model, receivers, receiver_input)
     mask = _position_mask(receiver_pos, *clean_tokens.shape)
     if not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch must be a positive int, got {max_batch!r}.")
-    _check_model(model, clean_tokens)
     cache = _Cache(model, clean_tokens, corrupted_tokens, by_layer, receiver_input)
     clean_value = _metric_per_set(model, cache.final, metric, 1)[0]
+    corrupted_value = _metric_per_set(model, cache.final_corr, metric, 1)[0]
 
     L, H, B = model.cfg.n_layers, model.cfg.n_heads, clean_tokens.shape[0]
     values = clean_value.repeat(L, H)
@@ -475,10 +489,12 @@ def path_patch_heads(
     return Result(
         values,
         ("layer", "head"),
-        metric=f"metric after path patching sender head -> {target} (corrupted into clean)",
+        metric=f"{_metric_name(metric)} after path patching sender head -> {target}",
         meta=dict(
             method="path_patch_heads",
+            direction="corrupted sender activations patched into the clean run",
             clean=float(clean_value),
+            corrupted=float(corrupted_value),
             receivers=list(receivers or []),
             receiver_input=receiver_input,
             freeze_mlps=freeze_mlps,
