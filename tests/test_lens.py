@@ -304,11 +304,13 @@ def test_dla_on_processed_model_agrees(random_tokens):
     scale = cache["ln_final.hook_scale"][:, -1, 0]
     shift = torch.einsum("he,hem,bm->bh", b_V, W_O, direction) / scale[:, None]
     heads = [names.index(f"L0H{h}") for h in range(4)]
-    torch.testing.assert_close(a.values[:, heads] - b.values[:, heads], shift, atol=1e-5, rtol=1e-4)
+    moved = a.values[:, heads] - b.values[:, heads]
+    torch.testing.assert_close(moved, shift, atol=1e-5, rtol=1e-4)
 
 
 def test_dla_views(tiny, random_tokens):
-    r = direct_logit_attribution(tiny, random_tokens, LogitDiff([1, 2, 3], [4, 5, 6], per_prompt=True))
+    metric = LogitDiff([1, 2, 3], [4, 5, 6], per_prompt=True)
+    r = direct_logit_attribution(tiny, random_tokens, metric)
     grid = head_view(r)
     assert grid.dims == ("batch", "layer", "head") and grid.shape == (3, 2, 4)
     names = r.labels["component"]
@@ -317,10 +319,12 @@ def test_dla_views(tiny, random_tokens):
     assert blocks.labels["component"] == [
         "embed", "pos_embed", "L0 attn", "MLP0", "L1 attn", "MLP1", "unembed bias",
     ]  # fmt: skip
-    attn0 = r.values[:, [names.index(n) for n in ["L0H0", "L0H1", "L0H2", "L0H3", "L0 attn bias"]]]
+    parts = ["L0H0", "L0H1", "L0H2", "L0H3", "L0 attn bias"]
+    attn0 = r.values[:, [names.index(n) for n in parts]]
     torch.testing.assert_close(blocks.values[:, 2], attn0.sum(-1))
     torch.testing.assert_close(blocks.values.sum(-1), r.values.sum(-1))
-    mean_grid = head_view(direct_logit_attribution(tiny, random_tokens, LogitDiff([1, 2, 3], [4, 5, 6])))
+    mean = direct_logit_attribution(tiny, random_tokens, LogitDiff([1, 2, 3], [4, 5, 6]))
+    mean_grid = head_view(mean)
     assert mean_grid.dims == ("layer", "head")
     fig = mean_grid.plot()
     assert len(fig.axes[0].images) == 1
@@ -361,9 +365,8 @@ def test_dla_post_norm_model_splits_blocks_exactly():
     blocks = block_view(r)
     for l in range(2):
         attn = (cache[f"blocks.{l}.hook_attn_out"][:, -1] * direction).sum(-1) / scale
-        torch.testing.assert_close(
-            blocks.values[:, blocks.labels["component"].index(f"L{l} attn")], attn, atol=1e-5, rtol=0
-        )
+        ours = blocks.values[:, blocks.labels["component"].index(f"L{l} attn")]
+        torch.testing.assert_close(ours, attn, atol=1e-5, rtol=0)
         # With an RMSNorm after attention, the frozen-scale split leaves nothing over.
         assert r.values[:, names.index(f"L{l} attn rest")].abs().max() < 1e-5
         # ...whereas the heads' raw outputs do not add up to the block (what the warning is about).
@@ -394,7 +397,8 @@ def test_dla_smollm2_ioi(smollm2):
     heads, _ = dla_reference(smollm2, tokens, torch.tensor(io), torch.tensor(s))
     names = r.labels["component"]
     for label in ("L20H1", "L29H8", "L5H0"):
-        torch.testing.assert_close(r.values[:, names.index(label)], heads[label], atol=1e-4, rtol=1e-4)
+        ours = r.values[:, names.index(label)]
+        torch.testing.assert_close(ours, heads[label], atol=1e-4, rtol=1e-4)
     lens_r = logit_lens(smollm2, tokens[:1], torch.tensor([io[0]]), positions=[-1])
     assert lens_r.rank.values[-1, 0] == 0  # " Mary" is the top prediction at the end
     print("smollm2 IOI logit diffs", actual.tolist())
@@ -414,7 +418,23 @@ def test_dla_gemma_post_norm(gemma):
     names = r.labels["component"]
     rest = r.values[:, [i for i, n in enumerate(names) if n.endswith("attn rest")]]
     assert rest.abs().max() < 1e-4
-    print("gemma IOI logit diff", actual.item(), "max |rest|", rest.abs().max().item())
+    # What a naive per-head DLA would get wrong: raw head outputs vs the block's normed output.
+    _, cache = gemma.run_with_cache(
+        tokens,
+        names_filter=lambda n: n.endswith(("hook_z", "hook_attn_out", "ln_final.hook_scale")),
+    )
+    direction = (gemma.W_U[:, io] - gemma.W_U[:, s]) * gemma.ln_final.w
+    scale = cache["ln_final.hook_scale"][0, -1, 0]
+    gaps = []
+    for l in range(gemma.cfg.n_layers):
+        z = cache[f"blocks.{l}.attn.hook_z"][0, -1]
+        naive = torch.einsum("he,hem,m->", z, gemma.blocks[l].attn.W_O, direction) / scale
+        exact = (cache[f"blocks.{l}.hook_attn_out"][0, -1] @ direction) / scale
+        gaps.append((naive - exact).abs().item())
+    print(
+        f"gemma IOI logit diff {actual.item():.4f}; max |attn rest| {rest.abs().max().item():.2e}; "
+        f"naive raw-head sum vs block, largest gap over layers {max(gaps):.3f}"
+    )
 
 
 LONG_CONTEXT_SCRIPT = textwrap.dedent(

@@ -78,9 +78,13 @@ class AttentionExplorer:
         self.n_draws = 0
         cfg = model.cfg
         self.prompt = ipywidgets.Dropdown(
-            options=[(name, i) for i, name in enumerate(prompt_names)], value=0, description="prompt"
+            options=[(name, i) for i, name in enumerate(prompt_names)],
+            value=0,
+            description="prompt",
         )
-        self.layer = ipywidgets.IntSlider(value=0, min=0, max=cfg.n_layers - 1, description="layer")
+        self.layer = ipywidgets.IntSlider(
+            value=0, min=0, max=cfg.n_layers - 1, description="layer"
+        )
         self.head = ipywidgets.IntSlider(value=0, min=0, max=cfg.n_heads - 1, description="head")
         self.output = ipywidgets.Output()
         for control in (self.prompt, self.layer, self.head):
