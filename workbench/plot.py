@@ -265,3 +265,38 @@ def attention_patterns(
 
 # --- SAE features (sae.py) ---
 
+
+def dose_response(result: "Result", *, title: str | None = None, ax=None):
+    """A steering curve: the metric against the scale added along a feature's direction."""
+    scales = result.labels.get("scale", list(range(result.values.shape[0])))
+    feature = result.meta.get("feature")
+    fig = lines(
+        scales,
+        {result.metric: result.values.tolist()},
+        xlabel="scale (units of the feature's activation)",
+        ylabel=result.metric,
+        title=title if title is not None else f"steering feature {feature}",
+        ax=ax,
+    )
+    fig.axes[0].axvline(0, color="black", lw=0.5)
+    return fig
+
+
+def logit_effects(effects, *, title: str | None = None, ax=None):
+    """Horizontal bars: the tokens a feature promotes most (red) and suppresses most (blue)."""
+    frame = effects.to_frame()
+    frame = frame.iloc[::-1]  # promoted at the top
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 0.25 * len(frame) + 1.2))
+    else:
+        fig = ax.figure
+    colours = ["tab:red" if v > 0 else "tab:blue" for v in frame["value"]]
+    ax.barh(range(len(frame)), frame["value"], color=colours)
+    ax.set_yticks(range(len(frame)), [repr(t) for t in frame["d_vocab_label"]], fontsize=8)
+    ax.axvline(0, color="black", lw=0.5)
+    ax.set_xlabel("logit effect per unit activation")
+    feature = effects.effects.meta.get("feature")
+    ax.set_title(title if title is not None else f"feature {feature}: direct logit effects")
+    fig.tight_layout()
+    return fig
+
