@@ -204,6 +204,25 @@ def test_minimality(tiny, data):
     assert shared.ks[0] == Circuit() and shared.ks[1] == Circuit([(0, 1)])
 
 
+def test_keep_mlps(tiny, data):
+    tokens, reference, metric = data
+    heads = Circuit([(0, 1), (1, 2), (1, 0)])
+    kept = faithfulness(tiny, tokens, metric, heads, reference=reference, keep_mlps=True)
+    withm = faithfulness(tiny, tokens, metric, heads.with_all_mlps(tiny), reference=reference)
+    assert kept.circuit_value == pytest.approx(withm.circuit_value, abs=1e-6)
+    assert kept.circuit == heads  # MLPs are not part of the evaluated circuit
+    with ablate(tiny, heads=Circuit.full(tiny).heads, kind="mean", reference=reference):
+        assert kept.empty_value == pytest.approx(metric(tiny(tokens)).item(), abs=1e-6)
+    comp = completeness(tiny, tokens, metric, heads | [0, 1], reference=reference, n_samples=6,
+                        keep_mlps=True, progress=False)
+    assert all(not k.mlps for k in comp.subsets)
+    mini = minimality(tiny, tokens, metric, heads | [1], reference=reference, keep_mlps=True,
+                      progress=False)
+    assert mini.scores.labels["component"] == ["L0H1", "L1H0", "L1H2"]
+    with pytest.raises(ValueError, match="empty"):
+        minimality(tiny, tokens, metric, [0, 1], reference=reference, keep_mlps=True)
+
+
 def test_errors(tiny, data):
     tokens, reference, metric = data
     with pytest.raises(ValueError, match="Unknown ablation kind"):

@@ -26,7 +26,8 @@ component not in ``X`` is ablated (mean ablation by default):
 - :func:`minimality`: for each ``v`` in the circuit, ``|F(C \\ (K ∪ {v})) - F(C \\ K)|``.
 
 A component is a head ``(layer, head)`` or an MLP (its ``int`` layer). The IOI circuit is a set of
-heads with every MLP kept: ``Circuit(heads).with_all_mlps(model)``.
+heads with every MLP kept: pass ``keep_mlps=True`` (never ablate an MLP), or, for faithfulness
+alone, the circuit ``Circuit(heads).with_all_mlps(model)``.
 
 >>> import torch
 >>> from workbench.models import tiny_model
@@ -354,12 +355,14 @@ def ablate(
 class _Evaluator:
     """``F(X)``: the metric with every component outside ``X`` ablated, for many ``X``."""
 
-    def __init__(self, model, tokens, metric, kind, reference, template_ids,
+    def __init__(self, model, tokens, metric, keep_mlps, kind, reference, template_ids,
                  reference_template_ids, seed):
         if not isinstance(tokens, Tensor) or tokens.ndim != 2:
             raise ValueError("tokens must be a token tensor [batch, pos].")
         self.model, self.tokens, self.metric = model, tokens, metric
-        self.full = Circuit.full(model)
+        self.full = Circuit.full(model)  # every component that may be ablated
+        if keep_mlps:
+            self.full = Circuit(self.full.heads)
         self.ablator = _Ablator(model, kind, self.full, reference, template_ids,
                                 reference_template_ids, seed)
         if self.ablator.seq is not None and self.ablator.seq != tokens.shape[1]:
@@ -380,8 +383,10 @@ class _Evaluator:
         return self._memo[kept]
 
 
-def _circuit(model, circuit, *, allow_empty: bool) -> Circuit:
+def _circuit(model, circuit, *, allow_empty: bool, keep_mlps: bool) -> Circuit:
     c = Circuit.of(circuit).validate(model)
+    if keep_mlps:
+        c = Circuit(c.heads)
     if not c and not allow_empty:
         raise ValueError("The circuit is empty; give at least one head (layer, head) or MLP layer.")
     return c
@@ -411,16 +416,18 @@ class Faithfulness:
 def faithfulness(
     model, tokens: Int[Tensor, "batch pos"], metric: Metric, circuit, *,
     reference: Int[Tensor, "batch pos"] | None = None, kind: AblationKind = "mean",
-    template_ids=None, reference_template_ids=None, seed: int = 0,
+    template_ids=None, reference_template_ids=None, seed: int = 0, keep_mlps: bool = False,
 ) -> Faithfulness:
     """The metric with everything outside ``circuit`` ablated, relative to the full model.
 
-    ``circuit`` is a :class:`Circuit` or a list of heads and MLP ints; the other arguments are
-    those of :func:`ablate`. MLPs are components like heads: to keep them all (as the IOI paper
-    does), use ``Circuit(heads).with_all_mlps(model)``.
+    ``circuit`` is a :class:`Circuit` or a list of heads and MLP ints; ``kind``, ``reference``,
+    ``template_ids``, ``reference_template_ids`` and ``seed`` are those of :func:`ablate`.
+    MLPs are components like heads unless ``keep_mlps=True``: then no MLP is ever ablated and
+    the circuit, its subsets ``K`` and its components ``v`` are heads only (the IOI paper's
+    setting). The same holds for :func:`completeness` and :func:`minimality`.
     """
-    c = _circuit(model, circuit, allow_empty=True)
-    F = _Evaluator(model, tokens, metric, kind, reference, template_ids,
+    c = _circuit(model, circuit, allow_empty=True, keep_mlps=keep_mlps)
+    F = _Evaluator(model, tokens, metric, keep_mlps, kind, reference, template_ids,
                    reference_template_ids, seed)
     return Faithfulness(c, F(c), F(F.full), F(Circuit()))
 
@@ -452,14 +459,14 @@ def completeness(
     model, tokens: Int[Tensor, "batch pos"], metric: Metric, circuit, *,
     reference: Int[Tensor, "batch pos"] | None = None, subsets: Sequence | None = None,
     n_samples: int = 10, p: float = 0.5, kind: AblationKind = "mean", template_ids=None,
-    reference_template_ids=None, seed: int = 0, progress: bool = True,
+    reference_template_ids=None, seed: int = 0, keep_mlps: bool = False, progress: bool = True,
 ) -> Completeness:
     """Compare ``F(C \\ K)`` with ``F(M \\ K)`` for subsets ``K`` of the circuit.
 
     ``subsets``: the ``K`` to try (Circuits or lists of components, each inside the circuit);
     if None, ``n_samples`` random subsets, each component kept with probability ``p`` (seeded).
     """
-    c = _circuit(model, circuit, allow_empty=False)
+    c = _circuit(model, circuit, allow_empty=False, keep_mlps=keep_mlps)
     if subsets is None:
         if not (isinstance(n_samples, int) and n_samples > 0 and 0 <= p <= 1):
             raise ValueError(f"Need n_samples > 0 and 0 <= p <= 1, got {n_samples}, {p}.")
@@ -472,7 +479,7 @@ def completeness(
         for k in ks:
             if k - c:
                 raise ValueError(f"Subset {k} has components outside the circuit: {k - c}.")
-    F = _Evaluator(model, tokens, metric, kind, reference, template_ids,
+    F = _Evaluator(model, tokens, metric, keep_mlps, kind, reference, template_ids,
                    reference_template_ids, seed)
     circ, full = [], []
     for k in tqdm(ks, desc="completeness", disable=not progress):
@@ -513,7 +520,7 @@ def minimality(
     model, tokens: Int[Tensor, "batch pos"], metric: Metric, circuit, *,
     reference: Int[Tensor, "batch pos"] | None = None, k: Sequence | Mapping | None = None,
     kind: AblationKind = "mean", template_ids=None, reference_template_ids=None, seed: int = 0,
-    progress: bool = True,
+    keep_mlps: bool = False, progress: bool = True,
 ) -> Minimality:
     """How much each circuit component ``v`` matters once ``K`` is removed from the circuit.
 
@@ -521,7 +528,7 @@ def minimality(
     itself is dropped from it), or a mapping ``{v: K_v}`` (components missing from it get
     ``K`` empty). Every ``K`` must lie inside the circuit.
     """
-    c = _circuit(model, circuit, allow_empty=False)
+    c = _circuit(model, circuit, allow_empty=False, keep_mlps=keep_mlps)
     if isinstance(k, Mapping):
         given = {(x if isinstance(x, int) else tuple(x)): Circuit.of(v) for x, v in k.items()}
         unknown = [x for x in given if x not in c]
@@ -534,7 +541,7 @@ def minimality(
     for kv in ks:
         if kv - c:
             raise ValueError(f"K = {kv} has components outside the circuit: {kv - c}.")
-    F = _Evaluator(model, tokens, metric, kind, reference, template_ids,
+    F = _Evaluator(model, tokens, metric, keep_mlps, kind, reference, template_ids,
                    reference_template_ids, seed)
     base, removed = [], []
     for v, kv in tqdm(list(zip(c, ks)), desc="minimality", disable=not progress):
