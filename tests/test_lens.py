@@ -128,6 +128,10 @@ def test_logit_lens_next_positions_and_single_prompt(tiny, random_tokens):
     ref = lens_reference(tiny, tokens, tokens.roll(-1, 1), 2)
     torch.testing.assert_close(r.prob.values[:, 0], ref["prob"][:, 0, 2])
     assert r.rank.labels["pos"] == [str(int(tokens[0, 2])), str(int(tokens[0, 9]))]
+    frame = r.to_frame()
+    assert "batch" not in frame and len(frame) == 3 * 2
+    assert frame["target_str"].tolist() == [str(int(tokens[0, 3])), ""] * 3
+    assert frame["position"].tolist() == [2, 9] * 3
 
 
 def test_logit_lens_target_forms_agree(tiny, random_tokens):

@@ -300,7 +300,7 @@ class LensResult:
         tgt = self.targets[torch.tensor(b), torch.tensor(p)]
         frame["target"] = tgt.numpy()
         frame["position"] = self.positions[torch.tensor(p)].numpy()
-        frame["target_str"] = [self.target_strs[i][j] for i, j in zip(b.tolist(), p.tolist())]
+        frame["target_str"] = [self.target_strs[int(i)][int(j)] for i, j in zip(b, p)]
         return frame
 
     def plot(self, kind: LensKind = "rank", *, batch: int = 0, annotate: bool | None = None, **kw):
