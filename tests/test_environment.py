@@ -4,6 +4,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,3 +49,21 @@ def test_lock_agrees_with_pyproject():
 def test_model_packages_match_optional_dependencies():
     models = _pins((ROOT / "requirements-models.txt").read_text().splitlines())
     assert models == _pins(_pyproject()["optional-dependencies"]["models"])
+
+
+def test_network_is_blocked_for_tests_but_loopback_works():
+    import socket
+
+    from conftest import NetworkBlocked
+
+    with pytest.raises(NetworkBlocked, match="offline"):
+        socket.create_connection(("203.0.113.7", 443), timeout=1)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    client = socket.create_connection(server.getsockname(), timeout=1)
+    client.close()
+    server.close()
+    import os
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
