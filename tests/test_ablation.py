@@ -178,6 +178,9 @@ def test_completeness(tiny, data):
     assert res.model_values[1] == pytest.approx(want, abs=1e-6)
     assert torch.allclose(res.incompleteness, (res.circuit_values - res.model_values).abs())
     assert len(res.to_frame()) == 3
+    fig = res.plot()
+    dots = fig.axes[0].collections[0].get_offsets()
+    assert dots.shape == (3, 2) and abs(dots[1][0] - res.model_values[1].item()) < 1e-6
     a = completeness(tiny, tokens, metric, c, reference=reference, n_samples=4, seed=3,
                      progress=False)
     b = completeness(tiny, tokens, metric, c, reference=reference, n_samples=4, seed=3,

@@ -454,6 +454,12 @@ class Completeness:
             "incompleteness": self.incompleteness.numpy(),
         })
 
+    def plot(self, **kwargs):
+        """``F(M \\ K)`` against ``F(C \\ K)`` with the diagonal (see plot.completeness_scatter)."""
+        from . import plot
+
+        return plot.completeness_scatter(self, **kwargs)
+
 
 def completeness(
     model, tokens: Int[Tensor, "batch pos"], metric: Metric, circuit, *,

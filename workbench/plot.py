@@ -140,6 +140,30 @@ def plot_result(result: "Result", *, title: str | None = None, ax=None, **kwargs
 
 # --- patching, attribution, path patching, ablation (patching.py, attribution.py, ...) ---
 
+
+def completeness_scatter(completeness, *, ax=None, title: str | None = None):
+    """IOI-style completeness plot: ``F(M \\ K)`` (x) against ``F(C \\ K)`` (y), one dot per K.
+
+    A complete circuit puts every dot on the diagonal. ``completeness`` is an
+    :class:`workbench.ablation.Completeness`.
+    """
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    else:
+        fig = ax.figure
+    x, y = completeness.model_values.numpy(), completeness.circuit_values.numpy()
+    sizes = [len(k) for k in completeness.subsets]
+    points = ax.scatter(x, y, c=sizes, cmap="viridis")
+    fig.colorbar(points, ax=ax, label="|K|")
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("F(M \\ K): model without K")
+    ax.set_ylabel("F(C \\ K): circuit without K")
+    ax.set_title(title or f"Completeness of {len(completeness.circuit)} components")
+    fig.tight_layout()
+    return fig
+
+
 # --- lens, direct logit attribution, attention views (lens.py, widgets.py) ---
 
 #: Beyond this many cells a lens heatmap is not annotated with top-1 tokens, and beyond this
