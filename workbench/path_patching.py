@@ -59,6 +59,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+from transformer_lens.utilities.activation_functions import apply_softcap
 
 from .metrics import Metric, check_scalar
 from .results import Result
@@ -211,8 +213,6 @@ def _position_mask(receiver_pos, batch: int, seq: int) -> Tensor:
 
 
 def _final_logits(model, resid: Float[Tensor, "batch pos d_model"]) -> Tensor:
-    from transformer_lens.utilities.activation_functions import apply_softcap
-
     if model.cfg.normalization_type is not None:
         resid = model.ln_final(resid)
     return apply_softcap(model.unembed(resid), model.cfg.output_logits_soft_cap)
@@ -231,8 +231,6 @@ def _metric_per_set(model, resid: Tensor, metric: Metric, n_sets: int) -> Float[
         x = resid[torch.arange(n_sets * batch), r.pos.repeat(n_sets)][:, None]  # [P*B, 1, d]
         if model.cfg.normalization_type is not None:
             x = model.ln_final(x)
-        from transformer_lens.utilities.activation_functions import apply_softcap
-
         tokens = r.tokens[rows]  # [P*B, n]
         logits = torch.einsum("bd,dbn->bn", x[:, 0], model.W_U[:, tokens]) + model.b_U[tokens]
         logits = apply_softcap(logits, model.cfg.output_logits_soft_cap)
@@ -243,11 +241,9 @@ def _metric_per_set(model, resid: Tensor, metric: Metric, n_sets: int) -> Float[
                 "per set (per_prompt metrics cannot be patched)."
             )
         return values
-    out = [
-        check_scalar(metric(_final_logits(model, chunk)))
-        for chunk in resid.split(batch)
-    ]
-    return torch.stack(out)
+    return torch.stack(
+        [check_scalar(metric(_final_logits(model, chunk))) for chunk in resid.split(batch)]
+    )
 
 
 class _Cache:
@@ -257,21 +253,25 @@ class _Cache:
         n = model.cfg.n_layers
         mlp = not model.cfg.attn_only
 
-        def wanted(name: str) -> bool:
-            return name.endswith(("hook_z", "hook_resid_pre", "hook_mlp_out")) or (
-                name == f"blocks.{n - 1}.hook_resid_post"
-            ) or any(name == f"blocks.{L}.attn.hook_{kind}" for L in qkv_layers)
+        final = f"blocks.{n - 1}.hook_resid_post"
+        qkv = {f"blocks.{L}.attn.hook_{kind}" for L in qkv_layers}
 
-        _, c = model.run_with_cache(clean, names_filter=wanted, return_type=None)
-        _, x = model.run_with_cache(corrupted, names_filter=lambda s: s.endswith(
-            ("hook_z", "hook_mlp_out")) or s == f"blocks.{n - 1}.hook_resid_post", return_type=None)
+        def clean_names(name: str) -> bool:
+            return name.endswith(("hook_z", "hook_resid_pre", "hook_mlp_out")) or name == final or (
+                name in qkv
+            )
+
+        def corrupted_names(name: str) -> bool:
+            return name.endswith(("hook_z", "hook_mlp_out")) or name == final
+
+        _, c = model.run_with_cache(clean, names_filter=clean_names, return_type=None)
+        _, x = model.run_with_cache(corrupted, names_filter=corrupted_names, return_type=None)
         self.z_clean = [c[f"blocks.{L}.attn.hook_z"] for L in range(n)]
         self.z_corr = [x[f"blocks.{L}.attn.hook_z"] for L in range(n)]
         self.mlp_clean = [c[f"blocks.{L}.hook_mlp_out"] for L in range(n)] if mlp else None
         self.mlp_corr = [x[f"blocks.{L}.hook_mlp_out"] for L in range(n)] if mlp else None
         self.resid_pre = [c[f"blocks.{L}.hook_resid_pre"] for L in range(n)]
-        self.final = c[f"blocks.{n - 1}.hook_resid_post"]
-        self.final_corr = x[f"blocks.{n - 1}.hook_resid_post"]
+        self.final, self.final_corr = c[final], x[final]
         self.qkv = {L: c[f"blocks.{L}.attn.hook_{kind}"] for L in qkv_layers}
 
     def resid_post(self, layer: int) -> Tensor:
@@ -372,8 +372,6 @@ def _metric_name(metric) -> str:
 
 
 def _check_model(model) -> None:
-    from transformer_lens import HookedTransformer
-
     if not isinstance(model, HookedTransformer):
         raise TypeError(
             f"Path patching needs a TransformerLens HookedTransformer, got {type(model).__name__}."
