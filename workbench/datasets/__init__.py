@@ -2,3 +2,5 @@
 
 from .ioi import IOIDataset, ioi_dataset
 from .needles import Haystack, Needle, needle_haystacks
+from .temporal import TemporalFacts, answer_correct, keep_correct, temporal_facts
+from .arithmetic import ArithmeticProblems, arithmetic_problems
