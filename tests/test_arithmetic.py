@@ -148,6 +148,8 @@ def test_bad_options(dm):
         arithmetic_problems(dm, digits=2, template="few_shot")
     with pytest.raises(ValueError, match="tokenizer"):
         arithmetic_problems(tiny_model())
+    with pytest.raises(ValueError, match="needs a dataset with candidate_ids"):
+        keep_correct(dm, arithmetic_problems(dm, n=3), criterion="candidates")
 
 
 def test_tokenizer_that_splits_numbers_oddly_is_an_error():

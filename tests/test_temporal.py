@@ -111,6 +111,16 @@ def test_temporal_prompts_answers_and_counterfactuals(wm):
         assert differ.numel() > 0 and s <= differ.min() and differ.max() <= e
 
 
+def test_candidates_are_every_object_of_the_relation(wm):
+    ds = temporal_facts(wm, relations=["us_president"])
+    tok = wm.tokenizer
+    names = {" " + o.split()[0] for o in facts_frame().query("relation == 'us_president'").object}
+    for i in range(len(ds)):
+        got = {tok.decode([c]) for c in ds.candidate_ids[i]}
+        assert got == names and int(ds.answer_ids[i]) in ds.candidate_ids[i].tolist()
+        assert int(ds.counterfactual_ids[i]) in ds.candidate_ids[i].tolist()
+
+
 def test_invariant_prompts_change_only_the_year(wm):
     ds = temporal_facts(wm, kind="invariant", seed=1)
     df = facts_frame().query("kind == 'invariant'")
@@ -143,6 +153,7 @@ def test_seeded_and_sampled(wm):
     c = temporal_facts(wm, seed=4)
     assert a.prompts == b.prompts and torch.equal(a.corrupted_tokens, b.corrupted_tokens)
     assert a.corrupted_prompts != c.corrupted_prompts  # other counterfactual years
+    assert all(torch.equal(x, y) for x, y in zip(a.candidate_ids, b.candidate_ids))
     s1, s2 = temporal_facts(wm, n=10, seed=5), temporal_facts(wm, n=10, seed=5)
     assert len(s1) == 10 and s1.prompts == s2.prompts
 
@@ -175,7 +186,7 @@ def test_logit_diff_matches_hand_computation(wm):
 # keep_correct
 
 
-@pytest.mark.parametrize("criterion", ["logit_diff", "argmax", "both"])
+@pytest.mark.parametrize("criterion", ["logit_diff", "argmax", "candidates", "both"])
 def test_keep_correct_matches_a_plain_loop(wm, criterion, capsys):
     ds = temporal_facts(wm, n=30, seed=0)
     # A model that "knows" a few answers: a large output bias on three answer tokens makes them
@@ -187,7 +198,10 @@ def test_keep_correct_matches_a_plain_loop(wm, criterion, capsys):
         logits = wm(to_tokens(wm, ds.prompts[i]))[0, -1]
         beats = bool(logits[ds.answer_ids[i]] > logits[ds.counterfactual_ids[i]])
         top = bool(logits.argmax() == ds.answer_ids[i])
-        expected.append({"logit_diff": beats, "argmax": top, "both": beats and top}[criterion])
+        rivals = [c for c in ds.candidate_ids[i].tolist() if c != ds.answer_ids[i]]
+        best = all(logits[ds.answer_ids[i]] > logits[c] for c in rivals)
+        expected.append({"logit_diff": beats, "argmax": top, "candidates": best,
+                         "both": beats and top}[criterion])
     ok = answer_correct(wm, ds, criterion=criterion, batch_size=7)
     assert ok.tolist() == expected
     assert 0 < sum(expected) < len(ds)

@@ -72,7 +72,7 @@ FACTS_PATH = Path(__file__).resolve().parents[2] / "data" / "temporal" / "facts.
 INVARIANT_YEARS = tuple(range(1950, 2024))
 
 Kind = Literal["temporal", "invariant"]
-Criterion = Literal["logit_diff", "argmax", "both"]
+Criterion = Literal["logit_diff", "argmax", "candidates", "both"]
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def first_answer_token(
     first = full[len(p_ids)]
     text = model.tokenizer.decode([first])
     if text.strip() == "":
-        if not absorb_space:
+        if not absorb_space or answer == answer.lstrip():
             raise ValueError(
                 f"The answer {answer!r} starts with a whitespace-only token {text!r} for this "
                 "tokenizer, so its first token says nothing about the answer."
@@ -198,6 +198,9 @@ class TemporalFacts:
         relations, subjects, answers, counterfactual_answers: per prompt (answers are the full
             objects with their leading space, e.g. " Bill Clinton").
         kind, time_format: how the batch was made; meta: seed, drops, keep_correct report.
+        candidate_ids: per prompt, a LongTensor of the first tokens of every object the relation
+            has for that subject (temporal: all its years; invariant: all subjects), answer
+            included: the candidates of ``keep_correct(..., criterion="candidates")``.
     """
 
     prompts: list[str]
@@ -216,6 +219,7 @@ class TemporalFacts:
     kind: str
     time_format: str
     meta: dict = field(default_factory=dict)
+    candidate_ids: list[Tensor] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -247,6 +251,7 @@ class TemporalFacts:
             kind=self.kind,
             time_format=self.time_format,
             meta=dict(self.meta),
+            candidate_ids=[self.candidate_ids[i] for i in pick] if self.candidate_ids else [],
         )
 
     def by_length(self) -> dict[int, "TemporalFacts"]:
@@ -345,7 +350,7 @@ def temporal_facts(
             raise ValueError(f"n must be between 1 and {len(rows)} (the usable facts), got {n}.")
         rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), n))]
     return _assemble(model, rows, kind, time_format,
-                     meta=dict(seed=seed, dropped=dropped, relations=chosen))
+                     meta=dict(seed=seed, dropped=dropped, relations=chosen, path=str(path)))
 
 
 def _answer(model, fact: Fact, time_text: str) -> tuple[str, int]:
@@ -439,7 +444,15 @@ def _assemble(model, rows: list[_Row], kind: str, time_format: str, meta: dict) 
         "TIME": torch.tensor([s[1] for s in spans]),
         "END": torch.tensor(lengths),  # +1 for BOS, -1 for the last index
     }
+    facts, _ = load_facts(meta.get("path", FACTS_PATH))
+    candidates = []
+    for r, p in zip(rows, prompts):
+        objects = sorted({" " + f.object for f in facts if f.relation == r.fact.relation
+                          and (kind == "invariant" or f.subject == r.fact.subject)})
+        ids = {first_answer_token(model, p, o)[1] for o in objects}
+        candidates.append(torch.tensor(sorted(ids)))
     return TemporalFacts(
+        candidate_ids=candidates,
         prompts=prompts,
         corrupted_prompts=corrupted,
         clean_tokens=clean_tokens,
@@ -465,6 +478,37 @@ def _assemble(model, rows: list[_Row], kind: str, time_format: str, meta: dict) 
 
 
 @torch.no_grad()
+def _judge(model, ds, *, batch_size: int = 16, progress: bool = False) -> dict[str, Tensor]:
+    """Every criterion at once: ``{"logit_diff", "argmax", "candidates", "both"} -> [batch]``
+    booleans (``candidates`` only if ``ds`` has ``candidate_ids``), plus the per-prompt logit
+    difference under ``"diff"``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    candidates = getattr(ds, "candidate_ids", None) or None
+    out = {k: [] for k in ("logit_diff", "argmax", "candidates", "both", "diff")}
+    starts = range(0, len(ds.answer_ids), batch_size)
+    for s in tqdm(starts, disable=not progress, desc="checking answers"):
+        sl = slice(s, s + batch_size)
+        logits = model(ds.clean_tokens[sl])
+        rows = torch.arange(logits.shape[0])
+        last = logits[rows, ds.pos["END"][sl]]  # [batch, d_vocab]
+        answers = ds.answer_ids[sl]
+        ans = last[rows, answers]
+        diff = ans - last[rows, ds.counterfactual_ids[sl]]
+        top = last.argmax(-1) == answers
+        out["diff"].append(diff)
+        out["logit_diff"].append(diff > 0)
+        out["argmax"].append(top)
+        out["both"].append((diff > 0) & top)
+        if candidates is not None:
+            for j, i in enumerate(range(s, s + len(rows))):
+                others = candidates[i][candidates[i] != answers[j]]
+                beats = bool((ans[j] > last[j, others]).all()) if len(others) else True
+                out["candidates"].append(torch.tensor([beats]))
+    result = {k: torch.cat(v) for k, v in out.items() if v}
+    return result
+
+
 def answer_correct(
     model, ds, *, criterion: Criterion = "logit_diff", batch_size: int = 16,
     progress: bool = False,
@@ -472,24 +516,20 @@ def answer_correct(
     """Whether the model answers each prompt of ``ds`` correctly, judged at ``pos["END"]``.
 
     ``criterion``: "logit_diff" (the answer's first token beats the counterfactual's), "argmax"
-    (the answer's first token is the top prediction), or "both".
+    (the answer's first token is the top prediction), "candidates" (it beats the first token of
+    every other object the relation allows, e.g. every other US president; needs a dataset with
+    ``candidate_ids``), or "both" (logit_diff and argmax).
     """
-    if criterion not in ("logit_diff", "argmax", "both"):
-        raise ValueError(f"criterion must be 'logit_diff', 'argmax' or 'both', got {criterion!r}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    out = []
-    starts = range(0, len(ds.answer_ids), batch_size)
-    for s in tqdm(starts, disable=not progress, desc="checking answers"):
-        sl = slice(s, s + batch_size)
-        logits = model(ds.clean_tokens[sl])
-        rows = torch.arange(logits.shape[0])
-        last = logits[rows, ds.pos["END"][sl]]  # [batch, d_vocab]
-        ans = last[rows, ds.answer_ids[sl]]
-        beats = ans > last[rows, ds.counterfactual_ids[sl]]
-        top = last.argmax(-1) == ds.answer_ids[sl]
-        out.append({"logit_diff": beats, "argmax": top, "both": beats & top}[criterion])
-    return torch.cat(out)
+    if criterion not in ("logit_diff", "argmax", "candidates", "both"):
+        raise ValueError(
+            f"criterion must be 'logit_diff', 'argmax', 'candidates' or 'both', got {criterion!r}."
+        )
+    if criterion == "candidates" and not getattr(ds, "candidate_ids", None):
+        raise ValueError(
+            f"criterion='candidates' needs a dataset with candidate_ids (temporal facts); "
+            f"{type(ds).__name__} has none. Use 'argmax' or 'logit_diff'."
+        )
+    return _judge(model, ds, batch_size=batch_size, progress=progress)[criterion]
 
 
 def keep_correct(
