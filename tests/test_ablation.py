@@ -291,3 +291,38 @@ def test_smollm2_ioi_mean_ablation_by_template(smollm2):
                      template_ids=ds.template_ids)
     assert g.circuit_value != pytest.approx(f.model_value, abs=1e-3)
     assert_no_hooks(smollm2)
+
+
+# ----------------------------------------------------------------------------- attention masking
+def test_mask_attention_makes_patterns_uniform_and_leaves_other_heads(tiny_gqa, random_tokens):
+    from workbench.ablation import mask_attention
+
+    _, clean = tiny_gqa.run_with_cache(random_tokens)
+    with mask_attention(tiny_gqa, [(1, 2), (0, 0)]):
+        _, masked = tiny_gqa.run_with_cache(random_tokens)
+    seq = random_tokens.shape[1]
+    uniform = torch.tril(torch.ones(seq, seq)) / torch.arange(1, seq + 1)[:, None]
+    for layer, h in [(1, 2), (0, 0)]:
+        got = masked[f"blocks.{layer}.attn.hook_pattern"][:, h]
+        assert torch.allclose(got, uniform.expand_as(got), atol=1e-6)
+    # Layer 0's other heads see the same input, so their patterns are untouched.
+    assert torch.allclose(
+        masked["blocks.0.attn.hook_pattern"][:, 1:], clean["blocks.0.attn.hook_pattern"][:, 1:]
+    )
+    assert not torch.allclose(
+        masked["blocks.0.attn.hook_pattern"][:, 0], clean["blocks.0.attn.hook_pattern"][:, 0]
+    )
+    assert_no_hooks(tiny_gqa)
+
+
+def test_mask_attention_checks_heads_and_cleans_up_on_error(tiny, random_tokens):
+    from workbench.ablation import mask_attention
+
+    with pytest.raises(ValueError, match="out of range"):
+        with mask_attention(tiny, [(5, 0)]):
+            pass
+    with pytest.raises(RuntimeError, match="boom"):
+        with mask_attention(tiny, [(0, 1)]):
+            tiny(random_tokens)
+            raise RuntimeError("boom")
+    assert_no_hooks(tiny)

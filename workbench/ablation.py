@@ -63,6 +63,7 @@ __all__ = [
     "Circuit",
     "ablate",
     "ablation_hooks",
+    "mask_attention",
     "faithfulness",
     "completeness",
     "minimality",
@@ -344,6 +345,38 @@ def ablate(
     hooks = ablation_hooks(model, heads=heads, mlps=mlps, kind=kind, reference=reference,
                            template_ids=template_ids,
                            reference_template_ids=reference_template_ids, seed=seed)
+    with model.hooks(fwd_hooks=hooks):
+        yield
+
+
+@contextmanager
+def mask_attention(model, heads: Iterable[tuple[int, int]]):
+    """Within the block, each head's query is zero, so it attends uniformly to what it can see.
+
+    The masking of Wu et al. 2024 (retrieval heads): with ``q = 0`` every attention score is 0,
+    so the head's pattern is uniform over the positions its mask allows (all earlier positions,
+    or the sliding window of a local-attention layer) and it can no longer pick out a token.
+    Unlike ablating ``hook_z`` this keeps the head's value path: it still writes an average.
+
+    >>> import torch
+    >>> from workbench.models import tiny_model
+    >>> model = tiny_model()
+    >>> with mask_attention(model, [(1, 2)]):
+    ...     _, cache = model.run_with_cache(torch.arange(5)[None])
+    >>> [round(p, 3) for p in cache["blocks.1.attn.hook_pattern"][0, 2, 4].tolist()]
+    [0.2, 0.2, 0.2, 0.2, 0.2]
+    """
+    circuit = Circuit(heads).validate(model)
+    by_layer: dict[int, list[int]] = {}
+    for layer, h in sorted(circuit.heads):
+        by_layer.setdefault(layer, []).append(h)
+
+    def zero_queries(q: Tensor, hook) -> Tensor:  # [batch, pos, head, d_head]
+        q = q.clone()
+        q[:, :, by_layer[int(hook.name.split(".")[1])]] = 0.0
+        return q
+
+    hooks = [(f"blocks.{layer}.attn.hook_q", zero_queries) for layer in by_layer]
     with model.hooks(fwd_hooks=hooks):
         yield
 
