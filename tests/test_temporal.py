@@ -277,9 +277,12 @@ def test_smollm2_tokenization_and_kept_facts(smollm2):
     # Years are four single digits after a separate space token.
     s, e = int(ds.pos["TIME_START"][i]), int(ds.pos["TIME"][i])
     assert [tok.decode([t]) for t in ds.clean_tokens[i, s - 1 : e + 1]] == [" ", "1", "9", "9", "5"]
-    kept = keep_correct(smollm2, temporal_facts(smollm2, kind="temporal"), verbose=False)
-    assert kept.meta["keep_correct"]["kept"] >= 40
+    # Relations SmolLM2 knows best (measured: 22 of 71 pass "candidates").
+    ds = temporal_facts(smollm2, relations=["pope", "german_chancellor", "uk_prime_minister"])
+    kept = keep_correct(smollm2, ds, criterion="candidates", verbose=False)
+    assert kept.meta["keep_correct"]["kept"] >= 15
     # Every kept fact is answered right by the criterion, checked one prompt at a time.
-    for j in range(0, len(kept), 10):
+    for j in range(0, len(kept), 5):
         logits = smollm2(to_tokens(smollm2, kept.prompts[j]))[0, -1]
-        assert logits[kept.answer_ids[j]] > logits[kept.counterfactual_ids[j]]
+        rivals = [c for c in kept.candidate_ids[j].tolist() if c != kept.answer_ids[j]]
+        assert (logits[kept.answer_ids[j]] > logits[rivals]).all()
