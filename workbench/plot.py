@@ -287,6 +287,68 @@ def attention_patterns(
 
 # --- head scores and head sets (heads.py) ---
 
+
+def head_sets(
+    sets,
+    *,
+    shape: tuple[int, int] | None = None,
+    title: str = "",
+    colors: Sequence[str] | None = None,
+    ax=None,
+):
+    """Layers (down) x heads (across) grid with the heads of each :class:`~workbench.heads.HeadSet`
+    coloured; a head in several sets is split into vertical stripes, one colour per set.
+
+    ``shape = (n_layers, n_heads)`` (e.g. ``(model.cfg.n_layers, model.cfg.n_heads)``); by default
+    the smallest grid that holds every head. Each stripe is a ``Rectangle`` whose ``_head`` is
+    ``(layer, head)``, so tests can count them.
+    """
+    from matplotlib.patches import Patch, Rectangle
+
+    sets = list(sets)
+    if not sets:
+        raise ValueError("head_sets needs at least one HeadSet.")
+    all_heads = set().union(*(s.heads for s in sets))
+    if shape is None:
+        shape = (
+            max((layer for layer, _ in all_heads), default=0) + 1,
+            max((h for _, h in all_heads), default=0) + 1,
+        )
+    n_layers, n_heads = shape
+    outside = sorted(x for x in all_heads if x[0] >= n_layers or x[1] >= n_heads)
+    if outside:
+        raise ValueError(f"Heads {outside} are outside a {n_layers} x {n_heads} grid; pass a larger shape.")
+    colors = list(colors) if colors is not None else [f"C{i % 10}" for i in range(len(sets))]
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(min(2.5 + 0.35 * n_heads, 14), min(1.5 + 0.28 * n_layers, 12)))
+    else:
+        fig = ax.figure
+    for head in sorted(all_heads):
+        members = [i for i, s in enumerate(sets) if head in s.heads]
+        width = 1.0 / len(members)
+        layer, h = head
+        for j, i in enumerate(members):
+            patch = Rectangle((h - 0.5 + j * width, layer - 0.5), width, 1.0, color=colors[i], lw=0)
+            patch._head = head
+            ax.add_patch(patch)
+    ax.set_xlim(-0.5, n_heads - 0.5)
+    ax.set_ylim(n_layers - 0.5, -0.5)  # layer 0 at the top, like a heatmap
+    ax.set_xticks(range(n_heads))
+    ax.set_yticks(range(n_layers))
+    ax.tick_params(labelsize=7)
+    ax.set_xticks([x - 0.5 for x in range(1, n_heads)], minor=True)
+    ax.set_yticks([y - 0.5 for y in range(1, n_layers)], minor=True)
+    ax.grid(which="minor", color="0.85", lw=0.5)
+    ax.tick_params(which="minor", length=0)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    handles = [Patch(color=colors[i], label=s.name or f"set{i}") for i, s in enumerate(sets)]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 # --- SAE features (sae.py) ---
 
 
