@@ -1,12 +1,31 @@
 """A workbench for mechanistic circuit analysis on TransformerLens.
 
->>> import workbench
->>> model = workbench.load_model()           # SmolLM2-135M, offline
->>> tokens = workbench.to_tokens(model, "When Mary and John went to the store, John gave a drink to")
+>>> import workbench as wb
+>>> model = wb.load_model()                   # doctest: +SKIP  (SmolLM2-135M, offline)
+>>> tokens = wb.to_tokens(model, "When Mary and John went to the store, John gave a drink to")  # doctest: +SKIP
 
-One module per technique; see README.md for the layout and the direction of imports.
+One module per technique (see README.md for the layout and the direction of imports):
+
+- ``wb.models``: offline models, the tokenization rule; ``wb.results``: :class:`Result`;
+  ``wb.metrics``: logit difference and the normalised metric.
+- ``wb.patching`` (exact activation patching), ``wb.attribution`` (attribution patching),
+  ``wb.path_patching``, ``wb.ablation`` (ablations, circuit evaluation).
+- ``wb.lens`` (logit lens, direct logit attribution), ``wb.heads`` (head scores, head sets),
+  ``wb.retrieval`` (needle accuracy and head masking), ``wb.sae`` (SAE features on SAELens),
+  ``wb.toy`` (the toy arithmetic model).
+- ``wb.datasets``: prompt generators; ``wb.plot``: figures; ``wb.widgets``: JupyterLab explorers.
+
+The most used functions are importable from the top level too. Modules with heavy imports
+(``sae``, ``toy``, ``widgets``) load on first use.
 """
 
+from importlib import import_module
+
+from . import ablation, attribution, datasets, lens, metrics, models, patching, path_patching, plot, results
+from .ablation import Circuit, ablate, completeness, faithfulness, mask_attention, minimality
+from .attribution import attribute_heads
+from .lens import direct_logit_attribution, get_patterns, logit_lens
+from .metrics import LogitDiff, normalise
 from .models import (
     DEFAULT_MODEL,
     list_models,
@@ -16,15 +35,43 @@ from .models import (
     to_str_tokens,
     to_tokens,
 )
+from .patching import patch_attn_out, patch_heads, patch_mlp_out, patch_resid
+from .path_patching import path_patch, path_patch_heads
 from .results import Result
+
+_LAZY = {"heads", "retrieval", "sae", "toy", "widgets", "cli"}
 
 __all__ = [
     "DEFAULT_MODEL",
+    "Circuit",
+    "LogitDiff",
     "Result",
+    "ablate",
+    "attribute_heads",
+    "completeness",
+    "direct_logit_attribution",
+    "faithfulness",
+    "get_patterns",
     "list_models",
     "load_model",
+    "logit_lens",
+    "mask_attention",
+    "minimality",
+    "normalise",
+    "patch_attn_out",
+    "patch_heads",
+    "patch_mlp_out",
+    "patch_resid",
+    "path_patch",
+    "path_patch_heads",
     "single_token_id",
     "tiny_model",
     "to_str_tokens",
     "to_tokens",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
