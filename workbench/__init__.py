@@ -21,9 +21,23 @@ The most used functions are importable from the top level too. Modules with heav
 
 from importlib import import_module
 
-from . import ablation, attribution, datasets, lens, metrics, models, patching, path_patching, plot, results
+from . import (
+    ablation,
+    attribution,
+    datasets,
+    heads,
+    lens,
+    metrics,
+    models,
+    patching,
+    path_patching,
+    plot,
+    results,
+)
 from .ablation import Circuit, ablate, completeness, faithfulness, mask_attention, minimality
 from .attribution import attribute_heads
+from .datasets import arithmetic_problems, ioi_dataset, keep_correct, needle_haystacks, temporal_facts
+from .heads import HeadSet, induction_scores, overlap_table, retrieval_scores
 from .lens import direct_logit_attribution, get_patterns, logit_lens
 from .metrics import LogitDiff, normalise
 from .models import (
@@ -39,24 +53,30 @@ from .patching import patch_attn_out, patch_heads, patch_mlp_out, patch_resid
 from .path_patching import path_patch, path_patch_heads
 from .results import Result
 
-_LAZY = {"heads", "retrieval", "sae", "toy", "widgets", "cli"}
+_LAZY = {"retrieval", "sae", "toy", "widgets", "cli"}
 
 __all__ = [
     "DEFAULT_MODEL",
     "Circuit",
+    "HeadSet",
     "LogitDiff",
     "Result",
     "ablate",
+    "arithmetic_problems",
     "attribute_heads",
     "completeness",
     "direct_logit_attribution",
     "faithfulness",
     "get_patterns",
+    "induction_scores",
+    "ioi_dataset",
+    "keep_correct",
     "list_models",
     "load_model",
     "logit_lens",
     "mask_attention",
     "minimality",
+    "needle_haystacks",
     "normalise",
     "patch_attn_out",
     "patch_heads",
@@ -64,7 +84,10 @@ __all__ = [
     "patch_resid",
     "path_patch",
     "path_patch_heads",
+    "overlap_table",
+    "retrieval_scores",
     "single_token_id",
+    "temporal_facts",
     "tiny_model",
     "to_str_tokens",
     "to_tokens",
