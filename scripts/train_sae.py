@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
         size_bytes=size,
         training=training,
         heldout=heldout,
-        heldout_note="held-out split of data/corpus (every 8th document), BOS positions excluded; "
+        heldout_note="held-out split of data/corpus (every 8th document), BOS and massive-activation tokens "
+        "(norm > cfg metadata max_norm) excluded; "
         "explained_variance = 1 - sum|x - x_hat|^2 / sum|x - mean x|^2 pooled over tokens; "
         "dead = never active on the held-out tokens; losses are mean next-token cross-entropy "
         "(spliced: SAE reconstruction in place of the activation at every non-BOS position; "

@@ -82,7 +82,7 @@ def test_evaluate_sae_matches_a_plain_loop(trained):
         x = cache["blocks.1.hook_resid_pre"][0, 1:]
         lat = sae.encode(x)
         xs.append(x)
-        errs.append(float(((x - sae.decode(lat)) ** 2).sum()))
+        errs.append(float(((x - sae.decode(lat)) ** 2).sum().detach()))
         l0.append((lat > 0).sum(-1).float())
     x = torch.cat(xs).double()
     ev = 1 - float(sum(errs)) / float(((x - x.mean(0)) ** 2).sum())
@@ -264,6 +264,31 @@ def test_splice_losses_by_hand(tiny, sae, corpus):
     assert s.spliced_loss == pytest.approx(float(spliced), abs=1e-5)
     assert s.zero_loss == pytest.approx(float(zeroed), abs=1e-5)
     assert s.recovered == pytest.approx((s.zero_loss - s.spliced_loss) / (s.zero_loss - s.clean_loss))
+
+
+def test_massive_activation_tokens_are_left_alone(tiny, sae, corpus):
+    hook = "blocks.1.hook_resid_pre"
+    _, cache = tiny.run_with_cache(corpus)
+    norms = cache[hook].norm(dim=-1)
+    sae.cfg.metadata.max_norm = float(norms[:, 1:].median())  # half the tokens count as outliers
+    outliers = norms > sae.cfg.metadata.max_norm
+    outliers[:, 0] = False
+    stats = wsae.evaluate_sae(tiny, sae, corpus, progress=False)
+    assert stats["n_outliers_left_out"] == int(outliers.sum())
+    assert stats["n_tokens"] == corpus[:, 1:].numel() - int(outliers.sum())
+    frame = wsae.feature_activations(tiny, sae, corpus[:2])
+    assert not any(outliers[r.prompt, r.pos] for r in frame.itertuples())
+
+    store = {}
+
+    def keep_output(act, hook):  # runs after the splice hook: sees what the next block reads
+        store["x"] = act.clone()
+
+    with wsae.spliced(tiny, sae), tiny.hooks(fwd_hooks=[(hook, keep_output)]):
+        tiny(corpus)
+    spliced_x = store["x"]
+    torch.testing.assert_close(spliced_x[outliers], cache[hook][outliers])
+    assert not torch.allclose(spliced_x[~outliers][1:], cache[hook][~outliers][1:])
 
 
 # ---------------------------------------------------------------------------- interventions

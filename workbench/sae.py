@@ -14,7 +14,11 @@ Conventions
   ``head * d_head`` (SAELens's ``reshape_activations="hook_z"``).
 * Position 0 is the BOS token (``workbench.models.to_tokens`` puts exactly one there). Its
   residual stream is an attention-sink outlier, so by default SAEs are trained without it and
-  every intervention leaves position 0 untouched (``sae.cfg.metadata.skip_bos``).
+  every intervention leaves position 0 untouched (``sae.cfg.metadata.skip_bos``). The same holds
+  for the rare other "massive activation" tokens (SmolLM2 turns an occasional token right after
+  BOS into a second sink, norm ~100x the median): tokens whose activation norm exceeds
+  ``sae.cfg.metadata.max_norm`` (10x the median training norm) are neither trained on, nor
+  counted in the metrics, nor spliced or edited.
 * Interventions keep the SAE's **error term**: editing latents changes the activation by
   ``decode(new) - decode(old)``, and the rest (what the SAE fails to reconstruct) stays. Hooks are
   attached only inside ``with model.hooks(...)`` (the context managers :func:`spliced` and
@@ -205,12 +209,13 @@ def collect_activations(
     *,
     batch_size: int = 8,
     skip_bos: bool = True,
+    max_norm: float | None = None,
     progress: bool = True,
 ) -> Float[Tensor, "batch d_model"]:
     """The activations at ``hook_name`` of every token, one row per token (BOS left out by default).
 
     Returns ``[n_tokens, d_in]`` float32 (``d_in`` is d_model, or head*d_head for ``hook_z``).
-    The forward pass stops after the hook's block.
+    Rows with norm above ``max_norm`` are dropped. The forward pass stops after the hook's block.
     """
     _check_hook(model, hook_name)
     tokens = corpus_tokens(model, tokens)
@@ -219,7 +224,10 @@ def collect_activations(
         act = _flat(_hook_acts(model, hook_name, tokens[b : b + batch_size]))
         if skip_bos:
             act = act[:, 1:]
-        out.append(act.reshape(-1, act.shape[-1]).float())
+        rows = act.reshape(-1, act.shape[-1]).float()
+        if max_norm is not None:
+            rows = rows[rows.norm(dim=-1) <= max_norm]
+        out.append(rows)
     return torch.cat(out)
 
 
@@ -251,6 +259,7 @@ def train_sae(
     max_corpus_tokens: int | None = None,
     dead_feature_window: int = 50,
     skip_bos: bool = True,
+    outlier_factor: float | None = 10.0,
     seed: int = 0,
     activations: Tensor | None = None,
     progress: bool = True,
@@ -270,6 +279,8 @@ def train_sae(
         max_corpus_tokens: use only the first rows of the corpus, up to this many tokens.
         dead_feature_window: steps without firing after which a latent counts as dead and gets
             the TopK auxiliary loss.
+        outlier_factor: tokens whose activation norm exceeds this many times the median are
+            left out (massive-activation sinks); recorded as ``metadata.max_norm``. None: keep all.
         activations: precomputed ``[n, d_in]`` activations (skips the model; for scripts that
             already have them).
 
@@ -293,6 +304,13 @@ def train_sae(
         if max_corpus_tokens is not None:
             tokens = tokens[: max(1, max_corpus_tokens // tokens.shape[1])]
         activations = collect_activations(model, hook_name, tokens, skip_bos=skip_bos, progress=progress)
+    max_norm = None
+    n_outliers = 0
+    if outlier_factor is not None and len(activations):
+        norms = activations.norm(dim=-1)
+        max_norm = float(outlier_factor * norms.median())
+        n_outliers = int((norms > max_norm).sum())
+        activations = activations[norms <= max_norm]
     if len(activations) < batch_size:
         raise ValueError(
             f"The corpus gives {len(activations)} activations, fewer than one batch of {batch_size}; "
@@ -308,6 +326,7 @@ def train_sae(
         context_size=context,
         prepend_bos=True,
         skip_bos=skip_bos,
+        max_norm=max_norm,
         d_model=model.cfg.d_model,
     )
     cfg = TopKTrainingSAEConfig(
@@ -340,6 +359,7 @@ def train_sae(
         batch_size=batch_size,
         lr=lr,
         corpus_activations=len(activations),
+        outliers_left_out=n_outliers,
         epochs=round(steps * batch_size / len(activations), 2),
         seed=seed,
         seconds_activations=round(seconds_activations, 1),
@@ -529,11 +549,20 @@ def feature_direction(sae, feature: int) -> Float[Tensor, "d_model"]:
     return (out[0] - out[1]).float()
 
 
-def _mask_bos(sae, latents: Tensor) -> Tensor:
+def _token_mask(sae, x: Tensor) -> Tensor:
+    """``[batch, pos]`` bool: where the SAE applies (not BOS if skipped, norm <= ``max_norm``)."""
+    mask = torch.ones(x.shape[:2], dtype=torch.bool)
     if _skip_bos(sae):
-        latents = latents.clone()
-        latents[:, 0] = 0.0
-    return latents
+        mask[:, 0] = False
+    max_norm = sae.cfg.metadata.max_norm
+    if max_norm is not None:
+        mask &= _flat(x).norm(dim=-1) <= max_norm
+    return mask
+
+
+def _masked(sae, x: Tensor, latents: Tensor) -> Tensor:
+    """Latents with zeros wherever the SAE does not apply (see :func:`_token_mask`)."""
+    return latents * _token_mask(sae, x)[..., None].to(latents.dtype)
 
 
 # ============================================================================================
@@ -566,18 +595,19 @@ def feature_activations(model, sae, prompts_or_tokens, *, top_k: int = 5) -> pd.
 
     Columns: ``prompt`` (index), ``pos``, ``token`` (string), ``rank`` (0 = strongest),
     ``feature``, ``activation``. Only active latents (> 0) among the ``top_k`` strongest are
-    listed; position 0 (BOS) is left out when the SAE skips it.
+    listed; position 0 (BOS) and massive-activation tokens are left out (see the module notes).
     """
     check_sae(model, sae)
     rows = []
     index = 0
     for tokens in _as_token_rows(model, prompts_or_tokens):
-        latents = encode(model, sae, tokens)
+        x = _flat(_hook_acts(model, sae.cfg.metadata.hook_name, tokens))
+        latents = _encode_flat(sae, x)
+        mask = _token_mask(sae, x)
         values, feats = latents.topk(min(top_k, sae.cfg.d_sae), dim=-1)
-        first = 1 if _skip_bos(sae) else 0
         for b in range(tokens.shape[0]):
             strs = _str_tokens(model, tokens[b])
-            for p in range(first, tokens.shape[1]):
+            for p in mask[b].nonzero()[:, 0].tolist():
                 for r in range(values.shape[-1]):
                     if values[b, p, r] > 0:
                         rows.append((index + b, p, strs[p], r, int(feats[b, p, r]), float(values[b, p, r])))
@@ -610,7 +640,7 @@ def top_contexts(
     acts = torch.empty(tokens.shape)
     for b in tqdm(range(0, len(tokens), batch_size), desc="top contexts", disable=not progress):
         x = _flat(_hook_acts(model, hook_name, tokens[b : b + batch_size]))
-        acts[b : b + batch_size] = _mask_bos(sae, _encode_flat(sae, x))[..., feature].float()
+        acts[b : b + batch_size] = _masked(sae, x, _encode_flat(sae, x))[..., feature].float()
     flat = acts.flatten()
     order = flat.argsort(descending=True, stable=True)[:k]
     rows = []
@@ -725,20 +755,17 @@ def feature_logit_effects(model, sae, feature: int, k: int = 10) -> LogitEffects
 # Splicing
 
 
-def _replace_hook(act: Tensor, hook, *, sae, with_error: bool, skip_bos: bool) -> Tensor:
+def _replace_hook(act: Tensor, hook, *, sae, with_error: bool) -> Tensor:
     x = _flat(act)
     recon = _decode_flat(sae, _encode_flat(sae, x)).to(act.dtype)
     new = recon + (x - recon).detach() if with_error else recon
-    if skip_bos:
-        new = torch.cat([x[:, :1], new[:, 1:]], dim=1)
+    new = torch.where(_token_mask(sae, x)[..., None], new, x)
     return new.reshape(act.shape)
 
 
-def _zero_hook(act: Tensor, hook, *, skip_bos: bool) -> Tensor:
-    new = torch.zeros_like(act)
-    if skip_bos:
-        new[:, :1] = act[:, :1]
-    return new
+def _zero_hook(act: Tensor, hook, *, sae) -> Tensor:
+    x = _flat(act)
+    return torch.where(_token_mask(sae, x)[..., None], torch.zeros_like(x), x).reshape(act.shape)
 
 
 @contextlib.contextmanager
@@ -746,13 +773,13 @@ def spliced(model, sae, *, with_error: bool = False):
     """Inside this block the model runs with the SAE's reconstruction in place of its activation.
 
     ``with_error=True`` adds back the SAE's error ``x - reconstruction``, so the forward values
-    equal the clean model's while gradients flow through the latents. Position 0 (BOS) is left
-    as it is when the SAE skips it.
+    equal the clean model's while gradients flow through the latents. Position 0 (BOS) and
+    massive-activation tokens are left as they are (see the module notes).
 
     >>> # with spliced(model, sae): logits = model(tokens)
     """
     hook_name = check_sae(model, sae)
-    fn = partial(_replace_hook, sae=sae, with_error=with_error, skip_bos=_skip_bos(sae))
+    fn = partial(_replace_hook, sae=sae, with_error=with_error)
     with model.hooks(fwd_hooks=[(hook_name, fn)]):
         yield model
 
@@ -807,7 +834,7 @@ def splice(model, sae, tokens: Int[Tensor, "batch pos"], *, with_error: bool = F
     tokens = corpus_tokens(model, tokens)
     clean = _token_losses(model(tokens), tokens).mean()
     spliced_ = _token_losses(spliced_logits(model, sae, tokens, with_error=with_error), tokens).mean()
-    with model.hooks(fwd_hooks=[(hook_name, partial(_zero_hook, skip_bos=_skip_bos(sae)))]):
+    with model.hooks(fwd_hooks=[(hook_name, partial(_zero_hook, sae=sae))]):
         zero = _token_losses(model(tokens), tokens).mean()
     return Splice(float(clean), float(spliced_), float(zero), with_error, int(tokens[:, 1:].numel()))
 
@@ -825,7 +852,8 @@ def evaluate_sae(
 ) -> dict:
     """Held-out quality of an SAE: explained variance, L0, dead latents and the loss when spliced.
 
-    Over every token but BOS (when the SAE skips it) of the corpus rows:
+    Over every token of the corpus rows but BOS and massive-activation tokens (which the SAE skips;
+    their count is ``n_outliers_left_out``); the losses count every prediction:
 
     * ``explained_variance = 1 - sum |x - x_hat|^2 / sum |x - mean(x)|^2`` (pooled over tokens);
     * ``l0``: mean number of active latents per token;
@@ -837,19 +865,20 @@ def evaluate_sae(
     tokens = corpus_tokens(model, corpus, context=context)
     if max_tokens is not None:
         tokens = tokens[: max(1, max_tokens // tokens.shape[1])]
-    first = 1 if _skip_bos(sae) else 0
-    n = 0
+    n = n_excluded = 0
     sum_x = sum_x2 = sum_err2 = l0 = 0.0
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     losses = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
     n_pred = 0
-    zero_fn = partial(_zero_hook, skip_bos=_skip_bos(sae))
+    zero_fn = partial(_zero_hook, sae=sae)
     for b in tqdm(range(0, len(tokens), batch_size), desc="evaluating", disable=not progress):
         batch = tokens[b : b + batch_size]
         store: dict = {}
 
         def keep(act, hook):
-            store["x"] = _flat(act)[:, first:].reshape(-1, _flat(act).shape[-1]).double()
+            mask = _token_mask(sae, act)
+            store["x"] = _flat(act)[mask].double()
+            store["excluded"] = int((~mask[:, 1:]).sum()) if _skip_bos(sae) else int((~mask).sum())
 
         with model.hooks(fwd_hooks=[(hook_name, keep)]):
             logits = model(batch)
@@ -858,6 +887,7 @@ def evaluate_sae(
         latents = _encode_flat(sae, x.float())
         recon = _decode_flat(sae, latents).double()
         n += len(x)
+        n_excluded += store["excluded"]
         sum_x = sum_x + x.sum(0)
         sum_x2 += float((x**2).sum())
         sum_err2 += float(((x - recon) ** 2).sum())
@@ -879,6 +909,7 @@ def evaluate_sae(
         spliced_loss=losses["spliced"] / n_pred,
         zero_loss=losses["zero"] / n_pred,
         n_tokens=n,
+        n_outliers_left_out=n_excluded,
     )
     out["ce_increase"] = out["spliced_loss"] - out["clean_loss"]
     gap = out["zero_loss"] - out["clean_loss"]
@@ -896,6 +927,7 @@ def _edit_hook(act: Tensor, hook, *, sae, edit: Callable[[Tensor], Tensor]) -> T
     latents = _encode_flat(sae, x)
     new = edit(latents)
     delta = _decode_flat(sae, new) - _decode_flat(sae, latents)
+    delta = delta * _token_mask(sae, x)[..., None].to(delta.dtype)
     return (x + delta.to(act.dtype)).reshape(act.shape)
 
 
@@ -979,20 +1011,21 @@ def attribute_features(
     hook_name = check_sae(model, sae)
     _check_pair(clean, corrupted)
     with torch.no_grad():
-        clean_latents = _mask_bos(sae, _encode_flat(sae, _flat(_hook_acts(model, hook_name, clean))))
+        x_clean = _flat(_hook_acts(model, hook_name, clean))
+        clean_latents = _masked(sae, x_clean, _encode_flat(sae, x_clean))
     store: dict = {}
 
     def leaf_hook(act, hook):
         x = _flat(act)
         latents = _encode_flat(sae, x.detach()).detach().requires_grad_(True)
-        store["latents"] = latents
+        store["latents"], store["x"] = latents, x.detach()
         recon = _decode_flat(sae, latents)
         return (x + (recon - recon.detach()).to(act.dtype)).reshape(act.shape)
 
     with torch.enable_grad(), model.hooks(fwd_hooks=[(hook_name, leaf_hook)]):
         value = check_scalar(metric(model(corrupted)), "metric on the corrupted run")
         (grad,) = torch.autograd.grad(value, store["latents"])
-    corrupted_latents = _mask_bos(sae, store["latents"].detach())
+    corrupted_latents = _masked(sae, store["x"], store["latents"].detach())
     delta = (grad * (clean_latents - corrupted_latents)).sum(0)  # [pos, feature]
     values = value.detach() + (delta if by_pos else delta.sum(0))
     dims = ("pos", "feature") if by_pos else ("feature",)
