@@ -163,3 +163,16 @@ def test_smollm2_ioi_correlation(smollm2):
     r = torch.corrcoef(torch.stack([a.heads.values.flatten(), exact.values.flatten()]))[0, 1]
     assert r > 0.8
     assert_no_hooks(smollm2)
+
+
+def test_scatter_plot_against_exact(tiny, pair, metric):
+    from workbench import plot
+
+    clean, corrupted = pair
+    exact = patching.patch_heads(tiny, clean, corrupted, metric, progress=False)
+    a = attribution.attribute_heads(tiny, clean, corrupted, metric)
+    fig = plot.patching_scatter(exact, a, top=2)
+    assert float(fig.axes[0].get_title().split("r = ")[1].rstrip(")")) > 0.9
+    assert len(fig.axes[0].texts) == 2
+    with pytest.raises(ValueError, match="differ in layout"):
+        plot.patching_scatter(exact, attribution.attribute_heads(tiny, clean, corrupted, metric, by_pos=True))

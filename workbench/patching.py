@@ -414,6 +414,32 @@ def _run_chunk(model, ctx: _Context, plan: _Plan, layer: int, metric, mask: Tens
     return torch.stack([check_scalar(metric(x)) for x in logits.split(ctx.batch)])
 
 
+def _chunks(indices, batch_size: int, seq: int, max_start: int) -> list[tuple[Tensor, int]]:
+    """Split the patched indices into forward passes: ``(rows, start)`` each.
+
+    Positions before ``start`` (the earliest patched position, at most ``max_start``) are not
+    recomputed. Indices are taken in position order; a pass holds at most ``batch_size`` indices
+    at full length (more when it starts later, as its sequences are shorter), and spans few
+    positions, since every position between its first and a row's own is recomputed for nothing.
+    """
+    order = sorted(range(len(indices)), key=lambda i: -1 if indices[i][0] is None else indices[i][0])
+    out, rows, start = [], [], 0
+    for i in order:
+        pos = indices[i][0]
+        s = 0 if pos is None else min(pos, max_start)
+        if rows:
+            length = seq - start
+            full = len(rows) >= max(batch_size, batch_size * seq // length)
+            far = 4 * (s - start) > length  # this row would recompute > 1/4 of its length for nothing
+            if not (full or far):
+                rows.append(i)
+                continue
+            out.append((torch.tensor(rows), start))
+        rows, start = [i], s
+    out.append((torch.tensor(rows), start))
+    return out
+
+
 @torch.no_grad()
 def patch(
     model,
@@ -457,14 +483,11 @@ def patch(
     mask = torch.zeros(len(indices), *shape, dtype=torch.bool)
     for i, (p, h) in enumerate(indices):
         mask[(i, *plan.selector(p, h, len(shape)))] = True
+    chunks = _chunks(indices, batch_size, ctx.seq, ctx.max_start if ctx.kv is not None else 0)
     for li, layer in enumerate(tqdm(plan.layers, desc=f"patching {site}", disable=not progress)):
-        for i0 in range(0, len(indices), batch_size):
-            chunk = indices[i0 : i0 + batch_size]
-            start = min([p for p, _ in chunk if p is not None] or [0])  # earlier positions unchanged
-            start = min(start, ctx.max_start) if ctx.kv is not None else 0
-            values[li, i0 : i0 + len(chunk)] = _run_chunk(
-                model, ctx, plan, layer, metric, mask[i0 : i0 + batch_size], start, corrupted_tokens
-            )
+        for rows, start in chunks:
+            values[li, rows] = _run_chunk(model, ctx, plan, layer, metric, mask[rows], start,
+                                          corrupted_tokens)
     return _result(model, plan, values.reshape(plan.shape), metric, clean_tokens, baselines, "batched")
 
 

@@ -141,6 +141,34 @@ def plot_result(result: "Result", *, title: str | None = None, ax=None, **kwargs
 # --- patching, attribution, path patching, ablation (patching.py, attribution.py, ...) ---
 
 
+def patching_scatter(exact: "Result", estimate: "Result", *, top: int = 5, ax=None, title: str | None = None):
+    """Attribution-patching estimates (y) against exact patching (x), one dot per patched index.
+
+    Both Results must have the same dims and shape (e.g. ``patch_heads`` and ``attribute(...).heads``).
+    The diagonal is perfect agreement; the ``top`` largest exact effects are labelled.
+    """
+    if exact.dims != estimate.dims or exact.shape != estimate.shape:
+        raise ValueError(f"Results differ in layout: {exact.dims}{exact.shape} vs {estimate.dims}{estimate.shape}.")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    else:
+        fig = ax.figure
+    x, y = exact.values.flatten().double(), estimate.values.flatten().double()
+    r = torch.corrcoef(torch.stack([x, y]))[0, 1].item() if x.numel() > 1 else float("nan")
+    ax.scatter(x.numpy(), y.numpy(), s=12, alpha=0.7)
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=1)
+    frame = exact.to_frame()
+    for i in x.abs().argsort(descending=True)[:top].tolist():
+        name = " ".join(f"{d[0].upper()}{frame[d].iloc[i]}" for d in exact.dims)
+        ax.annotate(name, (x[i].item(), y[i].item()), fontsize=7)
+    ax.set_xlabel(f"exact: {exact.metric}")
+    ax.set_ylabel("attribution estimate")
+    ax.set_title(title or f"attribution vs exact patching (r = {r:.2f})")
+    fig.tight_layout()
+    return fig
+
+
 def completeness_scatter(completeness, *, ax=None, title: str | None = None):
     """IOI-style completeness plot: ``F(M \\ K)`` (x) against ``F(C \\ K)`` (y), one dot per K.
 
