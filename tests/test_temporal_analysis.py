@@ -1,0 +1,128 @@
+"""Tests for workbench.temporal (analysis helpers of the temporal-heads notebook), on the tiny model."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from workbench import temporal as tp
+from workbench.ablation import ablate
+from workbench.metrics import LogitDiff, normalise
+from workbench.patching import patch_heads
+
+
+def no_hooks_left(model) -> bool:
+    return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
+
+
+def make_ds(batch=6, seq=8, seed=0, end=None):
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(1, 100, (batch, seq), generator=g)
+    corrupted = clean.clone()
+    corrupted[:, 2:4] = torch.randint(1, 100, (batch, 2), generator=g)  # the "year" differs
+    end = torch.full((batch,), seq - 1) if end is None else end
+    return SimpleNamespace(
+        clean_tokens=clean, corrupted_tokens=corrupted,
+        answer_ids=torch.randint(0, 100, (batch,), generator=g),
+        counterfactual_ids=torch.randint(0, 100, (batch,), generator=g),
+        pos={"TIME_START": torch.full((batch,), 2), "TIME": torch.full((batch,), 3), "END": end},
+        relations=["a"] * (batch // 2) + ["b"] * (batch - batch // 2),
+    )
+
+
+def test_score_matches_hand_computation(tiny):
+    ds = make_ds(end=torch.tensor([7, 5, 6, 7, 3, 7]))
+    logits = tiny(ds.clean_tokens)
+    rows = torch.arange(6)
+    last = logits[rows, ds.pos["END"]]
+    diff = last[rows, ds.answer_ids] - last[rows, ds.counterfactual_ids]
+    s = tp.score(tiny, ds, batch_size=4)
+    assert torch.allclose(s["diff"], diff, atol=1e-5)
+    assert s["logit_diff"] == pytest.approx(diff.mean().item(), abs=1e-5)
+    assert s["accuracy"] == pytest.approx((diff > 0).float().mean().item())
+
+
+def test_score_candidates_accuracy(tiny):
+    ds = make_ds()
+    last = tiny(ds.clean_tokens)[:, -1]
+    ds.candidate_ids = [torch.tensor([int(a), 10, 11]) for a in ds.answer_ids]
+    expected = [bool((last[i, ds.answer_ids[i]] >= last[i, c]).all()) for i, c in enumerate(ds.candidate_ids)]
+    assert tp.score(tiny, ds)["accuracy"] == pytest.approx(sum(expected) / 6)
+
+
+def test_patch_each_head_agrees_with_patch_heads(tiny):
+    ds = make_ds()
+    metric = normalise(tiny, ds.clean_tokens, ds.corrupted_tokens,
+                       LogitDiff(ds.answer_ids, ds.counterfactual_ids, pos=ds.pos["END"]))
+    ref = patch_heads(tiny, ds.clean_tokens, ds.corrupted_tokens, metric, progress=False)
+    heads = [(0, 0), (0, 3), (1, 2)]
+    got = tp.patch_each_head(tiny, ds, heads, batch_size=4, progress=False)
+    for layer, h in heads:
+        assert got.values[layer, h].item() == pytest.approx(ref.values[layer, h].item(), abs=1e-4)
+    assert int(torch.isnan(got.values).sum()) == got.values.numel() - len(heads)
+
+
+def test_edit_scale_one_equals_full_patch_of_every_head(tiny):
+    ds = make_ds()
+    every = [(l, h) for l in range(tiny.cfg.n_layers) for h in range(tiny.cfg.n_heads)]
+    diff = tp.edit_heads(tiny, ds, every, scale=1.0)
+    # every head's output from the corrupted run, MLPs recomputed: compare with a plain loop
+    _, cache = tiny.run_with_cache(ds.corrupted_tokens)
+    hooks = [(f"blocks.{l}.attn.hook_z", lambda z, hook, l=l: cache[f"blocks.{l}.attn.hook_z"])
+             for l in range(tiny.cfg.n_layers)]
+    logits = tiny.run_with_hooks(ds.clean_tokens, fwd_hooks=hooks)[:, -1]
+    rows = torch.arange(6)
+    expected = logits[rows, ds.answer_ids] - logits[rows, ds.counterfactual_ids]
+    assert torch.allclose(diff, expected, atol=1e-4)
+    assert torch.allclose(tp.edit_heads(tiny, ds, [(0, 1)], scale=0.0), tp.score(tiny, ds)["diff"], atol=1e-5)
+    assert no_hooks_left(tiny)
+
+
+def test_time_attention_reference(tiny):
+    ds = make_ds()
+    _, cache = tiny.run_with_cache(ds.clean_tokens)
+    got = tp.time_attention(tiny, ds).values
+    for layer in range(tiny.cfg.n_layers):
+        p = cache[f"blocks.{layer}.attn.hook_pattern"][:, :, -1, 2:4].sum(-1).mean(0)
+        assert torch.allclose(got[layer], p, atol=1e-5)
+
+
+def test_random_head_sets_seeded_and_exclusive(tiny):
+    a = tp.random_head_sets(tiny, 3, 4, seed=1, exclude=[(0, 0)])
+    assert a == tp.random_head_sets(tiny, 3, 4, seed=1, exclude=[(0, 0)])
+    assert all(len(set(s)) == 3 and (0, 0) not in s for s in a)
+    with pytest.raises(ValueError, match="k must be"):
+        tp.random_head_sets(tiny, 0, 1)
+
+
+def test_ablation_table_matches_ablate(tiny):
+    ds = make_ds()
+    table = tp.ablation_table(tiny, {"d": ds}, {"none": [], "x": [(1, 1)]}, progress=False)
+    with ablate(tiny, heads=[(1, 1)], kind="mean", reference=ds.corrupted_tokens,
+                template_ids=tp.group_ids(ds)):
+        expected = tp.score(tiny, ds)["logit_diff"]
+    row = table.set_index("heads").loc["x"]
+    assert row.logit_diff == pytest.approx(expected, abs=1e-5)
+    assert table.set_index("heads").loc["none"].d_logit_diff == 0
+
+
+def test_group_ids():
+    ds = make_ds(end=torch.tensor([7, 7, 5, 7, 7, 5]))
+    assert tp.group_ids(ds).tolist() == [1, 1, 0, 3, 3, 2]
+
+
+def test_bad_input_and_no_hooks_left(tiny):
+    ds = make_ds()
+    with pytest.raises(ValueError, match="out of range"):
+        tp.edit_heads(tiny, ds, [(0, 99)])
+    with pytest.raises(TypeError, match="pairs"):
+        tp.patch_each_head(tiny, ds, [3])
+    with pytest.raises(ValueError, match="empty"):
+        tp.patch_each_head(tiny, ds, [])
+    with pytest.raises(ValueError, match="batch_size"):
+        tp.score(tiny, ds, batch_size=0)
+    bad = make_ds()
+    bad.answer_ids = torch.tensor([1000] * 6)  # out of vocabulary: fails inside the hooked run
+    with pytest.raises(IndexError):
+        tp.edit_heads(tiny, bad, [(0, 1)])
+    assert no_hooks_left(tiny)

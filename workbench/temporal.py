@@ -1,0 +1,303 @@
+"""Analysis helpers for temporal heads (Park et al. 2025, "Does Time Have Its Place?").
+
+The notebook ``notebooks/03_temporal_heads.ipynb`` asks which attention heads carry the time
+condition of a fact ("In 1995, the president of the United States was" -> " Bill"). These
+helpers work on any dataset with the fields of
+:class:`workbench.datasets.temporal.TemporalFacts`: ``clean_tokens`` and ``corrupted_tokens``
+(the same prompt with another year) ``[batch, pos]``, ``answer_ids`` and ``counterfactual_ids``
+``[batch]``, ``pos`` with ``"END"`` (and ``"TIME_START"`` / ``"TIME"`` for
+:func:`time_attention`), optionally ``candidate_ids``. Right-padded batches are fine: everything
+is read at each prompt's own END.
+
+- :func:`final_logits` / :func:`score`: logits at END, logit difference and accuracy, in
+  chunks (Gemma's vocabulary is large), under whatever hooks are active.
+- :func:`time_attention`: attention from END to the time tokens, per head.
+- :func:`patch_each_head`: exact activation patching of chosen heads one at a time (a head's
+  ``hook_z`` from the clean run into the corrupted run), normalised.
+- :func:`edit_heads`: the value edit: ``z + scale * (z_source - z)`` for a set of heads at every
+  position, the source being the other-year prompt.
+- :func:`random_head_sets`, :func:`ablation_table`, :func:`edit_table`: top heads against
+  seeded random heads.
+
+>>> import torch
+>>> from types import SimpleNamespace
+>>> from workbench.models import tiny_model
+>>> model = tiny_model()
+>>> clean, corrupted = torch.randint(1, 100, (2, 3, 6)).unbind(0)
+>>> ds = SimpleNamespace(clean_tokens=clean, corrupted_tokens=corrupted,
+...                      answer_ids=torch.tensor([1, 2, 3]), counterfactual_ids=torch.tensor([4, 5, 6]),
+...                      pos={"END": torch.tensor([5, 5, 5])})
+>>> s = score(model, ds)
+>>> sorted(s)
+['accuracy', 'diff', 'logit_diff']
+>>> same = edit_heads(model, ds, [(0, 1)], scale=0.0)      # scale 0: nothing changes
+>>> bool(torch.allclose(same, s["diff"], atol=1e-5))
+True
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .ablation import AblationKind, ablate
+from .heads import attention_to
+from .results import Result
+
+__all__ = [
+    "final_logits",
+    "score",
+    "time_attention",
+    "group_ids",
+    "patch_each_head",
+    "edit_heads",
+    "random_head_sets",
+    "ablation_table",
+    "edit_table",
+]
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+
+
+def _check_heads(model, heads) -> list[tuple[int, int]]:
+    out = []
+    for x in heads:
+        try:
+            layer, head = (int(v) for v in x)
+        except (TypeError, ValueError):
+            raise TypeError(f"heads must be (layer, head) pairs, got {x!r}.") from None
+        if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
+            raise ValueError(
+                f"Head {(layer, head)} is out of range for a model with {model.cfg.n_layers} "
+                f"layers and {model.cfg.n_heads} heads."
+            )
+        out.append((layer, head))
+    return out
+
+
+@torch.no_grad()
+def final_logits(
+    model, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"], *, batch_size: int = 16
+) -> Float[Tensor, "batch d_vocab"]:
+    """The logits at each prompt's END, computed ``batch_size`` prompts at a time.
+
+    Hooks that are active on ``model`` (``with ablate(...)``, ``with model.hooks(...)``) apply.
+    """
+    _check_batch_size(batch_size)
+    if tokens.ndim != 2 or len(end) != tokens.shape[0]:
+        raise ValueError(
+            f"tokens must be [batch, pos] with one END per prompt; got tokens "
+            f"{tuple(tokens.shape)} and {len(end)} END positions."
+        )
+    out = []
+    for s in range(0, tokens.shape[0], batch_size):
+        logits = model(tokens[s : s + batch_size])
+        rows = torch.arange(logits.shape[0])
+        out.append(logits[rows, end[s : s + batch_size]])
+    return torch.cat(out)
+
+
+def _scores_from_logits(ds, last: Tensor) -> dict:
+    rows = torch.arange(last.shape[0])
+    ans = last[rows, ds.answer_ids]
+    diff = ans - last[rows, ds.counterfactual_ids]
+    candidates = getattr(ds, "candidate_ids", None)
+    if candidates:
+        ok = torch.tensor([bool((ans[i] >= last[i, c]).all()) for i, c in enumerate(candidates)])
+    else:  # no candidates: the answer must beat the counterfactual
+        ok = diff > 0
+    return dict(logit_diff=diff.mean().item(), accuracy=ok.float().mean().item(), diff=diff)
+
+
+def score(model, ds, tokens: Tensor | None = None, *, batch_size: int = 16) -> dict:
+    """Logit difference and accuracy of ``model`` on ``ds`` (under any active hooks).
+
+    Returns ``{"logit_diff": mean, "accuracy": fraction, "diff": [batch] per prompt}``. Accuracy
+    is the "candidates" criterion of :func:`workbench.datasets.temporal.keep_correct` (the
+    answer's first token beats every candidate object's; ties count as correct, so the answer
+    never loses to itself) when ``ds`` has ``candidate_ids``, else answer beats counterfactual.
+    ``tokens`` defaults to ``ds.clean_tokens``.
+    """
+    tokens = ds.clean_tokens if tokens is None else tokens
+    return _scores_from_logits(ds, final_logits(model, tokens, ds.pos["END"], batch_size=batch_size))
+
+
+def time_attention(model, ds) -> Result:
+    """Attention from each prompt's END to its time tokens (TIME_START..TIME), ``[layer, head]``.
+
+    The mass each head puts on the year (or alias) tokens, averaged over prompts.
+    """
+    tokens = ds.clean_tokens
+    n_pos = tokens.shape[1]
+    ar = torch.arange(n_pos)
+    keys = (ar >= ds.pos["TIME_START"][:, None]) & (ar <= ds.pos["TIME"][:, None])
+    queries = ar == ds.pos["END"][:, None]
+    r = attention_to(model, tokens, keys, queries)
+    r.metric = "attention from END to the time tokens"
+    return r
+
+
+def group_ids(ds) -> Tensor:
+    """One id per prompt for its (relation, token length): prompts that align position by position.
+
+    For per-template mean ablation (``ablate(..., template_ids=group_ids(ds))``).
+    """
+    keys = [(r, int(e)) for r, e in zip(ds.relations, ds.pos["END"])]
+    index = {k: i for i, k in enumerate(sorted(set(keys)))}
+    return torch.tensor([index[k] for k in keys])
+
+
+@torch.no_grad()
+def _z_cache(model, tokens: Tensor, layers: Sequence[int], batch_size: int) -> dict[int, Tensor]:
+    """``hook_z`` of the given layers: ``{layer: [batch, pos, head, d_head]}``."""
+    names = {f"blocks.{layer}.attn.hook_z" for layer in layers}
+    parts: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    for s in range(0, tokens.shape[0], batch_size):
+        _, cache = model.run_with_cache(
+            tokens[s : s + batch_size], names_filter=lambda n: n in names, return_type=None
+        )
+        for layer in layers:
+            parts[layer].append(cache[f"blocks.{layer}.attn.hook_z"])
+    return {layer: torch.cat(p) for layer, p in parts.items()}
+
+
+def _edit_hook(z: Tensor, hook, *, source: Tensor, heads: list[int], scale: float) -> Tensor:
+    z = z.clone()
+    z[:, :, heads] = z[:, :, heads] + scale * (source[:, :, heads] - z[:, :, heads])
+    return z
+
+
+@torch.no_grad()
+def _edited_logits(model, tokens, end, source_z: dict[int, Tensor], heads, scale: float,
+                   batch_size: int) -> Tensor:
+    """Logits at END with ``z <- z + scale * (z_source - z)`` for ``heads`` at every position."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, h in heads:
+        by_layer.setdefault(layer, []).append(h)
+    out = []
+    for s in range(0, tokens.shape[0], batch_size):
+        sl = slice(s, s + batch_size)
+        hooks = [
+            (f"blocks.{layer}.attn.hook_z",
+             lambda z, hook, src=source_z[layer][sl], hs=hs: _edit_hook(
+                 z, hook, source=src, heads=hs, scale=scale))
+            for layer, hs in sorted(by_layer.items())
+        ]
+        with model.hooks(fwd_hooks=hooks):
+            out.append(final_logits(model, tokens[sl], end[sl], batch_size=batch_size))
+    return torch.cat(out)
+
+
+def patch_each_head(
+    model, ds, heads: Sequence[tuple[int, int]], *, batch_size: int = 16, progress: bool = True
+) -> Result:
+    """Exact activation patching of each head in ``heads`` alone, clean INTO corrupted.
+
+    Each head's ``hook_z`` (every position) from the clean prompt replaces the corrupted
+    prompt's; the value is the normalised logit difference
+    ``(LD_patched - LD_corrupted) / (LD_clean - LD_corrupted)``: 0 = no effect, 1 = the whole
+    clean behaviour restored. Same values as ``workbench.patching.patch_heads`` with the
+    normalised ``ds.logit_diff()`` at those heads (a test checks it), at the cost of one forward
+    per chosen head instead of every head.
+
+    Returns a Result ``[layer, head]``, NaN for heads that were not patched; ``meta`` holds the
+    clean and corrupted logit differences.
+    """
+    heads = _check_heads(model, heads)
+    if not heads:
+        raise ValueError("heads is empty: give the (layer, head) pairs to patch.")
+    end = ds.pos["END"]
+    clean = score(model, ds, ds.clean_tokens, batch_size=batch_size)["logit_diff"]
+    corrupted = score(model, ds, ds.corrupted_tokens, batch_size=batch_size)["logit_diff"]
+    if not abs(clean - corrupted) > 1e-6:
+        raise ValueError("The clean and corrupted logit differences are equal: nothing to restore.")
+    source = _z_cache(model, ds.clean_tokens, sorted({l for l, _ in heads}), batch_size)
+    values = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
+    for layer, h in tqdm(heads, desc="patching heads", disable=not progress):
+        last = _edited_logits(model, ds.corrupted_tokens, end, source, [(layer, h)], 1.0, batch_size)
+        ld = _scores_from_logits(ds, last)["logit_diff"]
+        values[layer, h] = (ld - corrupted) / (clean - corrupted)
+    return Result(values, ("layer", "head"), "normalised logit difference after patching",
+                  meta=dict(clean=clean, corrupted=corrupted, heads=heads,
+                            method="exact patching of hook_z, clean into corrupted, one head at a time"))
+
+
+def edit_heads(model, ds, heads: Sequence[tuple[int, int]], *, scale: float = 1.0,
+               batch_size: int = 16) -> Float[Tensor, " batch"]:
+    """The value edit: per-prompt logit difference of the clean prompt with ``heads`` edited.
+
+    For each head in ``heads``, at every position, ``z <- z + scale * (z_source - z)`` with the
+    source the corrupted (other-year) prompt: ``scale=1`` is patching the other year's head
+    outputs in, larger scales push further along that difference. Returns
+    ``logit[answer] - logit[counterfactual]`` per prompt: below 0 the answer has moved to the
+    other year's object.
+    """
+    heads = _check_heads(model, heads)
+    source = _z_cache(model, ds.corrupted_tokens, sorted({l for l, _ in heads}), batch_size)
+    last = _edited_logits(model, ds.clean_tokens, ds.pos["END"], source, heads, float(scale),
+                          batch_size)
+    return _scores_from_logits(ds, last)["diff"]
+
+
+def random_head_sets(model, k: int, n: int, *, seed: int = 0,
+                     exclude: Sequence[tuple[int, int]] = ()) -> list[list[tuple[int, int]]]:
+    """``n`` seeded draws of ``k`` distinct heads each, none in ``exclude``."""
+    pool = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)
+            if (l, h) not in set(map(tuple, exclude))]
+    if not 0 < k <= len(pool):
+        raise ValueError(f"k must be between 1 and {len(pool)} (heads available), got {k}.")
+    gen = torch.Generator().manual_seed(seed)
+    return [sorted(pool[i] for i in torch.randperm(len(pool), generator=gen)[:k].tolist())
+            for _ in range(n)]
+
+
+def ablation_table(
+    model, datasets: dict, head_sets: dict, *, kind: AblationKind = "mean",
+    batch_size: int = 16, progress: bool = True,
+) -> pd.DataFrame:
+    """Logit difference and accuracy of each dataset with each head set ablated.
+
+    ``datasets``: ``{name: ds}``; ``head_sets``: ``{name: [(layer, head), ...]}`` (an empty list
+    is the unablated model). Mean ablation replaces a head's ``hook_z`` by its mean over the
+    dataset's corrupted-year prompts of the same relation and length (:func:`group_ids`), so
+    the head keeps its typical output but loses what the specific year told it; zero ablation
+    writes zeros. One row per (dataset, head set) with the change from the unablated model.
+    """
+    rows = []
+    for dname, ds in datasets.items():
+        base = score(model, ds, batch_size=batch_size)
+        items = tqdm(head_sets.items(), desc=f"ablating ({dname})", disable=not progress)
+        for sname, heads in items:
+            if heads:
+                ref = None if kind == "zero" else ds.corrupted_tokens
+                ids = None if kind == "zero" else group_ids(ds)
+                with ablate(model, heads=heads, kind=kind, reference=ref, template_ids=ids):
+                    s = score(model, ds, batch_size=batch_size)
+            else:
+                s = base
+            rows.append(dict(dataset=dname, heads=sname, logit_diff=s["logit_diff"],
+                             accuracy=s["accuracy"],
+                             d_logit_diff=s["logit_diff"] - base["logit_diff"],
+                             d_accuracy=s["accuracy"] - base["accuracy"]))
+    return pd.DataFrame(rows)
+
+
+def edit_table(model, ds, head_sets: dict, scales: Sequence[float], *, batch_size: int = 16,
+               progress: bool = True) -> pd.DataFrame:
+    """For each head set and scale, the mean logit difference after :func:`edit_heads` and the
+    fraction of prompts whose answer moved to the other year's object (difference below 0)."""
+    rows = []
+    todo = [(s, k) for k in head_sets for s in scales]
+    for scale, name in tqdm(todo, desc="editing", disable=not progress):
+        diff = edit_heads(model, ds, head_sets[name], scale=scale, batch_size=batch_size)
+        rows.append(dict(heads=name, scale=float(scale), logit_diff=diff.mean().item(),
+                         flipped=(diff < 0).float().mean().item()))
+    return pd.DataFrame(rows)
