@@ -97,7 +97,8 @@ def test_random_head_sets_seeded_and_exclusive(tiny):
 
 def test_ablation_table_matches_ablate(tiny):
     ds = make_ds()
-    table = tp.ablation_table(tiny, {"d": ds}, {"none": [], "x": [(1, 1)]}, progress=False)
+    table = tp.ablation_table(tiny, {"d": ds}, {"none": [], "x": [(1, 1)]}, batch_size=4,
+                              progress=False)
     with ablate(tiny, heads=[(1, 1)], kind="mean", reference=ds.corrupted_tokens,
                 template_ids=tp.group_ids(ds)):
         expected = tp.score(tiny, ds)["logit_diff"]

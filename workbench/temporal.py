@@ -279,8 +279,10 @@ def ablation_table(
             if heads:
                 ref = None if kind == "zero" else ds.corrupted_tokens
                 ids = None if kind == "zero" else group_ids(ds)
+                # per-group means need the whole batch in one pass (template ids per prompt)
+                size = batch_size if kind == "zero" else len(ds.clean_tokens)
                 with ablate(model, heads=heads, kind=kind, reference=ref, template_ids=ids):
-                    s = score(model, ds, batch_size=batch_size)
+                    s = score(model, ds, batch_size=size)
             else:
                 s = base
             rows.append(dict(dataset=dname, heads=sname, logit_diff=s["logit_diff"],
