@@ -127,3 +127,14 @@ def test_bad_input_and_no_hooks_left(tiny):
     with pytest.raises(IndexError):
         tp.edit_heads(tiny, bad, [(0, 1)])
     assert no_hooks_left(tiny)
+
+
+def test_edit_table_matches_edit_heads(tiny):
+    ds = make_ds()
+    sets = {"a": [(0, 1), (1, 2)], "b": [(1, 0)]}
+    table = tp.edit_table(tiny, ds, sets, [1.0, 3.0], progress=False)
+    assert list(table.heads) == ["a", "a", "b", "b"]
+    for row in table.itertuples():
+        diff = tp.edit_heads(tiny, ds, sets[row.heads], scale=row.scale)
+        assert row.logit_diff == pytest.approx(diff.mean().item(), abs=1e-5)
+        assert row.flipped == pytest.approx((diff < 0).float().mean().item())
