@@ -282,9 +282,16 @@ def _set_index_hook(act: Tensor, hook, *, clean: Tensor, index: tuple) -> Tensor
 
 
 def _is_hooked_transformer(model) -> bool:
+    """Whether the fast path applies: ``start_at_layer`` and a key/value cache, and no attention
+    mask that a mid-model start would lose (a left-padding tokenizer) or shortformer embedding."""
     from transformer_lens import HookedTransformer
 
-    return isinstance(model, HookedTransformer) and model.cfg.positional_embedding_type != "shortformer"
+    tokenizer = getattr(model, "tokenizer", None)
+    return (
+        isinstance(model, HookedTransformer)
+        and model.cfg.positional_embedding_type != "shortformer"
+        and getattr(tokenizer, "padding_side", "right") != "left"
+    )
 
 
 def _has_readout(metric) -> bool:
@@ -320,7 +327,7 @@ class _Context:
     corrupted_final: Tensor | None  # final residual [batch, pos, d_model]
     kv: object | None  # the corrupted run's key/value cache (fast path)
     readout: object | None
-    max_start: int  # positions before this are never recomputed beyond it
+    max_start: int  # a pass starts no later than this (the earliest position the metric reads)
 
 
 def _prepare(model, plan, clean_tokens, corrupted_tokens, metric, fast: bool):
@@ -464,7 +471,8 @@ def patch(
         site: see :data:`Site`. ``by_pos`` only matters for head sites.
         layers, heads, positions: restrict the sweep (default all). For ``k``/``v`` on a
             grouped-query model ``heads`` are key/value heads.
-        batch_size: patched indices per forward pass (peak memory grows with it).
+        batch_size: patched indices per forward pass, counted at full length (a pass that
+            starts at a later position holds proportionally more); peak memory grows with it.
         progress: a tqdm bar over layers.
 
     Returns:
