@@ -1,0 +1,177 @@
+"""Tests for workbench.circuits: head selection, attention split, circuit building, tables."""
+
+import pytest
+import torch
+
+from workbench.circuits import (
+    build_circuit,
+    head_table,
+    kv_receivers,
+    path_effect,
+    position_mask,
+    select_heads,
+    split_by_attention,
+)
+from workbench.heads import HeadSet
+from workbench.metrics import LogitDiff
+from workbench.path_patching import path_patch, path_patch_heads
+from workbench.results import Result
+
+
+def grid(rows) -> Result:
+    return Result(torch.tensor(rows, dtype=torch.float32), ("layer", "head"), "score")
+
+
+# ------------------------------------------------------------------------------ path_effect
+
+
+def test_path_effect_matches_single_path_reference(tiny, random_tokens):
+    clean = random_tokens
+    corrupted = torch.roll(random_tokens, 1, dims=0)
+    metric = LogitDiff(answers=[1, 2, 3], wrong=[4, 5, 6])
+    r = path_patch_heads(tiny, clean, corrupted, metric, progress=False)
+    eff = path_effect(r)
+    assert eff.dims == ("layer", "head") and eff.shape == (2, 4)
+    clean_value = metric(tiny(clean)).item()
+    for layer, h in [(0, 1), (1, 3)]:
+        value = path_patch(tiny, clean, corrupted, metric, senders=[(layer, h)]).item()
+        assert eff.values[layer, h].item() == pytest.approx(clean_value - value, abs=1e-4)
+
+
+def test_path_effect_errors():
+    with pytest.raises(ValueError, match="meta\\['clean'\\]"):
+        path_effect(grid([[1.0]]))
+    with pytest.raises(ValueError, match="dims"):
+        path_effect(Result(torch.zeros(3), ("pos",)))
+
+
+# ------------------------------------------------------------------------------ select_heads
+
+
+def test_select_heads_relative_to_largest_magnitude():
+    effect = grid([[0.5, -0.2, 0.07], [0.04, -0.6, 0.0]])  # scale 0.6, threshold 0.06
+    assert sorted(select_heads(effect, sign="positive", rel=0.1)) == [(0, 0), (0, 2)]
+    assert sorted(select_heads(effect, sign="negative", rel=0.1)) == [(0, 1), (1, 1)]
+    assert sorted(select_heads(effect, sign="negative", rel=0.5)) == [(1, 1)]
+    assert sorted(select_heads(effect, rel=0.1, min_effect=0.1)) == [(0, 0)]
+    assert select_heads(effect, name="movers").name == "movers"
+
+
+def test_select_heads_selects_nothing_from_a_flat_sweep():
+    assert len(select_heads(grid([[0.0, 0.0], [0.0, 0.0]]))) == 0
+    assert len(select_heads(grid([[0.0, -1.0]]), sign="positive")) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [(dict(sign="both"), "sign"), (dict(rel=0), "rel"), (dict(rel=1.5), "rel"),
+     (dict(min_effect=-1), "min_effect")],
+)
+def test_select_heads_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        select_heads(grid([[1.0]]), **kwargs)
+
+
+# ------------------------------------------------------------------------------ receivers, masks
+
+
+def test_kv_receivers(tiny, tiny_gqa):
+    # tiny_gqa: 4 query heads share 2 key/value heads (query heads 0, 1 -> 0; 2, 3 -> 1).
+    assert kv_receivers(tiny_gqa, [(1, 0), (1, 1), (1, 3), (0, 2)]) == [(0, 1), (1, 0), (1, 1)]
+    assert kv_receivers(tiny, HeadSet([(1, 3), (1, 0)])) == [(1, 0), (1, 3)]
+    with pytest.raises(ValueError, match="No heads"):
+        kv_receivers(tiny, [])
+
+
+def test_position_mask():
+    m = position_mask(torch.tensor([2, 0]), 4)
+    assert m.dtype == torch.bool
+    assert m.tolist() == [[False, False, True, False], [True, False, False, False]]
+    with pytest.raises(ValueError, match="0..3"):
+        position_mask(torch.tensor([4]), 4)
+    with pytest.raises(ValueError, match="one position per prompt"):
+        position_mask(torch.tensor([[1]]), 4)
+
+
+# ------------------------------------------------------------------------------ split_by_attention
+
+
+def test_split_by_attention():
+    to_s1 = grid([[0.8, 0.0], [0.05, 0.3]])
+    to_s1p1 = grid([[0.1, 0.7], [0.02, 0.4]])
+    out = split_by_attention([(0, 0), (0, 1), (1, 0), (1, 1)],
+                             {"duplicate": to_s1, "induction": to_s1p1}, min_attention=0.1)
+    assert sorted(out["duplicate"]) == [(0, 0)]
+    assert sorted(out["induction"]) == [(0, 1), (1, 1)]
+    assert sorted(out["other"]) == [(1, 0)]  # attends to neither
+    assert out["induction"].name == "induction"
+
+
+def test_split_by_attention_errors():
+    with pytest.raises(ValueError, match="empty"):
+        split_by_attention([(0, 0)], {})
+    with pytest.raises(ValueError, match="rest"):
+        split_by_attention([(0, 0)], {"other": grid([[1.0]])})
+    with pytest.raises(ValueError, match="dims"):
+        split_by_attention([(0, 0)], {"a": Result(torch.zeros(2), ("pos",))})
+
+
+# ------------------------------------------------------------------------------ build_circuit
+
+
+def test_build_circuit_union_cap_and_fill():
+    effect_a = grid([[0.9, -0.8, 0.1], [0.05, 0.7, -0.3]])  # scale 0.9
+    effect_b = grid([[0.0, 0.0, 0.2], [0.4, 0.0, 0.0]])  # scale 0.4
+    classes = {"a": HeadSet([(0, 0), (0, 2)], "a"), "b": HeadSet([(1, 0), (0, 2)], "b"),
+               "neg": HeadSet([(0, 1)], "neg")}
+    effects = {"a": effect_a, "b": effect_b, "neg": effect_a}
+    plain = build_circuit(classes, effects, max_heads=5)
+    assert sorted(plain.heads) == [(0, 0), (0, 1), (0, 2), (1, 0)] and len(plain.filled) == 0
+    # priority: (0,0) 1.0; (0,2) max(0.1/0.9, 0.2/0.4) = 0.5; (1,0) 0.4/0.4 = 1.0; (0,1) 0.8/0.9
+    assert plain.priority.values[0, 2].item() == pytest.approx(0.5)
+    assert plain.priority.values[0, 1].item() == pytest.approx(0.8 / 0.9)
+    capped = build_circuit(classes, effects, max_heads=2)  # the two heads of priority 1.0
+    assert sorted(capped.heads) == [(0, 0), (1, 0)]
+    assert sorted(capped.dropped) == [(0, 1), (0, 2)]
+    last = build_circuit(classes, effects, max_heads=3, last=["neg"])  # (0,1) goes before (0,2)
+    assert sorted(last.heads) == [(0, 0), (0, 2), (1, 0)]
+    assert sorted(build_circuit(classes, effects, max_heads=3).heads) == [(0, 0), (0, 1), (1, 0)]
+    filled = build_circuit(classes, effects, max_heads=6, fill_from=effect_a)
+    assert sorted(filled.filled) == [(1, 1), (1, 2)]  # 0.7 and |-0.3| beat 0.05
+    assert len(filled.heads) == 6
+    frame = filled.to_frame()
+    assert dict(zip(zip(frame["layer"], frame["head"]), frame["class"])) == {
+        (0, 0): "a", (0, 2): "a", (1, 0): "b", (0, 1): "neg", (1, 1): "fill", (1, 2): "fill"}
+    top = build_circuit({}, {}, max_heads=2, fill_from=effect_a)  # no classes: top |fill_from|
+    assert sorted(top.heads) == [(0, 0), (0, 1)]
+
+
+def test_build_circuit_errors():
+    effect = grid([[1.0, 0.0]])
+    with pytest.raises(ValueError, match="max_heads"):
+        build_circuit({}, {}, max_heads=0)
+    with pytest.raises(ValueError, match="outside"):
+        build_circuit({"a": HeadSet([(3, 0)])}, {"a": effect}, max_heads=2)
+    with pytest.raises(ValueError, match="No effect"):
+        build_circuit({"a": HeadSet([(0, 0)])}, {}, max_heads=2)
+    with pytest.raises(ValueError, match="last"):
+        build_circuit({"a": HeadSet([(0, 0)])}, {"a": effect}, max_heads=2, last=["b"])
+    with pytest.raises(ValueError, match="dims"):
+        build_circuit({"a": HeadSet([(0, 0)])}, {"a": Result(torch.zeros(2), ("pos",))}, max_heads=1)
+
+
+def test_head_table():
+    a, b = grid([[1.0, 2.0], [3.0, 4.0]]), grid([[-1.0, -2.0], [-3.0, -4.0]])
+    t = head_table([(1, 1), (0, 1)], first=a, second=b)
+    assert t.columns.tolist() == ["head_label", "layer", "head", "first", "second"]
+    assert t.values.tolist() == [["L1H1", 1, 1, 4.0, -4.0], ["L0H1", 0, 1, 2.0, -2.0]]
+
+
+def test_percentile_rank():
+    from workbench.circuits import percentile_rank
+
+    r = percentile_rank(grid([[0.2, 0.9, 0.2], [0.5, float("nan"), -1.0]]))
+    # order: nan < -1 < 0.2 = 0.2 < 0.5 < 0.9; ties share the mean of ranks 2 and 3
+    assert torch.allclose(r.values, torch.tensor([[50.0, 100.0, 50.0], [80.0, 0.0, 20.0]]))
+    with pytest.raises(ValueError, match="two heads"):
+        percentile_rank(grid([[1.0]]))

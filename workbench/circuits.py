@@ -1,0 +1,338 @@
+"""From sweeps to a circuit: select heads by effect, split them by attention, build a capped circuit.
+
+The IOI analysis (Wang et al. 2022) names heads step by step: path patching from every head to
+the logits finds the name movers, from every head to the name movers' queries the S-inhibition
+heads, and so on. Each step here is the same small operation on a ``(layer, head)`` Result:
+
+- :func:`path_effect` turns a :func:`~workbench.path_patching.path_patch_heads` result into the
+  effect of each sender's path, ``meta["clean"] - value`` (positive: the path supports the clean
+  behaviour);
+- :func:`select_heads` keeps the heads whose effect has the wanted sign and is at least ``rel``
+  times the largest effect in the sweep (and at least ``min_effect``), so the rule reads the same
+  on any model;
+- :func:`split_by_attention` splits heads by where they attend (e.g. S2 -> S1: duplicate-token
+  heads, S2 -> S1+1: induction heads);
+- :func:`build_circuit` takes the union of the classes, caps it at a number of heads (keeping
+  each class's strongest heads first) and, if asked, fills it up with the heads that rank
+  highest on another score (e.g. activation patching), recording which heads came from where;
+- :func:`head_table` lines up several ``(layer, head)`` scores for a set of heads, and
+  :func:`percentile_rank` says where a head stands among all heads on a score.
+
+>>> import torch
+>>> from workbench.results import Result
+>>> effect = Result(torch.tensor([[0.5, -0.2], [0.04, 0.01]]), ("layer", "head"))
+>>> sorted(select_heads(effect, sign="positive", rel=0.1))
+[(0, 0)]
+>>> sorted(select_heads(effect, sign="negative", rel=0.1))
+[(0, 1)]
+>>> choice = build_circuit({"movers": select_heads(effect)}, {"movers": effect}, max_heads=2,
+...                        fill_from=effect)
+>>> sorted(choice.heads), sorted(choice.filled)
+([(0, 0), (0, 1)], [(0, 1)])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Mapping, Sequence, get_args
+
+import pandas as pd
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from .heads import HeadSet
+from .results import Result
+
+__all__ = [
+    "Sign",
+    "path_effect",
+    "select_heads",
+    "kv_receivers",
+    "position_mask",
+    "split_by_attention",
+    "CircuitChoice",
+    "build_circuit",
+    "head_table",
+    "percentile_rank",
+]
+
+Sign = Literal["positive", "negative"]
+
+
+def _check_grid(result, what: str = "result") -> Result:
+    if not isinstance(result, Result) or tuple(result.dims) != ("layer", "head"):
+        got = result.dims if isinstance(result, Result) else type(result).__name__
+        raise ValueError(f"The {what} must be a Result with dims ('layer', 'head'), got {got}.")
+    return result
+
+
+def path_effect(result: Result) -> Result:
+    """The effect of each sender head's path: ``meta["clean"] - value``, dims ``(layer, head)``.
+
+    ``result`` comes from :func:`workbench.path_patching.path_patch_heads`, which returns the
+    metric of the clean run with one path corrupted; with a normalised metric the effect is the
+    fraction of the clean-minus-corrupted gap that the path carries.
+    """
+    _check_grid(result, "path patching result")
+    if "clean" not in result.meta:
+        raise ValueError(
+            "The result has no meta['clean'] (the clean metric); pass the Result of "
+            "path_patch_heads itself."
+        )
+    meta = dict(result.meta, effect="meta['clean'] - value")
+    return Result(result.meta["clean"] - result.values, ("layer", "head"),
+                  f"path effect ({result.metric})", dict(result.labels), meta)
+
+
+def select_heads(
+    effect: Result,
+    *,
+    sign: Sign = "positive",
+    rel: float = 0.1,
+    min_effect: float = 0.0,
+    name: str | None = None,
+) -> HeadSet:
+    """Heads whose effect has ``sign`` and a size of at least ``rel`` times the largest ``|effect|``.
+
+    Args:
+        effect: ``(layer, head)`` scores, e.g. from :func:`path_effect`.
+        sign: ``"positive"`` keeps ``effect >= rel * max|effect|``; ``"negative"`` keeps
+            ``effect <= -rel * max|effect|``. The scale is the largest magnitude of either sign,
+            so a sweep dominated by negative heads selects few positive ones.
+        rel: the threshold relative to the sweep's largest magnitude, in ``(0, 1]``.
+        min_effect: an absolute floor on ``|effect|`` (in the effect's units), so that a sweep in
+            which nothing matters selects nothing rather than its noise.
+        name: the HeadSet's name (default: a description of the rule).
+    """
+    _check_grid(effect, "effect")
+    if sign not in get_args(Sign):
+        raise ValueError(f"sign must be one of {get_args(Sign)}, got {sign!r}.")
+    if not (isinstance(rel, (int, float)) and 0 < rel <= 1):
+        raise ValueError(f"rel must be a number in (0, 1], got {rel!r}.")
+    if not (isinstance(min_effect, (int, float)) and min_effect >= 0):
+        raise ValueError(f"min_effect must be a number >= 0, got {min_effect!r}.")
+    v = effect.values.float()
+    scale = v.nan_to_num(0.0).abs().max().item()
+    signed = v if sign == "positive" else -v
+    keep = (signed >= rel * scale) & (signed > 0) & (signed >= min_effect)
+    label = name if name is not None else f"{sign} effect >= {rel:g} x max |effect|"
+    return HeadSet(keep.nonzero().tolist(), label)
+
+
+def kv_receivers(model, heads) -> list[tuple[int, int]]:
+    """The ``(layer, kv_head)`` pairs that query heads read keys and values from, sorted.
+
+    Path patching to ``"k"``/``"v"`` takes key/value heads; on a model without grouped-query
+    attention each query head is its own key/value head.
+    """
+    from .path_patching import kv_head_of
+
+    pairs = [tuple(int(i) for i in h) for h in heads]
+    if not pairs:
+        raise ValueError("No heads given: there is no receiver to patch.")
+    return sorted({(layer, kv_head_of(model, h)) for layer, h in pairs})
+
+
+def position_mask(positions: Int[Tensor, "batch"], seq: int) -> Bool[Tensor, "batch pos"]:
+    """One position per prompt (e.g. ``ds.pos["S2"]``) as a boolean mask ``[batch, pos]``."""
+    p = torch.as_tensor(positions, dtype=torch.long)
+    if p.ndim != 1:
+        raise ValueError(f"positions must be one position per prompt [batch], got {tuple(p.shape)}.")
+    if len(p) and (int(p.min()) < 0 or int(p.max()) >= seq):
+        raise ValueError(f"positions must lie in 0..{seq - 1}, got {p.min()}..{p.max()}.")
+    return torch.nn.functional.one_hot(p, seq).bool()
+
+
+def split_by_attention(
+    heads,
+    scores: Mapping[str, Result],
+    *,
+    min_attention: float = 0.1,
+    rest: str = "other",
+) -> dict[str, HeadSet]:
+    """Split ``heads`` by which of several attention scores is largest for each head.
+
+    Args:
+        heads: the heads to split (a HeadSet or ``(layer, head)`` pairs).
+        scores: ``{class name: (layer, head) Result}``, e.g. ``{"duplicate-token": attention from
+            S2 to S1, "induction": attention from S2 to S1+1}``.
+        min_attention: a head goes to the class of its largest score only if that score is at
+            least this; otherwise to ``rest``.
+
+    Returns:
+        ``{name: HeadSet}`` for every name in ``scores`` and ``rest`` (possibly empty sets).
+    """
+    if not scores:
+        raise ValueError("scores is empty: give at least one {name: (layer, head) Result}.")
+    if rest in scores:
+        raise ValueError(f"rest={rest!r} is also a name in scores; choose another name.")
+    for key, r in scores.items():
+        _check_grid(r, f"score {key!r}")
+    names = list(scores)
+    grid = torch.stack([scores[k].values.float() for k in names])  # [class, layer, head]
+    out: dict[str, set] = {k: set() for k in [*names, rest]}
+    for layer, h in (HeadSet(heads) if not isinstance(heads, HeadSet) else heads):
+        col = grid[:, layer, h]
+        best = int(col.argmax())
+        out[names[best] if col[best] >= min_attention else rest].add((layer, h))
+    return {k: HeadSet(v, k) for k, v in out.items()}
+
+
+@dataclass
+class CircuitChoice:
+    """A circuit of heads built from named classes, and where each head came from.
+
+    Attributes:
+        classes: the classes as given, ``{name: HeadSet}``.
+        heads: the circuit.
+        filled: heads added from ``fill_from`` (in no class).
+        dropped: class heads left out because of the cap.
+        max_heads: the cap.
+        priority: ``(layer, head)``: each class head's ``|effect|`` relative to the largest
+            ``|effect|`` of the sweep that found its class (0 outside the classes).
+    """
+
+    classes: dict[str, HeadSet]
+    heads: HeadSet
+    filled: HeadSet
+    dropped: HeadSet
+    max_heads: int
+    priority: Result
+
+    def class_of(self, head) -> str:
+        """The first class that holds ``head``, "fill" for a filled head, "" if not in the circuit."""
+        for name, hs in self.classes.items():
+            if head in hs and head in self.heads:
+                return name
+        return "fill" if head in self.filled else ""
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per circuit head: layer, head, class (first matching), priority."""
+        rows = [
+            {"layer": layer, "head": h, "class": self.class_of((layer, h)),
+             "priority": float(self.priority.values[layer, h])}
+            for layer, h in self.heads
+        ]
+        return pd.DataFrame(rows, columns=["layer", "head", "class", "priority"])
+
+
+def _priority(classes: dict[str, HeadSet], effects: Mapping[str, Result]) -> Tensor:
+    """Per head, the largest ``|effect| / max|effect|`` over the classes that hold it."""
+    missing = [k for k in classes if k not in effects]
+    if missing:
+        raise ValueError(f"No effect given for class(es) {missing}; effects needs one Result per class.")
+    shape = None
+    for k in classes:
+        _check_grid(effects[k], f"effect of class {k!r}")
+        if shape is not None and effects[k].shape != shape:
+            raise ValueError(f"The effects have different shapes ({shape} vs {effects[k].shape}).")
+        shape = effects[k].shape
+    out = torch.zeros(shape) if shape is not None else torch.zeros(0, 0)
+    for k, hs in classes.items():
+        v = effects[k].values.float().nan_to_num(0.0).abs()
+        scale = v.max().item()
+        for layer, h in hs:
+            if not (layer < v.shape[0] and h < v.shape[1]):
+                raise ValueError(f"Head L{layer}H{h} of class {k!r} lies outside the {tuple(v.shape)} grid.")
+            out[layer, h] = max(out[layer, h].item(), v[layer, h].item() / scale if scale else 0.0)
+    return out
+
+
+def build_circuit(
+    classes: Mapping[str, HeadSet],
+    effects: Mapping[str, Result],
+    *,
+    max_heads: int,
+    last: Sequence[str] = (),
+    fill_from: Result | None = None,
+) -> CircuitChoice:
+    """The union of ``classes``, at most ``max_heads`` heads; optionally filled up to ``max_heads``.
+
+    If the union has more than ``max_heads`` heads, heads are kept in this order: first those in
+    no class named in ``last`` (e.g. the negative name movers, which work *against* the
+    behaviour), then the rest; within each group by **priority**, a head's ``|effect|`` relative
+    to the largest ``|effect|`` of the sweep that found its class, so every class keeps its
+    strongest heads first. Ties keep the lower ``(layer, head)`` first.
+
+    Args:
+        classes: ``{name: HeadSet}``, e.g. name movers, S-inhibition heads, ...
+        effects: ``{name: (layer, head) Result}``, the sweep that found each class.
+        max_heads: the cap, e.g. ``int(0.15 * n_layers * n_heads)``.
+        last: class names whose heads are the first to go under the cap.
+        fill_from: if given, heads in no class with the largest ``|fill_from|`` (e.g. activation
+            patching) are added until the circuit has ``max_heads`` heads.
+    """
+    if not isinstance(max_heads, int) or isinstance(max_heads, bool) or max_heads < 1:
+        raise ValueError(f"max_heads must be a positive int, got {max_heads!r}.")
+    unknown = [k for k in last if k not in classes]
+    if unknown:
+        raise ValueError(f"last names class(es) {unknown} that are not in classes {list(classes)}.")
+    classes = {k: (v if isinstance(v, HeadSet) else HeadSet(v, k)) for k, v in classes.items()}
+    priority = _priority(classes, effects)
+    if fill_from is not None:
+        _check_grid(fill_from, "fill_from")
+        if classes and fill_from.shape != tuple(priority.shape):
+            raise ValueError(f"fill_from has shape {fill_from.shape}, the effects {tuple(priority.shape)}.")
+        if not classes:
+            priority = torch.zeros(fill_from.shape)
+    union = set().union(*[hs.heads for hs in classes.values()])
+    late = set().union(*[classes[k].heads for k in last])
+    early = union - {h for h in late if not any(h in classes[k] for k in classes if k not in last)}
+    order = sorted(union, key=lambda x: (x not in early, -priority[x].item(), x))
+    kept = order[:max_heads]
+    added = []
+    if fill_from is not None:
+        score = fill_from.values.float().nan_to_num(0.0).abs()
+        rest = [(layer, h) for layer in range(score.shape[0]) for h in range(score.shape[1])
+                if (layer, h) not in union]
+        added = sorted(rest, key=lambda x: (-score[x].item(), x))[: max_heads - len(kept)]
+    return CircuitChoice(
+        classes=classes,
+        heads=HeadSet(kept + added, "circuit"),
+        filled=HeadSet(added, "fill"),
+        dropped=HeadSet(union - set(kept), "dropped by the cap"),
+        max_heads=max_heads,
+        priority=Result(priority, ("layer", "head"), "|effect| relative to its class's sweep"),
+    )
+
+
+def head_table(heads, **scores: Result) -> pd.DataFrame:
+    """A table of ``heads`` (rows, in order) with one column per ``(layer, head)`` score.
+
+    >>> import torch
+    >>> r = Result(torch.arange(4.).reshape(2, 2), ("layer", "head"))
+    >>> head_table([(1, 0)], score=r).values.tolist()
+    [['L1H0', 1, 0, 2.0]]
+    """
+    for key, r in scores.items():
+        _check_grid(r, f"score {key!r}")
+    rows = []
+    for item in heads:
+        layer, h = (int(i) for i in item)
+        row = {"head_label": f"L{layer}H{h}", "layer": layer, "head": h}
+        row.update({k: float(r.values[layer, h]) for k, r in scores.items()})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["head_label", "layer", "head", *scores])
+
+
+def percentile_rank(scores: Result) -> Result:
+    """Each head's percentile among all heads on ``scores``: 0 the lowest, 100 the highest.
+
+    Ties get the average of their ranks; NaN scores rank lowest.
+
+    >>> import torch
+    >>> percentile_rank(Result(torch.tensor([[0.1, 0.9], [0.5, 0.3]]), ("layer", "head"))).values
+    tensor([[  0.0000, 100.0000],
+            [ 66.6667,  33.3333]])
+    """
+    _check_grid(scores, "scores")
+    v = scores.values.double().flatten().nan_to_num(float("-inf"))
+    if v.numel() < 2:
+        raise ValueError("percentile_rank needs at least two heads.")
+    below = (v[None, :] < v[:, None]).sum(1).double()
+    equal = (v[None, :] == v[:, None]).sum(1).double() - 1
+    pct = 100 * (below + equal / 2) / (v.numel() - 1)
+    return Result(pct.float().reshape(scores.shape), ("layer", "head"),
+                  f"percentile among heads ({scores.metric})", dict(scores.labels),
+                  dict(scores.meta))
