@@ -378,3 +378,16 @@ def test_smollm2_needle_accuracy_and_masking(smollm2):
     with_mask = retrieval.needle_correct(smollm2, hs[:1], heads=masked)
     assert with_mask.values.item() == greedy_reference(smollm2, hs[0], masked)
     assert_no_hooks(smollm2)
+
+
+def test_k_sweep():
+    assert retrieval.k_sweep(models.tiny_model(n_layers=30, n_heads=9)) == [1, 3, 9, 27]
+    assert retrieval.k_sweep(models.tiny_model(n_layers=18, n_heads=4)) == [1, 2, 4, 7]  # 7.2 -> 7
+    tiny = models.tiny_model()  # 8 heads: 10% rounds to 1
+    assert retrieval.k_sweep(tiny) == [1]
+    assert retrieval.k_sweep(tiny, max_fraction=1.0, steps=4) == [1, 2, 4, 8]
+    assert retrieval.k_sweep(tiny, max_fraction=0.5, steps=1) == [4]
+    with pytest.raises(ValueError, match="max_fraction"):
+        retrieval.k_sweep(tiny, max_fraction=0)
+    with pytest.raises(ValueError, match="steps"):
+        retrieval.k_sweep(tiny, steps=0)

@@ -8,6 +8,7 @@ This module asks whether the model *needs* them:
 * :func:`masking_experiment`: needle accuracy with the top-K retrieval heads masked against K
   random *non-retrieval* heads (several seeded draws, averaged), for a sweep of K; returns a
   :class:`MaskingResult` with ``.to_frame()`` and ``.plot()``.
+* :func:`k_sweep`: head counts from 1 to a fraction of the model's heads, spaced geometrically.
 * :func:`haystack_frame` and :func:`score_summary`: the per-haystack retrieval scores in a table,
   and their means by context length or needle depth.
 
@@ -54,6 +55,7 @@ __all__ = [
     "needle_accuracy",
     "masking_experiment",
     "MaskingResult",
+    "k_sweep",
     "haystack_frame",
     "score_summary",
 ]
@@ -301,6 +303,24 @@ class MaskingResult:
             title=title if title is not None else "Masking retrieval heads vs random heads",
             ax=ax,
         )
+
+
+def k_sweep(model, *, max_fraction: float = 0.1, steps: int = 4) -> list[int]:
+    """Head counts ``K`` for :func:`masking_experiment`: ``steps`` values spaced geometrically
+    from 1 to ``round(max_fraction * n_layers * n_heads)`` (rounded, repeats dropped).
+
+    >>> from workbench.models import tiny_model
+    >>> k_sweep(tiny_model(n_layers=30, n_heads=9))   # 270 heads: 1 .. 27
+    [1, 3, 9, 27]
+    """
+    if not 0 < max_fraction <= 1:
+        raise ValueError(f"max_fraction must lie in (0, 1], got {max_fraction}.")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}.")
+    k_max = max(1, round(max_fraction * model.cfg.n_layers * model.cfg.n_heads))
+    if steps == 1:
+        return [k_max]
+    return sorted({round(k_max ** (i / (steps - 1))) for i in range(steps)})
 
 
 def _check_ks(ks, n_heads: int) -> list[int]:
