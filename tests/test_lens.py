@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -443,22 +444,35 @@ def test_dla_gemma_post_norm(gemma):
 
 LONG_CONTEXT_SCRIPT = textwrap.dedent(
     """
-    import resource, sys, time, torch
+    import gc, sys, time, torch
     from workbench import models
     from workbench.lens import logit_lens
+
+    def status_gb(key):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 2**20
+        raise KeyError(key)
+
     model = models.load_model("smollm2-135m", verbose=False)
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, model.cfg.d_vocab, (1, 2000), generator=gen)
     tokens[0, 0] = model.tokenizer.bos_token_id
     step = int(sys.argv[1])
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    gc.collect()
+    loaded = status_gb("VmRSS")
+    # Reset the process's peak-RSS mark, so loading (or converting GGUF on a cold cache) does
+    # not hide the lens's own peak.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     start = time.perf_counter()
     r = logit_lens(model, tokens, "next", top_k=5, positions=list(range(0, 2000, step)))
     seconds = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = status_gb("VmHWM")
     n = len(range(0, 2000, step))
     assert r.rank.shape == (31, n) and len(r.top_tokens) == 31 * n * 5
-    print(f"{before:.3f} {after:.3f} {seconds:.1f}")
+    print(f"{loaded:.3f} {peak:.3f} {seconds:.1f}")
     """
 )
 
@@ -469,17 +483,24 @@ LONG_CONTEXT_STEP = int(os.environ.get("WORKBENCH_LENS_STEP", "10"))
 
 
 @pytest.mark.slow
-def test_logit_lens_memory_long_context():
-    """A 2,000-token logit lens on SmolLM2 stays within a few GB (peak RSS, own process)."""
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_logit_lens_memory_long_context(smollm2):
+    """A 2,000-token logit lens on SmolLM2 stays within a few GB (peak RSS, own process).
+
+    The ``smollm2`` fixture only makes sure the converted weights are cached; the lens runs in a
+    fresh process whose peak-RSS mark is reset after loading, so the figure is the lens's own.
+    """
     out = subprocess.run(
         [sys.executable, "-c", LONG_CONTEXT_SCRIPT, str(LONG_CONTEXT_STEP)],
         capture_output=True,
         text=True,
         check=True,
     )
-    before, after, seconds = (float(x) for x in out.stdout.split()[-3:])
+    loaded, peak, seconds = (float(x) for x in out.stdout.split()[-3:])
     print(
-        f"2,000 tokens, every {LONG_CONTEXT_STEP}th position read: peak RSS after loading "
-        f"{before:.2f} GB, after the lens {after:.2f} GB; lens {seconds:.1f} s"
+        f"2,000 tokens, every {LONG_CONTEXT_STEP}th position read: RSS with the model loaded "
+        f"{loaded:.2f} GB, peak during the lens {peak:.2f} GB (+{peak - loaded:.2f}); "
+        f"lens {seconds:.1f} s"
     )
-    assert after < 3.0
+    assert peak < 3.0
+    assert peak - loaded < 2.0
