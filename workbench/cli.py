@@ -3,6 +3,7 @@
     workbench models
     workbench run 01_ioi_circuit --model gemma-3-270m [--param N_PROMPTS=40 ...]
     workbench run all --model smollm2-135m
+    workbench atlas --model gemma-3-270m      (the head atlas: PNG + CSV under reports/<model>/atlas)
     python -m workbench run ...               (the same)
 
 ``run`` executes the notebook headless with the model injected after its cell tagged
@@ -24,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["main", "run_notebook", "notebooks_dir", "find_notebook"]
+__all__ = ["main", "run_notebook", "run_atlas", "notebooks_dir", "find_notebook", "check_model_name"]
 
 
 def notebooks_dir() -> Path:
@@ -45,6 +46,29 @@ def find_notebook(name: str) -> Path:
             return nb
     known = ", ".join(nb.stem for nb in _all_notebooks())
     raise SystemExit(f"Unknown notebook {name!r}. Known notebooks: {known}, or 'all'.")
+
+
+def check_model_name(name: str) -> None:
+    """Fail at once, before any kernel starts, on a model name nothing could load.
+
+    Offline models and every name TransformerLens knows (official names and aliases) pass; a
+    known hub model that cannot be downloaded fails later, when the notebook loads it, with
+    :class:`workbench.models.ModelNotAvailableError`.
+    """
+    from . import models
+
+    if name in models.OFFLINE_MODELS:
+        return
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        get_official_model_name(name)
+    except ValueError:
+        raise SystemExit(
+            f"Unknown model {name!r}. Offline models: {', '.join(models.OFFLINE_MODELS)} "
+            f"(see `workbench models`); any TransformerLens model name also works where its "
+            f"weights can be downloaded."
+        ) from None
 
 
 def _parse_params(pairs: list[str]) -> dict[str, object]:
@@ -90,6 +114,12 @@ def _inject(nb, params: dict[str, object]) -> None:
     )
     cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
     nb.cells.insert(index + 1, cell)
+
+
+def _read_notebook(path: Path):
+    import nbformat
+
+    return nbformat.read(path, as_version=4)
 
 
 def _figures(nb, stem: str, folder: Path) -> list[Path]:
@@ -184,6 +214,22 @@ def run_notebook(
     return report
 
 
+def run_atlas(model_name: str, out_root: Path, k: int | None = None) -> list[Path]:
+    """Build the head atlas of ``model_name`` and save it under ``out_root/<model>/atlas``."""
+    from . import atlas, models
+
+    model = models.load_model(model_name)
+    start = time.perf_counter()
+    result = atlas.head_atlas(model, k=k, model_name=model_name)
+    paths = result.save(out_root / model_name / "atlas")
+    print(f"== head atlas of {model_name}: {time.perf_counter() - start:.0f} s -> {paths[0].parent}")
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 2):
+        print(result.overlaps().drop(columns=["heads"]).to_string(index=False))
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--model", default=None, help="model name (default: the default offline model)")
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--out", default="reports", help="report folder (default: reports/)")
+    at = sub.add_parser("atlas", help="map the heads of every phenomenon on a model (PNG + CSV)")
+    at.add_argument("--model", default=None, help="model name (default: the default offline model)")
+    at.add_argument("--k", type=int, default=None, help="heads per role (default: 3%% of heads, at least 3)")
+    at.add_argument("--out", default="reports", help="report folder (default: reports/)")
     args = parser.parse_args(argv)
 
     from . import models
@@ -205,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     model = args.model or models.DEFAULT_MODEL
+    check_model_name(model)
+    if args.command == "atlas":
+        run_atlas(model, Path(args.out), k=args.k)
+        return 0
     if model not in models.OFFLINE_MODELS:
         print(
             f"Note: {model!r} is not an offline model; it will load through TransformerLens "
@@ -213,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     targets = _all_notebooks() if args.notebook == "all" else [find_notebook(args.notebook)]
     params = _parse_params(args.param)
+    for nb in targets:  # every parameter checked before the first notebook runs
+        _inject(_read_notebook(nb), {"MODEL": model, **params})
     for nb in targets:
         run_notebook(nb, model, params, Path(args.out))
     return 0

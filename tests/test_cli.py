@@ -1,0 +1,111 @@
+"""The command line: clear errors before any work, complete reports or clearly failed ones."""
+
+import nbformat
+import pytest
+
+from workbench import cli
+
+
+def _notebook(path, *cells, parameters="MODEL = 'x'\nN = 2"):
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}))
+    for source, tags in cells:
+        nb.cells.append(nbformat.v4.new_code_cell(source, metadata={"tags": tags}))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+PLOT = "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([0, N])\nplt.show()"
+
+
+def test_unknown_notebook_names_the_known_ones():
+    with pytest.raises(SystemExit, match=r"Unknown notebook 'nope'.*01_ioi_circuit.*'all'"):
+        cli.main(["run", "nope"])
+
+
+def test_find_notebook_by_number_stem_and_name():
+    by_number = cli.find_notebook("01")
+    assert by_number.name == "01_ioi_circuit.ipynb"
+    assert cli.find_notebook("01_ioi_circuit") == by_number == cli.find_notebook("01_ioi_circuit.ipynb")
+
+
+def test_unknown_model_fails_before_any_kernel_starts(tmp_path):
+    with pytest.raises(SystemExit, match=r"Unknown model 'no-such-model'.*smollm2-135m.*gemma-3-270m"):
+        cli.main(["run", "00", "--model", "no-such-model", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="Unknown model"):
+        cli.main(["atlas", "--model", "no-such-model", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_transformer_lens_names_pass_the_model_check():
+    cli.check_model_name("gpt2")  # known to TransformerLens; loading it needs the hub
+    cli.check_model_name("gemma-3-270m")
+
+
+@pytest.mark.parametrize("pair", ["N", "1=2", "N-1=3"])
+def test_malformed_param(pair):
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        cli._parse_params([pair])
+
+
+def test_param_values_are_python_literals_or_strings():
+    assert cli._parse_params(["N=3", "XS=(1, 2)", "NAME=abc", "F=0.5"]) == {
+        "N": 3, "XS": (1, 2), "NAME": "abc", "F": 0.5,
+    }
+
+
+def test_unknown_param_lists_the_notebooks_parameters(tmp_path):
+    with pytest.raises(SystemExit, match=r"Unknown parameter\(s\) \['NOPE'\].*\['MODEL', 'PROMPT'\]"):
+        cli.main(["run", "00", "--param", "NOPE=1", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
+
+
+def test_notebook_without_parameters_cell(tmp_path):
+    path = _notebook(tmp_path / "nb.ipynb")
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[0].metadata["tags"] = []
+    with pytest.raises(SystemExit, match="no cell tagged 'parameters'"):
+        cli._inject(nb, {"MODEL": "m"})
+
+
+def test_run_writes_a_complete_report(tmp_path, capsys):
+    nb = _notebook(
+        tmp_path / "demo.ipynb",
+        (PLOT, []),
+        ("print(f'found {N * 3} heads on {MODEL}')", ["findings"]),
+    )
+    report = cli.run_notebook(nb, "some-model", {"N": 7}, tmp_path / "reports")
+    assert report == tmp_path / "reports" / "some-model"
+    executed = nbformat.read(report / "demo.ipynb", as_version=4)
+    assert executed.cells[1].source.startswith("# Parameters injected")
+    assert "N = 7" in executed.cells[1].source and "MODEL = 'some-model'" in executed.cells[1].source
+    assert (report / "demo.html").read_text().count("found 21 heads on some-model") >= 1
+    figures = list((report / "figures").glob("demo-cell*.png"))
+    assert len(figures) == 1 and figures[0].read_bytes()[:4] == b"\x89PNG"
+    assert not list(report.glob(".*partial*"))
+    out = capsys.readouterr().out
+    assert "found 21 heads on some-model" in out  # the findings summary
+
+
+def test_failing_cell_is_named_and_no_complete_report_is_left(tmp_path):
+    out = tmp_path / "reports"
+    nb = _notebook(tmp_path / "demo.ipynb", (PLOT, []), ("print('ok')", ["findings"]))
+    report = cli.run_notebook(nb, "m", {}, out)
+    assert (report / "demo.ipynb").exists() and (report / "demo.html").exists()
+    # The same notebook now fails in its third cell: the old complete report must go.
+    _notebook(tmp_path / "demo.ipynb", (PLOT, []), ("assert N > 5, 'too few heads'", ["findings"]))
+    with pytest.raises(SystemExit) as e:
+        cli.run_notebook(nb, "m", {}, out)
+    message = str(e.value)
+    assert "failed in cell 3" in message and "assert N > 5" in message and "too few heads" in message
+    assert "demo.FAILED.ipynb" in message
+    assert not (report / "demo.ipynb").exists() and not (report / "demo.html").exists()
+    assert not list((report / "figures").glob("demo-cell*.png"))
+    assert not list(report.glob(".*partial*"))
+    failed = nbformat.read(report / "demo.FAILED.ipynb", as_version=4)
+    assert any(o.get("output_type") == "error" for o in failed.cells[3].outputs)
+    # A later successful run removes the FAILED marker.
+    _notebook(tmp_path / "demo.ipynb", ("print('fixed')", ["findings"]))
+    cli.run_notebook(nb, "m", {}, out)
+    assert (report / "demo.ipynb").exists() and not (report / "demo.FAILED.ipynb").exists()
