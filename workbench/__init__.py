@@ -53,7 +53,7 @@ from .patching import patch_attn_out, patch_heads, patch_mlp_out, patch_resid
 from .path_patching import path_patch, path_patch_heads
 from .results import Result
 
-_LAZY = {"retrieval", "sae", "toy", "widgets", "cli"}
+_LAZY = {"retrieval", "sae", "toy", "widgets", "cli", "atlas"}
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -1,0 +1,138 @@
+"""Head atlas: selection rule, tables, saved files; the finders on a real model (slow)."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from workbench import atlas as atlas_mod
+from workbench.atlas import HeadAtlas, default_k, head_atlas, top_positive
+from workbench.heads import HeadSet
+from workbench.results import Result
+
+
+def _scores(values, name="score"):
+    return Result(torch.tensor(values, dtype=torch.float32), ("layer", "head"), name)
+
+
+def test_top_positive_skips_non_positive_and_nan():
+    s = _scores([[0.5, -1.0, float("nan")], [0.0, 2.0, 0.1]])
+    assert sorted(top_positive(s, 2, "r")) == [(0, 0), (1, 1)]
+    assert sorted(top_positive(s, 10, "r")) == [(0, 0), (1, 1), (1, 2)]  # only 3 positive scores
+    assert top_positive(s, 1, "r").name == "r"
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        top_positive(s, 0, "r")
+
+
+def test_top_positive_matches_a_plain_sort():
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(6, 5, generator=gen)
+    s = Result(values, ("layer", "head"), "x")
+    order = sorted(((v, (i // 5, i % 5)) for i, v in enumerate(values.flatten().tolist()) if v > 0), reverse=True)
+    for k in (1, 4, 9):
+        assert set(top_positive(s, k, "x")) == {h for _, h in order[:k]}
+
+
+def test_default_k():
+    class Cfg:
+        def __init__(self, n_layers, n_heads):
+            self.n_layers, self.n_heads = n_layers, n_heads
+
+    class M:
+        def __init__(self, *shape):
+            self.cfg = Cfg(*shape)
+
+    assert default_k(M(30, 9)) == 8  # SmolLM2-135M: 3% of 270
+    assert default_k(M(18, 4)) == 3  # Gemma-3-270m: 3% of 72 is 2, at least 3
+    assert default_k(M(2, 2)) == 3
+
+
+def _atlas():
+    sets = {
+        "name mover": HeadSet({(3, 0), (3, 1), (2, 2)}, "name mover"),
+        "induction": HeadSet({(1, 0), (2, 2), (3, 1)}, "induction"),
+        "temporal": HeadSet({(0, 1)}, "temporal"),
+    }
+    scores = {r: _scores(torch.rand(4, 3, generator=torch.Generator().manual_seed(i)).tolist(), r)
+              for i, r in enumerate(sets)}
+    return HeadAtlas("toy", (4, 3), 3, scores, sets)
+
+
+def test_to_frame_one_row_per_head_with_its_roles():
+    a = _atlas()
+    f = a.to_frame()
+    assert f["label"].tolist() == ["L0H1", "L1H0", "L2H2", "L3H0", "L3H1"]
+    row = f.set_index("label").loc["L2H2"]
+    assert row["n_roles"] == 2 and row["roles"] == "name mover; induction"
+    assert row["induction"] == pytest.approx(a.scores["induction"].values[2, 2].item())
+
+
+def test_overlaps_against_hand_counts():
+    o = _atlas().overlaps().set_index(["role_a", "role_b"])
+    nm_ind = o.loc[("name mover", "induction")]
+    assert nm_ind["shared"] == 2 and nm_ind["jaccard"] == pytest.approx(2 / 4)
+    assert nm_ind["a_in_b"] == pytest.approx(2 / 3) and nm_ind["b_in_a"] == pytest.approx(2 / 3)
+    assert nm_ind["chance_shared"] == pytest.approx(3 * 3 / 12)
+    assert nm_ind["heads"] == "L2H2 L3H1"
+    assert o.loc[("name mover", "temporal")]["shared"] == 0
+    assert len(o) == 3
+
+
+def test_overlap_matrix_is_symmetric_for_jaccard():
+    m = _atlas().overlap_matrix("jaccard")
+    assert (m.values == m.values.T).all() and (m.values.diagonal() == 1).all()
+
+
+def test_save_writes_png_and_csvs_that_read_back(tmp_path):
+    a = _atlas()
+    paths = a.save(tmp_path / "atlas")
+    assert [p.name for p in paths] == ["atlas.png", "atlas_heads.csv", "atlas_overlaps.csv"]
+    assert paths[0].read_bytes()[:4] == b"\x89PNG"
+    heads = pd.read_csv(paths[1])
+    assert heads["label"].tolist() == a.to_frame()["label"].tolist()
+    overlaps = pd.read_csv(paths[2])
+    assert overlaps["shared"].tolist() == a.overlaps()["shared"].tolist()
+    assert not list((tmp_path / "atlas").glob(".*partial"))
+
+
+def test_plot_colours_every_role_membership():
+    fig = _atlas().plot()
+    stripes = [p for p in fig.axes[0].patches if hasattr(p, "_head")]
+    assert len(stripes) == 3 + 3 + 1  # one stripe per (head, role)
+
+
+def test_bad_arguments(tiny):
+    with pytest.raises(ValueError, match="Unknown phenomena"):
+        head_atlas(tiny, phenomena=["ioi", "colours"])
+    with pytest.raises(ValueError, match="k must be between 1"):
+        head_atlas(tiny, phenomena=["induction"], k=0)
+
+
+def test_finders_cover_every_role():
+    assert set(atlas_mod.FINDERS) == {"ioi", "induction", "retrieval", "temporal", "arithmetic"}
+
+
+def test_induction_only_atlas_on_the_tiny_model(tiny):
+    a = head_atlas(tiny, phenomena=["induction"], k=2, verbose=False)
+    assert list(a.sets) == ["induction"]
+    scores = a.scores["induction"].values
+    expected = {(i // tiny.cfg.n_heads, i % tiny.cfg.n_heads) for i in scores.flatten().argsort(descending=True)[:2].tolist()
+                if scores.flatten()[i] > 0}
+    assert set(a.sets["induction"]) == expected
+
+
+@pytest.mark.slow
+def test_atlas_on_smollm2_finds_heads_for_every_role(smollm2, tmp_path):
+    smollm2.tokenizer.padding_side = "right"
+    a = head_atlas(smollm2, k=4, verbose=False, model_name="smollm2-135m")
+    assert list(a.sets) == list(atlas_mod.ROLES)
+    for role, s in a.sets.items():
+        assert 1 <= len(s) <= 4, role
+        values = a.scores[role].values
+        best = values.nan_to_num(nan=-math.inf).max()
+        assert any(values[l, h] == best for l, h in s), role  # the best head is always in
+    # The name movers feed the S-inhibition sweep: late heads, above the S-inhibition heads.
+    assert min(l for l, _ in a.sets["name mover"]) > min(l for l, _ in a.sets["S-inhibition"])
+    paths = a.save(tmp_path)
+    assert all(p.stat().st_size > 0 for p in paths)
