@@ -189,3 +189,10 @@ def test_offline_models_answer_a_simple_prompt(smollm2, gemma):
     for model in (smollm2, gemma):
         logits = model(models.to_tokens(model, "The capital of France is the city of"))
         assert models.to_str_tokens(model, [logits[0, -1].argmax().item()]) == [" Paris"]
+
+
+@pytest.mark.slow
+def test_offline_models_pad_on_the_right(smollm2, gemma):
+    """Gemma's tokenizer pads on the left by default; loaded models pad as to_tokens does."""
+    for model in (smollm2, gemma):
+        assert model.tokenizer.padding_side == "right"

@@ -395,6 +395,10 @@ def _load_cached(name: str):
     # add_bos_token=True is what TransformerLens would otherwise reload the tokenizer to get;
     # the workbench's own to_tokens ignores it (it adds BOS itself, once).
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", add_bos_token=True)
+    # Right padding, as workbench.to_tokens pads. Gemma's tokenizer pads on the left by default,
+    # which makes TransformerLens build an attention mask from pad tokens on every forward pass,
+    # a mask that runs starting mid-model (start_at_layer) cannot carry.
+    tokenizer.padding_side = "right"
     state_dict = load_file(str(folder / "weights.safetensors"))
     return _build(cfg, state_dict, tokenizer)
 
