@@ -13,11 +13,7 @@ from workbench.ablation import (
     minimality,
 )
 from workbench.metrics import LogitDiff
-
-
-def assert_no_hooks(model):
-    for name, hp in model.hook_dict.items():
-        assert not hp.fwd_hooks and not hp.bwd_hooks, f"hook left on {name}"
+from hooks import assert_no_hooks
 
 
 @pytest.fixture

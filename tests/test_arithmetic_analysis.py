@@ -9,6 +9,7 @@ from workbench.ablation import ablate
 from workbench.arithmetic import (answer_accuracy, operand_attention, random_heads, top_heads,
                                   top_vs_random)
 from workbench.results import Result
+from hooks import assert_no_hooks
 
 
 @dataclass
@@ -16,10 +17,6 @@ class _Problems:
     clean_tokens: torch.Tensor
     answer_ids: torch.Tensor
     pos: dict = field(default_factory=dict)
-
-
-def _no_hooks(model) -> bool:
-    return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
 
 
 @pytest.fixture
@@ -45,7 +42,7 @@ def test_ablated_accuracy_matches_plain_loop(tiny, problems):
         logits = tiny(problems.clean_tokens)
     want = (logits[:, -1].argmax(-1) == problems.answer_ids).float().mean().item()
     assert got == pytest.approx(want)
-    assert _no_hooks(tiny)
+    assert_no_hooks(tiny)
 
 
 def test_top_heads_order_and_random_heads_seeded(tiny):
@@ -96,4 +93,4 @@ def test_no_hooks_left_after_error(tiny, problems):
     bad["answer_ids"] = problems.answer_ids[:2]  # wrong length: the comparison raises inside ablate
     with pytest.raises(RuntimeError):
         answer_accuracy(tiny, _Problems(**bad), heads=[(0, 0)], kind="zero")
-    assert _no_hooks(tiny)
+    assert_no_hooks(tiny)

@@ -123,16 +123,16 @@ def test_induction_only_atlas_on_the_tiny_model(tiny):
 
 
 @pytest.mark.slow
-def test_atlas_on_smollm2_finds_heads_for_every_role(smollm2, tmp_path):
-    smollm2.tokenizer.padding_side = "right"
-    a = head_atlas(smollm2, k=4, verbose=False, model_name="smollm2-135m")
-    assert list(a.sets) == list(atlas_mod.ROLES)
+def test_ioi_roles_on_smollm2(smollm2, tmp_path):
+    """The IOI finder on a real model (the full atlas runs in notebooks/06_head_atlas under nbval)."""
+    a = head_atlas(smollm2, phenomena=["ioi"], k=4, verbose=False, model_name="smollm2-135m")
+    assert list(a.sets) == ["name mover", "S-inhibition"]
     for role, s in a.sets.items():
-        assert 1 <= len(s) <= 4, role
+        assert len(s) == 4, role
         values = a.scores[role].values
         best = values.nan_to_num(nan=-math.inf).max()
         assert any(values[l, h] == best for l, h in s), role  # the best head is always in
-    # The name movers feed the S-inhibition sweep: late heads, above the S-inhibition heads.
-    assert min(l for l, _ in a.sets["name mover"]) > min(l for l, _ in a.sets["S-inhibition"])
+    # S-inhibition heads act on the name movers' queries, so they sit below the lowest name mover.
+    assert max(l for l, _ in a.sets["S-inhibition"]) < min(l for l, _ in a.sets["name mover"])
     paths = a.save(tmp_path)
     assert all(p.stat().st_size > 0 for p in paths)

@@ -8,14 +8,9 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from workbench import attribution, models, patching
 from workbench.metrics import LogitDiff, normalise
+from hooks import assert_no_hooks
 
 TOL = 1e-4
-
-
-def assert_no_hooks(model):
-    for name, hp in model.hook_dict.items():
-        assert not hp.fwd_hooks and not hp.bwd_hooks, f"hook left on {name}"
-        assert not hp._forward_hooks and not hp._backward_hooks, f"torch hook left on {name}"
 
 
 def no_norm_model(attn_only: bool) -> HookedTransformer:

@@ -7,12 +7,7 @@ from workbench import heads, models
 from workbench.datasets.needles import Haystack
 from workbench.heads import HeadSet, overlap_table
 from workbench.results import Result
-
-
-def assert_no_hooks(model):
-    for name, hp in model.hook_dict.items():
-        assert not hp.fwd_hooks and not hp.bwd_hooks, f"hook left on {name}"
-        assert not hp._forward_hooks and not hp._backward_hooks, f"torch hook left on {name}"
+from hooks import assert_no_hooks
 
 
 def boom(x, hook):

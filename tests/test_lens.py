@@ -22,14 +22,7 @@ from workbench.lens import (
     logit_lens,
 )
 from workbench.metrics import AnswerProb, LogitDiff
-
-
-def assert_no_hooks(model):
-    """No hook of any kind is left on any hook point or module of the model."""
-    for name, hp in model.hook_dict.items():
-        assert not hp.fwd_hooks and not hp.bwd_hooks, f"hook left on {name}"
-    for name, module in model.named_modules():
-        assert not module._forward_hooks and not module._backward_hooks, f"hook left on {name}"
+from hooks import assert_no_hooks
 
 
 def post_norm_tiny(seed: int = 0):

@@ -6,15 +6,10 @@ import transformer_lens.patching as tlp
 
 from workbench import models, patching
 from workbench.metrics import LogitDiff, normalise
+from hooks import assert_no_hooks
 
 SITES = ["resid_pre", "attn_out", "mlp_out", "z", "q", "k", "v", "pattern"]
 TOL = 1e-4
-
-
-def assert_no_hooks(model):
-    for name, hp in model.hook_dict.items():
-        assert not hp.fwd_hooks and not hp.bwd_hooks, f"hook left on {name}"
-        assert not hp._forward_hooks and not hp._backward_hooks, f"torch hook left on {name}"
 
 
 @pytest.fixture

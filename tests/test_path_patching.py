@@ -6,11 +6,7 @@ import torch
 from workbench import models
 from workbench.metrics import LogitDiff, normalise
 from workbench.path_patching import _position_mask, kv_head_of, path_patch, path_patch_heads
-
-
-def assert_no_hooks(model):
-    for name, hp in model.hook_dict.items():
-        assert not hp.fwd_hooks and not hp.bwd_hooks, f"hook left on {name}"
+from hooks import assert_no_hooks
 
 
 @pytest.fixture

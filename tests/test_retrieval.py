@@ -9,12 +9,7 @@ from workbench.ablation import mask_attention
 from workbench.datasets.needles import Haystack
 from workbench.heads import HeadSet
 from workbench.results import Result
-
-
-def assert_no_hooks(model):
-    for name, hp in model.hook_dict.items():
-        assert not hp.fwd_hooks and not hp.bwd_hooks, f"hook left on {name}"
-        assert not hp._forward_hooks and not hp._backward_hooks, f"torch hook left on {name}"
+from hooks import assert_no_hooks
 
 
 # ------------------------------------------------------------------------- references (slow)

@@ -8,10 +8,7 @@ import torch
 from workbench import models
 from workbench import sae as wsae
 from workbench.metrics import LogitDiff
-
-
-def no_hooks_left(model) -> bool:
-    return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
+from hooks import assert_no_hooks
 
 
 def random_sae(model, hook_name, *, d_sae=96, k=8, seed=0, rescale=True):
@@ -70,7 +67,7 @@ def test_train_sae_gives_a_saelens_sae_that_learned(trained):
                                   progress=False)
     assert stats["explained_variance"] > 0.5 > untrained["explained_variance"]
     assert stats["l0"] == pytest.approx(8, abs=0.5)
-    assert no_hooks_left(model)
+    assert_no_hooks(model)
 
 
 def test_evaluate_sae_matches_a_plain_loop(trained):
@@ -145,7 +142,7 @@ def test_feature_index_out_of_range(tiny, sae, corpus):
     ]:
         with pytest.raises(ValueError, match="out of range"):
             call()
-    assert no_hooks_left(tiny)
+    assert_no_hooks(tiny)
 
 
 def test_empty_corpus(tiny, sae):
@@ -175,7 +172,7 @@ def test_no_hooks_left_after_errors(tiny, sae, corpus):
         wsae.attribute_features(tiny, sae, corpus[:2], corpus[2:4], lambda logits: logits[:, -1, 0])
     with pytest.raises(RuntimeError, match="metric failed"):
         wsae.patch_features(tiny, sae, corpus[:2], corpus[2:4], broken, [0], progress=False)
-    assert no_hooks_left(tiny)
+    assert_no_hooks(tiny)
 
 
 # ---------------------------------------------------------------------------- reading features
@@ -242,7 +239,7 @@ def test_splice_with_error_term_is_the_clean_model(tiny, sae, corpus):
     s = wsae.splice(tiny, sae, corpus, with_error=True)
     assert s.spliced_loss == pytest.approx(s.clean_loss, abs=1e-5)
     assert s.clean_loss == pytest.approx(float(tiny(corpus, return_type="loss")), abs=1e-5)
-    assert no_hooks_left(tiny)
+    assert_no_hooks(tiny)
 
 
 def test_splice_losses_by_hand(tiny, sae, corpus):
@@ -312,7 +309,7 @@ def test_ablate_features_subtracts_their_decoded_contribution(tiny, sae, corpus)
     with wsae.ablate_features(tiny, sae, [2], positions=[3]):
         only3 = tiny(corpus)
     assert torch.allclose(only3[:, :3], tiny(corpus)[:, :3], atol=1e-6)  # causal: earlier untouched
-    assert no_hooks_left(tiny)
+    assert_no_hooks(tiny)
 
 
 def _ioi_like(tiny):
@@ -333,7 +330,7 @@ def test_attribution_equals_exact_patching_where_linear(tiny):
     torch.testing.assert_close(approx.values[:, feats], exact.values, atol=1e-4, rtol=1e-4)
     assert approx.meta["corrupted"] == pytest.approx(exact.meta["corrupted"], abs=1e-6)
     assert exact.values[0].eq(exact.meta["corrupted"]).all()  # BOS is never patched
-    assert no_hooks_left(tiny)
+    assert_no_hooks(tiny)
 
 
 def test_attribution_agrees_with_exact_patching_mid_layer(tiny, sae):
@@ -367,7 +364,7 @@ def test_steer_dose_response(tiny, sae, corpus):
     from workbench import plot
 
     assert plot.dose_response(r).axes and fig.axes
-    assert no_hooks_left(tiny)
+    assert_no_hooks(tiny)
 
 
 def test_logit_effects_plot(tiny, sae):
@@ -393,7 +390,7 @@ def test_shipped_sae_loads_with_saelens_and_matches_its_metrics(smollm2):
     assert stats["explained_variance"] == pytest.approx(reported["explained_variance"], abs=0.06)
     assert stats["l0"] <= sae.cfg.k
     assert stats["spliced_loss"] > stats["clean_loss"]
-    assert no_hooks_left(smollm2)
+    assert_no_hooks(smollm2)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from workbench.datasets.temporal import (
     temporal_facts,
 )
 from workbench.models import tiny_model, to_tokens
+from hooks import assert_no_hooks
 
 
 class WordTokenizer:
@@ -53,10 +54,6 @@ def word_model(**kwargs):
 @pytest.fixture
 def wm():
     return word_model()
-
-
-def no_hooks_left(model) -> bool:
-    return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,7 +207,7 @@ def test_keep_correct_matches_a_plain_loop(wm, criterion, capsys):
     report = kept.meta["keep_correct"]
     assert report["kept"] == sum(expected) and report["of"] == len(ds)
     assert f"kept {sum(expected)} of {len(ds)}" in capsys.readouterr().out
-    assert no_hooks_left(wm)
+    assert_no_hooks(wm)
 
 
 def test_keep_correct_with_nothing_correct_is_an_error(wm):

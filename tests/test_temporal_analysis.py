@@ -9,10 +9,7 @@ from workbench import temporal as tp
 from workbench.ablation import ablate
 from workbench.metrics import LogitDiff, normalise
 from workbench.patching import patch_heads
-
-
-def no_hooks_left(model) -> bool:
-    return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
+from hooks import assert_no_hooks
 
 
 def make_ds(batch=6, seq=8, seed=0, end=None):
@@ -75,7 +72,7 @@ def test_edit_scale_one_equals_full_patch_of_every_head(tiny):
     expected = logits[rows, ds.answer_ids] - logits[rows, ds.counterfactual_ids]
     assert torch.allclose(diff, expected, atol=1e-4)
     assert torch.allclose(tp.edit_heads(tiny, ds, [(0, 1)], scale=0.0), tp.score(tiny, ds)["diff"], atol=1e-5)
-    assert no_hooks_left(tiny)
+    assert_no_hooks(tiny)
 
 
 def test_time_attention_reference(tiny):
@@ -126,7 +123,7 @@ def test_bad_input_and_no_hooks_left(tiny):
     bad.answer_ids = torch.tensor([1000] * 6)  # out of vocabulary: fails inside the hooked run
     with pytest.raises(IndexError):
         tp.edit_heads(tiny, bad, [(0, 1)])
-    assert no_hooks_left(tiny)
+    assert_no_hooks(tiny)
 
 
 def test_edit_table_matches_edit_heads(tiny):

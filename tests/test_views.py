@@ -8,11 +8,7 @@ from matplotlib.figure import Figure
 from workbench import lens, plot, widgets
 from workbench.lens import get_patterns
 from workbench.widgets import AttentionExplorer, attention_explorer
-
-
-def assert_no_hooks(model):
-    for name, hp in model.hook_dict.items():
-        assert not hp.fwd_hooks and not hp.bwd_hooks, f"hook left on {name}"
+from hooks import assert_no_hooks
 
 
 def visible_axes(fig):
