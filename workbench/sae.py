@@ -602,7 +602,7 @@ def feature_activations(model, sae, prompts_or_tokens, *, top_k: int = 5) -> pd.
     index = 0
     for tokens in _as_token_rows(model, prompts_or_tokens):
         x = _flat(_hook_acts(model, sae.cfg.metadata.hook_name, tokens))
-        latents = _encode_flat(sae, x)
+        latents = _encode_flat(sae, x).detach()  # a table of numbers: no graph (SAEs in training have one)
         mask = _token_mask(sae, x)
         values, feats = latents.topk(min(top_k, sae.cfg.d_sae), dim=-1)
         for b in range(tokens.shape[0]):
