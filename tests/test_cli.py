@@ -109,3 +109,19 @@ def test_failing_cell_is_named_and_no_complete_report_is_left(tmp_path):
     _notebook(tmp_path / "demo.ipynb", ("print('fixed')", ["findings"]))
     cli.run_notebook(nb, "m", {}, out)
     assert (report / "demo.ipynb").exists() and not (report / "demo.FAILED.ipynb").exists()
+
+
+def test_run_all_goes_on_after_a_failure_and_lists_it(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _notebook(folder / "01_bad.ipynb", ("raise ValueError('no heads found')", []))
+    _notebook(folder / "02_good.ipynb", ("print('fine')", ["findings"]))
+    monkeypatch.setattr(cli, "notebooks_dir", lambda: folder)
+    code = cli.main(["run", "all", "--model", "smollm2-135m", "--out", str(tmp_path / "reports")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "01_bad.ipynb failed in cell 2" in err and "no heads found" in err
+    assert "1 of 2 notebooks failed on smollm2-135m: 01_bad" in err
+    report = tmp_path / "reports" / "smollm2-135m"
+    assert (report / "02_good.ipynb").exists() and (report / "01_bad.FAILED.ipynb").exists()
+    assert not (report / "01_bad.ipynb").exists()

@@ -269,8 +269,18 @@ def main(argv: list[str] | None = None) -> int:
     params = _parse_params(args.param)
     for nb in targets:  # every parameter checked before the first notebook runs
         _inject(_read_notebook(nb), {"MODEL": model, **params})
+    failed = []
     for nb in targets:
-        run_notebook(nb, model, params, Path(args.out))
+        try:
+            run_notebook(nb, model, params, Path(args.out))
+        except SystemExit as e:
+            if len(targets) == 1:
+                raise
+            print(e, file=sys.stderr)  # go on with the other notebooks; list failures at the end
+            failed.append(nb.stem)
+    if failed:
+        print(f"{len(failed)} of {len(targets)} notebooks failed on {model}: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
