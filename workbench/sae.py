@@ -102,7 +102,10 @@ __all__ = [
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS_FILE = ROOT / "data" / "corpus" / "generations.jsonl"
 #: Shipped SAEs by name -> folder in SAELens's format (cfg.json + sae_weights.safetensors).
-SHIPPED_SAES = {"smollm2-135m": ROOT / "data" / "sae" / "smollm2-135m-blocks.15.hook_resid_pre"}
+SHIPPED_SAES = {
+    "smollm2-135m": ROOT / "data" / "sae" / "smollm2-135m-blocks.15.hook_resid_pre",
+    "gemma-3-270m": ROOT / "data" / "sae" / "gemma-3-270m-blocks.9.hook_resid_pre",
+}
 
 Corpus = Sequence[str] | Int[Tensor, "batch pos"]
 
