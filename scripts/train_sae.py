@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--b-dec-init", choices=("zeros", "mean"), default="zeros",
+                   help="decoder bias start: 'mean' for residual streams with a large shared offset")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     p.add_argument("--out", type=Path, default=wsae.SHIPPED_SAES["smollm2-135m"])
     p.add_argument("--full-precision", action="store_true", help="store float32 weights")
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     sae = wsae.train_sae(
         model, args.hook, train_docs, d_sae=args.d_sae, k=args.k, n_tokens=args.n_tokens,
         batch_size=args.batch_size, lr=args.lr, context=args.context, seed=args.seed,
+        b_dec_init=args.b_dec_init,
     )
     training = dict(sae.cfg.metadata.workbench_training)
     wsae.save_sae(sae, args.out, half=not args.full_precision)

@@ -114,6 +114,22 @@ def test_train_on_hook_z(tiny_gqa, corpus):
     assert not wsae.feature_activations(tiny_gqa, sae, corpus[:1]).empty
 
 
+def test_b_dec_init_mean_starts_at_the_mean_activation(tiny, corpus):
+    """With a large offset added to every activation, the 'mean' start puts b_dec on it: after
+    zero training steps' worth of change the folded b_dec equals the raw mean."""
+    acts = torch.randn(512, tiny.cfg.d_model, generator=torch.Generator().manual_seed(0)) + 40.0
+    sae = wsae.train_sae(tiny, "blocks.1.hook_resid_pre", corpus, d_sae=32, k=4, n_tokens=128,
+                         batch_size=128, lr=1e-9, b_dec_init="mean", activations=acts, progress=False)
+    torch.testing.assert_close(sae.b_dec.detach(), acts.mean(0), atol=1e-3, rtol=1e-4)
+    zero = wsae.train_sae(tiny, "blocks.1.hook_resid_pre", corpus, d_sae=32, k=4, n_tokens=128,
+                          batch_size=128, lr=1e-9, activations=acts, progress=False)
+    assert zero.b_dec.abs().max() < 1e-3
+    assert sae.cfg.metadata.workbench_training["b_dec_init"] == "mean"
+    with pytest.raises(ValueError, match="b_dec_init must be"):
+        wsae.train_sae(tiny, "blocks.1.hook_resid_pre", corpus, d_sae=32, k=4, n_tokens=128,
+                       batch_size=128, b_dec_init="median", activations=acts, progress=False)
+
+
 # ---------------------------------------------------------------------------- input checks
 
 

@@ -263,6 +263,7 @@ def train_sae(
     dead_feature_window: int = 50,
     skip_bos: bool = True,
     outlier_factor: float | None = 10.0,
+    b_dec_init: Literal["zeros", "mean"] = "zeros",
     seed: int = 0,
     activations: Tensor | None = None,
     progress: bool = True,
@@ -284,6 +285,10 @@ def train_sae(
             the TopK auxiliary loss.
         outlier_factor: tokens whose activation norm exceeds this many times the median are
             left out (massive-activation sinks); recorded as ``metadata.max_norm``. None: keep all.
+        b_dec_init: "zeros" (SAELens's default) or "mean": start the decoder bias at the mean
+            activation, which the SAE subtracts before encoding. For residual streams with a large
+            offset shared by every token (Gemma-3), "zeros" leaves the latents to learn the offset
+            and most of them die.
         activations: precomputed ``[n, d_in]`` activations (skips the model; for scripts that
             already have them).
 
@@ -341,6 +346,13 @@ def train_sae(
         metadata=metadata,
     )
     training_sae = TopKTrainingSAE(cfg)
+    if b_dec_init == "mean":
+        # In the trainer's normalised space (norm sqrt(d_in) on average); SAELens folds the scale
+        # back out of b_dec at the end, leaving the raw mean as the starting point.
+        scale = d_in**0.5 / activations.norm(dim=-1).mean()
+        training_sae.b_dec.data = (activations.mean(0) * scale).to(training_sae.b_dec.dtype)
+    elif b_dec_init != "zeros":
+        raise ValueError(f"b_dec_init must be 'zeros' or 'mean', got {b_dec_init!r}.")
     steps = n_tokens // batch_size
     trainer_cfg = SAETrainerConfig(
         total_training_samples=steps * batch_size,
@@ -361,6 +373,7 @@ def train_sae(
         steps=steps,
         batch_size=batch_size,
         lr=lr,
+        b_dec_init=b_dec_init,
         corpus_activations=len(activations),
         outliers_left_out=n_outliers,
         epochs=round(steps * batch_size / len(activations), 2),
