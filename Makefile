@@ -13,6 +13,11 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
+# The same floating-point results on every x86 CPU with AVX2 (Intel or AMD, with or without
+# AVX-512): MKL and PyTorch's own kernels take their AVX2 code paths. The notebooks' stored outputs
+# are compared by nbval, and heads chosen by a threshold must not change with the CPU model.
+export MKL_CBWR := AVX2
+export ATEN_CPU_CAPABILITY := avx2
 
 .PHONY: install chromium demo test test-fast nbval bench lab clean-reports
 
