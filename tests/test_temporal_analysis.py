@@ -107,6 +107,30 @@ def test_ablation_table_matches_ablate(tiny):
 def test_group_ids():
     ds = make_ds(end=torch.tensor([7, 7, 5, 7, 7, 5]))
     assert tp.group_ids(ds).tolist() == [1, 1, 0, 3, 3, 2]
+    # Prompts differing in their subject are never averaged together (only the time may differ).
+    ds.subjects = ["x", "y", "x", "z", "z", "z"]
+    assert tp.group_ids(ds).tolist() == [1, 2, 0, 4, 4, 3]
+
+
+def test_mean_ablation_keeps_the_subject(tiny):
+    """With one prompt per subject, the mean over its other-year prompt is that prompt's own
+    activation: mean ablation is then patching the other-year run's head output in."""
+    ds = make_ds()
+    ds.subjects = [f"s{i}" for i in range(6)]
+    heads = [(0, 1), (1, 2)]
+    table = tp.ablation_table(tiny, {"d": ds}, {"x": heads}, batch_size=4, progress=False)
+    _, cache = tiny.run_with_cache(ds.corrupted_tokens)
+
+    def other_year(z, hook):
+        z = z.clone()
+        hs = [h for layer, h in heads if layer == hook.layer()]
+        z[:, :, hs] = cache[hook.name][:, :, hs]
+        return z
+
+    names = [f"blocks.{layer}.attn.hook_z" for layer in (0, 1)]
+    with tiny.hooks(fwd_hooks=[(n, other_year) for n in names]):
+        expected = tp.score(tiny, ds)["logit_diff"]
+    assert table.logit_diff.iloc[0] == pytest.approx(expected, abs=1e-5)
 
 
 def test_bad_input_and_no_hooks_left(tiny):

@@ -146,11 +146,18 @@ def time_attention(model, ds) -> Result:
 
 
 def group_ids(ds) -> Tensor:
-    """One id per prompt for its (relation, token length): prompts that align position by position.
+    """One id per prompt for its (relation, subject, token length): prompts that differ only in the time.
 
-    For per-template mean ablation (``ablate(..., template_ids=group_ids(ds))``).
+    For mean ablation that removes only what a head read from the year
+    (``ablate(..., reference=ds.corrupted_tokens, template_ids=group_ids(ds))``): a head's output
+    is replaced by its mean over the *same* prompt at other years. Grouping by relation alone would
+    be wrong for invariant facts, whose relations hold many subjects ("the capital of France / of
+    Italy"): their mean would also erase the subject, so invariant facts would lose accuracy
+    for a reason that has nothing to do with time. (Every temporal relation has one subject, so
+    for temporal facts the two groupings agree.)
     """
-    keys = [(r, int(e)) for r, e in zip(ds.relations, ds.pos["END"])]
+    subjects = getattr(ds, "subjects", None) or [None] * len(ds.relations)
+    keys = [(r, s or "", int(e)) for r, s, e in zip(ds.relations, subjects, ds.pos["END"])]
     index = {k: i for i, k in enumerate(sorted(set(keys)))}
     return torch.tensor([index[k] for k in keys])
 
@@ -267,9 +274,10 @@ def ablation_table(
 
     ``datasets``: ``{name: ds}``; ``head_sets``: ``{name: [(layer, head), ...]}`` (an empty list
     is the unablated model). Mean ablation replaces a head's ``hook_z`` by its mean over the
-    dataset's corrupted-year prompts of the same relation and length (:func:`group_ids`), so
-    the head keeps its typical output but loses what the specific year told it; zero ablation
-    writes zeros. One row per (dataset, head set) with the change from the unablated model.
+    dataset's corrupted-year prompts of the same relation, subject and length (:func:`group_ids`):
+    the same prompt at other years, so the head keeps its output but loses what the specific
+    year told it; zero ablation writes zeros (the head is removed altogether). One row per
+    (dataset, head set) with the change from the unablated model.
     """
     rows = []
     for dname, ds in datasets.items():
