@@ -197,7 +197,7 @@ def test_no_hooks_left_after_errors(tiny, sae, corpus):
 def test_feature_activations_match_saelens_encode(tiny, sae, corpus):
     frame = wsae.feature_activations(tiny, sae, corpus[:2], top_k=3)
     _, cache = tiny.run_with_cache(corpus[:2])
-    latents = sae.encode(cache["blocks.1.hook_resid_pre"])
+    latents = sae.encode(cache["blocks.1.hook_resid_pre"]).detach()
     assert set(frame["pos"]) == set(range(1, corpus.shape[1]))  # BOS left out
     for row in frame.itertuples():
         assert row.activation == pytest.approx(float(latents[row.prompt, row.pos, row.feature]), abs=1e-6)
@@ -209,14 +209,28 @@ def test_top_contexts_find_the_maximum(tiny, sae, corpus):
     feature = 7
     frame = wsae.top_contexts(tiny, sae, feature, corpus, k=4, window=3, progress=False)
     _, cache = tiny.run_with_cache(corpus)
-    acts = sae.encode(cache["blocks.1.hook_resid_pre"])[:, 1:, feature]
+    acts = sae.encode(cache["blocks.1.hook_resid_pre"]).detach()[:, 1:, feature]
     assert frame["activation"].iloc[0] == pytest.approx(float(acts.max()), abs=1e-6)
     assert frame["activation"].is_monotonic_decreasing and len(frame) == 4
     first = frame.iloc[0]
     assert f"«{int(corpus[first.row, first.pos])}»" in first.context
     assert first.tokens[first.center] == first.token
+    assert first.word == first.token.strip()  # the tiny model's "tokens" are numbers, not letters
     html = wsae.contexts_html(frame)
     assert html.count("<div style") == 4 and "feature 7" in html._repr_html_()
+
+
+@pytest.mark.parametrize("tokens, i, word", [
+    ([" J", "or", "ica", " said"], 0, "Jorica"),
+    ([" J", "or", "ica", " said"], 2, "Jorica"),
+    ([" J", "or", "ica", " said"], 3, "said"),
+    ([" Anna", ",", " Peter"], 0, "Anna"),
+    ([" Anna", ",", " Peter"], 1, ","),
+    (["Y", "esterday", ",", " Anna"], 1, "Yesterday"),
+    ([" 4", "8", "2"], 1, "8"),  # digits are not letters: each stands alone
+])
+def test_word_at_joins_the_pieces_of_one_word(tokens, i, word):
+    assert wsae.word_at(tokens, i) == word
 
 
 def test_feature_direction_is_the_decoder_row(sae):
@@ -263,7 +277,7 @@ def test_splice_losses_by_hand(tiny, sae, corpus):
     hook = "blocks.1.hook_resid_pre"
 
     def recon(act, hook):  # by hand: SAELens forward everywhere but position 0
-        out = sae(act)
+        out = sae(act).detach()
         out[:, 0] = act[:, 0]
         return out
 

@@ -85,6 +85,7 @@ __all__ = [
     "feature_direction",
     "feature_activations",
     "top_contexts",
+    "word_at",
     "contexts_html",
     "LogitEffects",
     "feature_logit_effects",
@@ -647,8 +648,10 @@ def top_contexts(
     """The ``k`` corpus tokens where ``feature`` fires most, each with ``window`` tokens either side.
 
     Columns: ``rank``, ``row``/``pos`` (in :func:`corpus_tokens` layout), ``activation``,
-    ``token`` and ``context`` (the window as text with the max token in «guillemets»), plus
-    ``tokens`` and ``activations`` (lists over the window, for :func:`contexts_html`).
+    ``token``, ``word`` (the whole word the max token is part of, see :func:`word_at`) and
+    ``context`` (the window as text with the max token in «guillemets»), plus ``tokens`` and
+    ``activations`` (lists over the window, for :func:`contexts_html`) and ``center`` (the max
+    token's index in them).
     """
     hook_name = check_sae(model, sae)
     feature = _check_feature(sae, feature)
@@ -669,13 +672,32 @@ def top_contexts(
         marked = [f"«{s}»" if j == p - lo else s for j, s in enumerate(strs)]
         rows.append(dict(
             rank=rank, row=r, pos=p, activation=float(flat[i]), token=strs[p - lo],
+            word=word_at(strs, p - lo),
             context="".join(marked) if model.tokenizer is not None else " ".join(marked),
             tokens=strs, activations=acts[r, lo:hi].tolist(), center=p - lo,
         ))
-    columns = ["rank", "row", "pos", "activation", "token", "context", "tokens", "activations", "center"]
+    columns = ["rank", "row", "pos", "activation", "token", "word", "context", "tokens", "activations",
+               "center"]
     frame = pd.DataFrame(rows, columns=columns)
     frame.attrs.update(feature=feature, hook_name=hook_name)
     return frame
+
+
+def word_at(tokens: Sequence[str], i: int) -> str:
+    """The word that token ``i`` is part of: neighbours joined while letters touch across a boundary.
+
+    Names are often split into pieces (``" J" "or" "ica"``) and a feature may fire on a middle
+    piece; this gives the whole word, without its leading space.
+
+    >>> word_at([" J", "or", "ica", " said"], 1)
+    'Jorica'
+    """
+    start, end = i, i + 1
+    while start > 0 and tokens[start][:1].isalpha() and tokens[start - 1][-1:].isalpha():
+        start -= 1
+    while end < len(tokens) and tokens[end][:1].isalpha() and tokens[end - 1][-1:].isalpha():
+        end += 1
+    return "".join(tokens[start:end]).strip()
 
 
 class HTML(str):
