@@ -27,6 +27,24 @@ def test_tiny_model_has_no_tokenizer_and_says_so(tiny):
         models.to_tokens(tiny, "hello")
 
 
+@pytest.mark.parametrize("cap", [None, 1.0])
+def test_logits_at_one_position_per_prompt_equal_the_full_forward(random_tokens, cap):
+    model = models.tiny_model(normalization="RMS", positional="rotary")
+    if cap is not None:  # a soft-capped output, as Gemma-2 has
+        model.cfg.output_logits_soft_cap = cap
+    pos = torch.tensor([9, 0, 4])
+    full = model(random_tokens)
+    torch.testing.assert_close(models.logits_at(model, random_tokens, pos), full[torch.arange(3), pos])
+    resid = model(random_tokens, stop_at_layer=model.cfg.n_layers)
+    torch.testing.assert_close(models.resid_to_logits(model, resid), full)
+    if cap is not None:  # the cap really acts (the uncapped logits reach about 2.5)
+        assert full.abs().max() <= cap and full.abs().max() > 0.9
+    with pytest.raises(ValueError, match="out of range"):
+        models.logits_at(model, random_tokens, torch.tensor([10, 0, 0]))
+    with pytest.raises(ValueError, match="one position per prompt"):
+        models.logits_at(model, random_tokens, torch.tensor([1, 2]))
+
+
 # ----------------------------------------------------------------------------- listing / errors
 def test_list_models_describes_both_offline_models():
     frame = models.list_models()

@@ -283,3 +283,26 @@ def test_smollm2_tokenization_and_kept_facts(smollm2):
         logits = smollm2(to_tokens(smollm2, kept.prompts[j]))[0, -1]
         rivals = [c for c in kept.candidate_ids[j].tolist() if c != kept.answer_ids[j]]
         assert (logits[kept.answer_ids[j]] > logits[rivals]).all()
+
+
+@pytest.mark.slow
+def test_smollm2_mid_model_runs_equal_full_forwards_on_padded_batches(smollm2):
+    """patch_each_head starts each run at its head's layer; on right-padded prompts of several
+    lengths (three relations) that must give what full forwards give."""
+    from workbench import temporal as tp
+    from workbench.models import logits_at
+
+    ds = temporal_facts(smollm2, relations=["pope", "german_chancellor", "world_cup_winner"]).subset(
+        range(0, 30, 3))
+    assert len(set(ds.pos["END"].tolist())) > 1  # really padded
+    rows = torch.arange(len(ds))
+    torch.testing.assert_close(logits_at(smollm2, ds.clean_tokens, ds.pos["END"]),
+                               smollm2(ds.clean_tokens)[rows, ds.pos["END"]], atol=1e-4, rtol=0)
+    heads = [(3, 2), (17, 4)]
+    source = tp._z_cache(smollm2, ds.clean_tokens, [3, 17], 4)
+    resid = tp._cache(smollm2, ds.corrupted_tokens, "hook_resid_pre", [3, 17], 4)
+    for layer, h in heads:
+        full = tp._edited_logits(smollm2, ds.corrupted_tokens, ds.pos["END"], source, [(layer, h)], 1.0, 4)
+        mid = tp._edited_logits(smollm2, ds.corrupted_tokens, ds.pos["END"], source, [(layer, h)], 1.0, 4,
+                                resid_pre=resid[layer])
+        torch.testing.assert_close(mid, full, atol=1e-4, rtol=0)

@@ -59,6 +59,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .metrics import LogitDiff
+from .models import resid_to_logits
 from .results import Result
 
 __all__ = [
@@ -140,14 +141,7 @@ def _softcap(model) -> float:
 
 def _decode(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
     """Logits of residual vectors through the model's own final norm, unembedding and soft cap."""
-    x = resid[None]
-    if model.cfg.normalization_type is not None:
-        x = model.ln_final(x)
-    logits = model.unembed(x)[0]
-    cap = _softcap(model)
-    if cap:
-        logits = cap * torch.tanh(logits / cap)
-    return logits
+    return resid_to_logits(model, resid[None])[0]
 
 
 # --------------------------------------------------------------------------------------------

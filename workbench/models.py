@@ -58,6 +58,7 @@ from typing import Callable, Literal, Sequence
 
 import pandas as pd
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 __all__ = [
@@ -74,6 +75,8 @@ __all__ = [
     "to_tokens",
     "to_str_tokens",
     "single_token_id",
+    "resid_to_logits",
+    "logits_at",
 ]
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -593,3 +596,41 @@ def single_token_id(model, text: str) -> int:
             "single tokens: choose another word, or compare the first token explicitly."
         )
     return ids[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Logits from the final residual stream
+
+
+def resid_to_logits(model, resid: Float[Tensor, "... pos d_model"]) -> Float[Tensor, "... pos d_vocab"]:
+    """Logits of final-residual vectors, as the model's own forward computes them.
+
+    The final norm (``ln_final``, when the model has one), the unembedding and the output soft
+    cap (Gemma-2 style ``output_logits_soft_cap``, when set).
+    """
+    x = model.ln_final(resid) if model.cfg.normalization_type is not None else resid
+    logits = model.unembed(x)
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    return cap * torch.tanh(logits / cap) if cap is not None and cap > 0 else logits
+
+
+def logits_at(
+    model, tokens: Int[Tensor, "batch pos"], pos: Int[Tensor, " batch"]
+) -> Float[Tensor, "batch d_vocab"]:
+    """The logits at one position per prompt (e.g. each prompt's last real token).
+
+    Equal to ``model(tokens)[arange(batch), pos]``, but only those rows are unembedded, which
+    is most of the cost of a short prompt on a large vocabulary. Hooks active on ``model``
+    apply (the run stops before the final norm; ``ln_final`` then sees ``[batch, 1, d_model]``).
+    """
+    pos = torch.as_tensor(pos, dtype=torch.long).reshape(-1)
+    if tokens.ndim != 2 or len(pos) != tokens.shape[0]:
+        raise ValueError(
+            f"tokens must be [batch, pos] with one position per prompt; got tokens "
+            f"{tuple(tokens.shape)} and {len(pos)} positions."
+        )
+    if len(pos) and not (0 <= int(pos.min()) and int(pos.max()) < tokens.shape[1]):
+        raise ValueError(f"positions {pos.tolist()} out of range for {tokens.shape[1]} tokens.")
+    resid = model(tokens, stop_at_layer=model.cfg.n_layers)
+    rows = torch.arange(tokens.shape[0])
+    return resid_to_logits(model, resid[rows, pos][:, None])[:, 0]

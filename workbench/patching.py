@@ -51,6 +51,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .metrics import Metric, check_scalar
+from .models import resid_to_logits
 from .results import Result
 
 __all__ = [
@@ -311,11 +312,6 @@ def readout_logits(model, final_resid: Float[Tensor, "k batch d_model"],
     return _softcap(model, torch.einsum("kbd,dbt->kbt", x, w) + model.b_U[tokens])
 
 
-def _full_logits(model, final_resid: Tensor) -> Tensor:
-    x = model.ln_final(final_resid) if model.cfg.normalization_type is not None else final_resid
-    return _softcap(model, model.unembed(x))
-
-
 @dataclass
 class _Context:
     """What one sweep shares: the clean activations and the corrupted run it patches into."""
@@ -417,7 +413,7 @@ def _run_chunk(model, ctx: _Context, plan: _Plan, layer: int, metric, mask: Tens
         return _from_readout(metric, readout_logits(model, rows, ctx.readout.tokens), k)
     if final is not None:
         prefix = ctx.corrupted_final[:, :start].repeat(k, 1, 1)
-        logits = _full_logits(model, torch.cat([prefix, final], dim=1))
+        logits = resid_to_logits(model, torch.cat([prefix, final], dim=1))
     return torch.stack([check_scalar(metric(x)) for x in logits.split(ctx.batch)])
 
 

@@ -63,6 +63,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.utilities.activation_functions import apply_softcap
 
 from .metrics import Metric, check_scalar
+from .models import resid_to_logits
 from .results import Result
 
 __all__ = ["ReceiverInput", "kv_head_of", "path_patch", "path_patch_heads"]
@@ -212,12 +213,6 @@ def _position_mask(receiver_pos, batch: int, seq: int) -> Tensor:
 # The engine: P sender sets at once, stacked along the batch axis as [P * batch, ...]
 
 
-def _final_logits(model, resid: Float[Tensor, "batch pos d_model"]) -> Tensor:
-    if model.cfg.normalization_type is not None:
-        resid = model.ln_final(resid)
-    return apply_softcap(model.unembed(resid), model.cfg.output_logits_soft_cap)
-
-
 def _metric_per_set(model, resid: Tensor, metric: Metric, n_sets: int) -> Float[Tensor, "k"]:
     """The metric of each of ``n_sets`` stacked runs, from their final residual streams.
 
@@ -242,7 +237,7 @@ def _metric_per_set(model, resid: Tensor, metric: Metric, n_sets: int) -> Float[
             )
         return values
     return torch.stack(
-        [check_scalar(metric(_final_logits(model, chunk))) for chunk in resid.split(batch)]
+        [check_scalar(metric(resid_to_logits(model, chunk))) for chunk in resid.split(batch)]
     )
 
 

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from .ablation import AblationKind, ablate
 from .heads import attention_to
+from .models import logits_at, resid_to_logits
 from .results import Result
 
 __all__ = [
@@ -97,12 +98,8 @@ def final_logits(
             f"tokens must be [batch, pos] with one END per prompt; got tokens "
             f"{tuple(tokens.shape)} and {len(end)} END positions."
         )
-    out = []
-    for s in range(0, tokens.shape[0], batch_size):
-        logits = model(tokens[s : s + batch_size])
-        rows = torch.arange(logits.shape[0])
-        out.append(logits[rows, end[s : s + batch_size]])
-    return torch.cat(out)
+    return torch.cat([logits_at(model, tokens[s : s + batch_size], end[s : s + batch_size])
+                      for s in range(0, tokens.shape[0], batch_size)])
 
 
 def _scores_from_logits(ds, last: Tensor) -> dict:
@@ -163,17 +160,22 @@ def group_ids(ds) -> Tensor:
 
 
 @torch.no_grad()
-def _z_cache(model, tokens: Tensor, layers: Sequence[int], batch_size: int) -> dict[int, Tensor]:
-    """``hook_z`` of the given layers: ``{layer: [batch, pos, head, d_head]}``."""
-    names = {f"blocks.{layer}.attn.hook_z" for layer in layers}
+def _cache(model, tokens: Tensor, hook: str, layers: Sequence[int], batch_size: int) -> dict[int, Tensor]:
+    """One activation (``hook``, e.g. ``"attn.hook_z"``) of the given layers: ``{layer: [batch, ...]}``."""
+    names = {f"blocks.{layer}.{hook}" for layer in layers}
     parts: dict[int, list[Tensor]] = {layer: [] for layer in layers}
     for s in range(0, tokens.shape[0], batch_size):
         _, cache = model.run_with_cache(
             tokens[s : s + batch_size], names_filter=lambda n: n in names, return_type=None
         )
         for layer in layers:
-            parts[layer].append(cache[f"blocks.{layer}.attn.hook_z"])
+            parts[layer].append(cache[f"blocks.{layer}.{hook}"])
     return {layer: torch.cat(p) for layer, p in parts.items()}
+
+
+def _z_cache(model, tokens: Tensor, layers: Sequence[int], batch_size: int) -> dict[int, Tensor]:
+    """``hook_z`` of the given layers: ``{layer: [batch, pos, head, d_head]}``."""
+    return _cache(model, tokens, "attn.hook_z", layers, batch_size)
 
 
 def _edit_hook(z: Tensor, hook, *, source: Tensor, heads: list[int], scale: float) -> Tensor:
@@ -184,11 +186,18 @@ def _edit_hook(z: Tensor, hook, *, source: Tensor, heads: list[int], scale: floa
 
 @torch.no_grad()
 def _edited_logits(model, tokens, end, source_z: dict[int, Tensor], heads, scale: float,
-                   batch_size: int) -> Tensor:
-    """Logits at END with ``z <- z + scale * (z_source - z)`` for ``heads`` at every position."""
+                   batch_size: int, resid_pre: Tensor | None = None) -> Tensor:
+    """Logits at END with ``z <- z + scale * (z_source - z)`` for ``heads`` at every position.
+
+    ``resid_pre``: the residual stream of ``tokens`` before the lowest edited layer, if cached;
+    the run then starts there (the layers below are not changed by the edit). Prompts are
+    right-padded, so a run that starts mid-model needs no attention mask: END never reads the
+    padding after it.
+    """
     by_layer: dict[int, list[int]] = {}
     for layer, h in heads:
         by_layer.setdefault(layer, []).append(h)
+    start = min(by_layer)
     out = []
     for s in range(0, tokens.shape[0], batch_size):
         sl = slice(s, s + batch_size)
@@ -199,8 +208,20 @@ def _edited_logits(model, tokens, end, source_z: dict[int, Tensor], heads, scale
             for layer, hs in sorted(by_layer.items())
         ]
         with model.hooks(fwd_hooks=hooks):
-            out.append(final_logits(model, tokens[sl], end[sl], batch_size=batch_size))
+            if resid_pre is None:
+                out.append(final_logits(model, tokens[sl], end[sl], batch_size=batch_size))
+            else:
+                final = model(resid_pre[sl], start_at_layer=start, stop_at_layer=model.cfg.n_layers)
+                rows = torch.arange(final.shape[0])
+                out.append(resid_to_logits(model, final[rows, end[sl]][:, None])[:, 0])
     return torch.cat(out)
+
+
+def _starts_mid_model(model) -> bool:
+    """Whether runs may start at a layer from a cached residual (``start_at_layer``)."""
+    from transformer_lens import HookedTransformer
+
+    return isinstance(model, HookedTransformer)
 
 
 def patch_each_head(
@@ -226,10 +247,14 @@ def patch_each_head(
     corrupted = score(model, ds, ds.corrupted_tokens, batch_size=batch_size)["logit_diff"]
     if not abs(clean - corrupted) > 1e-6:
         raise ValueError("The clean and corrupted logit differences are equal: nothing to restore.")
-    source = _z_cache(model, ds.clean_tokens, sorted({l for l, _ in heads}), batch_size)
+    layers = sorted({l for l, _ in heads})
+    source = _z_cache(model, ds.clean_tokens, layers, batch_size)
+    # Each patched run starts at its head's layer, from the corrupted run's residual stream.
+    resid = _cache(model, ds.corrupted_tokens, "hook_resid_pre", layers, batch_size)
     values = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
     for layer, h in tqdm(heads, desc="patching heads", disable=not progress):
-        last = _edited_logits(model, ds.corrupted_tokens, end, source, [(layer, h)], 1.0, batch_size)
+        last = _edited_logits(model, ds.corrupted_tokens, end, source, [(layer, h)], 1.0, batch_size,
+                              resid_pre=resid[layer] if _starts_mid_model(model) else None)
         ld = _scores_from_logits(ds, last)["logit_diff"]
         values[layer, h] = (ld - corrupted) / (clean - corrupted)
     return Result(values, ("layer", "head"), "normalised logit difference after patching",

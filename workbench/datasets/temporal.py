@@ -51,7 +51,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..metrics import LogitDiff
-from ..models import to_tokens
+from ..models import logits_at, to_tokens
 
 __all__ = [
     "FACTS_PATH",
@@ -489,9 +489,8 @@ def _judge(model, ds, *, batch_size: int = 16, progress: bool = False) -> dict[s
     starts = range(0, len(ds.answer_ids), batch_size)
     for s in tqdm(starts, disable=not progress, desc="checking answers"):
         sl = slice(s, s + batch_size)
-        logits = model(ds.clean_tokens[sl])
-        rows = torch.arange(logits.shape[0])
-        last = logits[rows, ds.pos["END"][sl]]  # [batch, d_vocab]
+        last = logits_at(model, ds.clean_tokens[sl], ds.pos["END"][sl])  # [batch, d_vocab]
+        rows = torch.arange(last.shape[0])
         answers = ds.answer_ids[sl]
         ans = last[rows, answers]
         diff = ans - last[rows, ds.counterfactual_ids[sl]]
