@@ -546,6 +546,27 @@ def test_smollm2_induction_heads(smollm2):
     assert top.jaccard(prev) == 0.0
 
 
+def test_retrieval_long_prompt_takes_the_cached_path_and_agrees(monkeypatch):
+    """A prompt longer than the prefill chunk is run in chunks, then the answer queries from the
+    cache; hits and the answered check equal those of one full pass."""
+    model = models.tiny_model(n_ctx=400, n_kv_heads=2, normalization="RMS", positional="rotary")
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randint(1, 100, (1, 330), generator=gen)
+    h = Haystack(tokens=tokens, needle_span=(100, 110), answer_span=(104, 108),
+                 answer_ids=tokens[0, 104:108].clone())
+    calls = []
+    real = models.prefill
+    monkeypatch.setattr(models, "prefill", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cached = heads.retrieval_hits(model, h)
+    assert calls, "the cached path was not taken"
+    monkeypatch.setattr(models, "PREFILL_CHUNK", 10_000)  # one pass
+    whole = heads.retrieval_hits(model, h)
+    assert len(calls) == 1 and torch.equal(cached[0], whole[0]) and cached[1] == whole[1]
+    ref_hits, ref_answered = reference_retrieval_hits(model, h)
+    assert torch.equal(cached[0], ref_hits) and cached[1] == ref_answered
+    assert_no_hooks(model)
+
+
 @pytest.mark.slow
 def test_smollm2_retrieval_matches_greedy_generation(smollm2):
     from workbench.datasets import needle_haystacks
@@ -557,3 +578,8 @@ def test_smollm2_retrieval_matches_greedy_generation(smollm2):
     assert answered and ref_answered
     assert torch.equal(hits, ref_hits)
     assert hits.max() == len(h.answer_ids)  # some head copies every answer token
+    # A context longer than the prefill chunk (the cached path) against the same reference.
+    h = needle_haystacks(smollm2, context_lengths=(600,), depths=(0.3,), n_per=1, seed=4)[0]
+    hits, answered = heads.retrieval_hits(smollm2, h)
+    ref_hits, ref_answered = reference_retrieval_hits(smollm2, h)
+    assert answered and ref_answered and torch.equal(hits, ref_hits)

@@ -214,3 +214,14 @@ def test_offline_models_pad_on_the_right(smollm2, gemma):
     """Gemma's tokenizer pads on the left by default; loaded models pad as to_tokens does."""
     for model in (smollm2, gemma):
         assert model.tokenizer.padding_side == "right"
+
+
+def test_prefill_then_run_cached_equals_one_pass():
+    model = models.tiny_model(n_ctx=200, n_kv_heads=2, normalization="RMS", positional="rotary")
+    tokens = torch.randint(1, 100, (2, 150), generator=torch.Generator().manual_seed(0))
+    full = model(tokens)
+    cache = models.prefill(model, tokens[:, :140], chunk=32)
+    tail = models.run_cached(model, tokens[:, 140:], cache)
+    torch.testing.assert_close(tail, full[:, 140:], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="chunk"):
+        models.prefill(model, tokens, chunk=0)

@@ -45,6 +45,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import models
 from .results import Result
 
 __all__ = [
@@ -516,6 +517,12 @@ def _check_haystack(h) -> None:
             )
 
 
+def _can_prefill(model) -> bool:
+    from transformer_lens import HookedTransformer
+
+    return isinstance(model, HookedTransformer)
+
+
 def retrieval_hits(model, haystack) -> tuple[Int[Tensor, "layer head"], bool]:
     """Per-head retrieval hits on one haystack, by teacher forcing, and whether the model answers it.
 
@@ -527,6 +534,10 @@ def retrieval_hits(model, haystack) -> tuple[Int[Tensor, "layer head"], bool]:
     are those of greedy decoding. Only the ``n_answer`` answer rows of each pattern are kept, and
     only those rows of the final residual stream are unembedded (``ln_final`` then ``unembed``,
     outside the hooks: hooks on ``ln_final``/``unembed`` do not reach this check).
+
+    On a ``HookedTransformer`` the prompt before the answer queries is run first in chunks
+    (:func:`workbench.models.prefill`, faster on long contexts) and the answer queries then
+    read its keys and values from the cache; the patterns are those of one pass.
 
     Returns ``(hits [layer, head] int, answered)``.
     """
@@ -540,8 +551,8 @@ def retrieval_hits(model, haystack) -> tuple[Int[Tensor, "layer head"], bool]:
     answer = haystack.answer_ids
     hits = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.long)
 
-    def count_hits(pattern: Tensor, hook) -> None:
-        top = pattern[0, :, queries, :].argmax(-1)  # [head, answer step]
+    def count_hits(pattern: Tensor, hook) -> None:  # keys are absolute positions, cached or not
+        top = pattern[0, :, queries - offset, :].argmax(-1)  # [head, answer step]
         inside = (top >= start) & (top < end)
         same = full[0, top] == answer[None, :]
         hits[hook.layer()] = (inside & same).sum(-1)
@@ -549,14 +560,21 @@ def retrieval_hits(model, haystack) -> tuple[Int[Tensor, "layer head"], bool]:
     kept = {}
 
     def keep_answer_rows(resid: Tensor, hook) -> None:  # final residual stream at the answer queries
-        kept["x"] = resid[:, queries].detach()
+        kept["x"] = resid[:, queries - offset].detach()
 
     last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     hooks = [(_pattern_name(layer), count_hits) for layer in range(model.cfg.n_layers)]
     hooks.append((last, keep_answer_rows))
     with torch.no_grad():
-        with model.hooks(fwd_hooks=hooks):
-            model(full, return_type=None)
+        if _can_prefill(model) and n - 1 > models.PREFILL_CHUNK:
+            offset = n - 1  # the prompt before the first answer query goes into the cache
+            cache = models.prefill(model, full[:, :offset])
+            with model.hooks(fwd_hooks=hooks):
+                models.run_cached(model, full[:, offset : offset + m], cache, return_type=None)
+        else:
+            offset = 0
+            with model.hooks(fwd_hooks=hooks):
+                model(full, return_type=None)
         logits = model.unembed(model.ln_final(kept["x"]))[0]  # [answer step, d_vocab]: these rows only
     answered = bool((logits.argmax(-1) == answer).all())
     return hits, answered

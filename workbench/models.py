@@ -77,6 +77,9 @@ __all__ = [
     "single_token_id",
     "resid_to_logits",
     "logits_at",
+    "PREFILL_CHUNK",
+    "prefill",
+    "run_cached",
 ]
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -634,3 +637,36 @@ def logits_at(
     resid = model(tokens, stop_at_layer=model.cfg.n_layers)
     rows = torch.arange(tokens.shape[0])
     return resid_to_logits(model, resid[rows, pos][:, None])[:, 0]
+
+
+#: Positions per chunk in :func:`prefill`.
+PREFILL_CHUNK = 256
+
+
+def prefill(model, tokens: Int[Tensor, "batch pos"], *, chunk: int = PREFILL_CHUNK):
+    """Run ``tokens`` through a ``HookedTransformer`` ``chunk`` positions at a time; return the
+    filled key/value cache, to continue with :func:`run_cached`.
+
+    The same values as one pass, to float rounding, and faster on long contexts:
+    TransformerLens materialises the whole ``[batch, head, query, key]`` score matrix of every
+    layer and makes several elementwise passes over it, so a 2,000-token SmolLM2 pass spends
+    most of its time there (measured: 30 s in one pass, 19 s in chunks of 256). Hooks active on
+    ``model`` apply to every chunk (a hook then sees ``chunk`` query positions at a time).
+    """
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}.")
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, tokens.shape[0])
+    for start in range(0, tokens.shape[1], chunk):
+        run_cached(model, tokens[:, start : start + chunk], cache, return_type=None)
+    return cache
+
+
+def run_cached(model, tokens: Int[Tensor, "batch pos"], cache, **kwargs):
+    """``model(tokens, past_kv_cache=cache)``: the tokens continue the ones already in ``cache``.
+
+    Every position is attended (no padding inside a cached context), so no tokenizer is needed
+    to build an attention mask.
+    """
+    return model(tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens), **kwargs)

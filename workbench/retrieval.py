@@ -46,8 +46,11 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from transformer_lens import HookedTransformer
+
 from .ablation import mask_attention
 from .heads import HeadSet
+from .models import PREFILL_CHUNK, prefill, resid_to_logits, run_cached
 from .results import Result
 
 __all__ = [
@@ -129,17 +132,27 @@ def _label(h) -> str:
 
 
 def _answer_logits(model, full: Tensor, n_prompt: int, n_answer: int) -> Float[Tensor, "batch target d_vocab"]:
-    """Logits at the ``n_answer`` queries that predict the answer tokens; only those rows unembedded."""
-    queries = torch.arange(n_prompt - 1, n_prompt - 1 + n_answer)
-    kept = {}
+    """Logits at the ``n_answer`` queries that predict the answer tokens; only those rows unembedded.
 
-    def keep_answer_rows(resid: Tensor, hook) -> None:
-        kept["x"] = resid[:, queries].detach()
+    A long prompt is run in chunks first (:func:`workbench.models.prefill`, as
+    :func:`workbench.heads.retrieval_hits` does); the answer queries then read it from the cache.
+    """
+    first = n_prompt - 1  # the query that predicts the first answer token
+    if isinstance(model, HookedTransformer) and first > PREFILL_CHUNK:
+        cache = prefill(model, full[:, :first])
+        final = run_cached(model, full[:, first : first + n_answer], cache,
+                           stop_at_layer=model.cfg.n_layers)
+    else:  # one pass; the final residual stream of the answer rows read by a hook
+        kept = {}
 
-    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-    with model.hooks(fwd_hooks=[(last, keep_answer_rows)]):
-        model(full, return_type=None)
-    return model.unembed(model.ln_final(kept["x"]))
+        def keep_answer_rows(resid: Tensor, hook) -> None:
+            kept["x"] = resid[:, first : first + n_answer].detach()
+
+        last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+        with model.hooks(fwd_hooks=[(last, keep_answer_rows)]):
+            model(full, return_type=None)
+        final = kept["x"]
+    return resid_to_logits(model, final)
 
 
 def _groups(haystacks: list, batch_size: int) -> list[list[int]]:
