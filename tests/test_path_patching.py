@@ -102,6 +102,39 @@ def test_to_logits_equals_direct_effect(make, senders, data):
     assert_no_hooks(model)
 
 
+@pytest.mark.parametrize("senders", [[(0, 1)], [(0, 2), (1, 3)], [(1, 0), 0], [0, 1]])
+def test_to_logits_without_a_forward_pass_on_a_post_norm_model(senders, data):
+    """Gemma-style post-attention norms mix a layer's heads: the direct path recomputes the whole
+    layer's write; it must equal the literal reference and the frozen forward pass."""
+    model = models.tiny_model(n_kv_heads=2, normalization="RMS", positional="rotary", post_norm=True)
+    clean, corrupted, metric = data
+    for pos in (None, [8], torch.tensor([8, 6, 2])):
+        mask = _position_mask(pos, *clean.shape)
+        got = path_patch(model, clean, corrupted, metric, senders=senders, receiver_pos=pos)
+        want = reference_path_patch(model, clean, corrupted, metric, senders, None, "resid", mask)
+        assert abs(got - want) < 1e-5, pos
+    sweep = path_patch_heads(model, clean, corrupted, metric, progress=False)
+    for layer, h in [(0, 0), (1, 3)]:
+        want = reference_path_patch(model, clean, corrupted, metric, [(layer, h)], None, "resid",
+                                    all_positions(clean))
+        assert abs(sweep.values[layer, h] - want) < 1e-5
+    assert_no_hooks(model)
+
+
+def test_direct_and_forward_paths_agree(data):
+    from workbench import path_patching as pp
+
+    clean, corrupted, metric = data
+    model = models.tiny_model(n_layers=3, n_kv_heads=2, normalization="RMS", positional="rotary")
+    cache = pp._Cache(model, clean, corrupted, {}, "resid")
+    sets = [pp._Senders(frozenset([(0, 1)]), frozenset()), pp._Senders(frozenset([(1, 0), (2, 3)]),
+                                                                       frozenset([1]))]
+    mask = all_positions(clean)
+    a = pp._run_sets(model, cache, sets, metric, {}, "resid", mask, True, direct=True)
+    b = pp._run_sets(model, cache, sets, metric, {}, "resid", mask, True, direct=False)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
 def test_last_layer_heads_equal_activation_patching(data):
     clean, corrupted, metric = data
     last = [(1, h) for h in range(4)]
@@ -291,3 +324,22 @@ def test_smollm2_ioi_kv_receiver_matches_reference(smollm2):
     assert abs(got - want) < 1e-4
     assert end.shape == (4,)
     assert_no_hooks(smollm2)
+
+
+@pytest.mark.slow
+def test_gemma_direct_path_to_logits_equals_the_frozen_forward(gemma):
+    """Gemma-3 normalises each attention output again; the forward-free path must still agree."""
+    from workbench import path_patching as pp
+    from workbench.datasets.ioi import ioi_dataset
+
+    gemma.tokenizer.padding_side = "right"
+    ds = ioi_dataset(gemma, n=4, seed=0, templates=[0])
+    metric = normalise(gemma, ds.clean_tokens, ds.abc_tokens, ds.logit_diff())
+    cache = pp._Cache(gemma, ds.clean_tokens, ds.abc_tokens, {}, "resid")
+    sets = [pp._Senders(frozenset([(layer, h)]), frozenset()) for layer, h in [(3, 1), (9, 0), (15, 2)]]
+    sets.append(pp._Senders(frozenset([(9, 0), (9, 3)]), frozenset([12])))
+    mask = _position_mask(ds.pos["END"], *ds.clean_tokens.shape)
+    a = pp._run_sets(gemma, cache, sets, metric, {}, "resid", mask, True, direct=True)
+    b = pp._run_sets(gemma, cache, sets, metric, {}, "resid", mask, True, direct=False)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    assert (a - metric.clean_value).abs().max() > 1e-3  # some of these senders matter

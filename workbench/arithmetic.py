@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from .ablation import AblationKind, ablate
 from .heads import attention_to
+from .models import logits_at
 from .results import Result
 
 __all__ = ["answer_accuracy", "random_heads", "top_heads", "TopVsRandom", "top_vs_random",
@@ -70,9 +71,8 @@ def _correct(model, ds, batch_size: int) -> Tensor:
     out = []
     for start in range(0, len(ds.clean_tokens), batch_size):
         sl = slice(start, start + batch_size)
-        logits = model(ds.clean_tokens[sl])  # [batch, pos, d_vocab]
-        rows = torch.arange(logits.shape[0])
-        out.append(logits[rows, ds.pos["END"][sl]].argmax(-1) == ds.answer_ids[sl])
+        last = logits_at(model, ds.clean_tokens[sl], ds.pos["END"][sl])  # [batch, d_vocab]
+        out.append(last.argmax(-1) == ds.answer_ids[sl])
     return torch.cat(out)
 
 

@@ -80,6 +80,7 @@ __all__ = [
     "PREFILL_CHUNK",
     "prefill",
     "run_cached",
+    "cache_prefix",
 ]
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -491,10 +492,13 @@ def tiny_model(
     normalization: Literal["LN", "RMS"] = "LN",
     attn_only: bool = False,
     positional: Literal["standard", "rotary"] = "standard",
+    post_norm: bool = False,
 ):
     """A small randomly initialised ``HookedTransformer``, seeded, built in well under a second.
 
-    It has no tokenizer: feed it token ids. ``n_kv_heads`` makes it grouped-query like SmolLM2.
+    It has no tokenizer: feed it token ids. ``n_kv_heads`` makes it grouped-query like SmolLM2;
+    ``post_norm`` normalises each attention and MLP output again before it joins the residual
+    stream, as Gemma-3 does.
     """
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -511,6 +515,7 @@ def tiny_model(
         normalization_type=normalization,
         attn_only=attn_only,
         positional_embedding_type=positional,
+        use_normalization_before_and_after=post_norm,
         seed=seed,
         init_weights=True,
         device="cpu",
@@ -670,3 +675,26 @@ def run_cached(model, tokens: Int[Tensor, "batch pos"], cache, **kwargs):
     to build an attention mask.
     """
     return model(tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens), **kwargs)
+
+
+def cache_prefix(cache, *, end: int, times: int = 1, from_layer: int = 0):
+    """A frozen copy of a key/value cache's first ``end`` positions, for layers ``from_layer`` on.
+
+    Each prompt is repeated ``times`` (row ``i * batch + b`` is prompt ``b``, as
+    ``tensor.repeat(times, ...)`` stacks a batch), so ``times`` variants of a run can continue
+    from one shared prefix in a single forward pass (``start_at_layer=from_layer``); being
+    frozen, the copy is not extended by them.
+    """
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+    entries = [
+        TransformerLensKeyValueCacheEntry(
+            e.past_keys[:, :end].repeat(times, 1, 1, 1), e.past_values[:, :end].repeat(times, 1, 1, 1),
+            frozen=True,
+        ) if i >= from_layer else None
+        for i, e in enumerate(cache.entries)
+    ]
+    batch = cache.entries[from_layer].past_keys.shape[0]
+    mask = torch.ones(times * batch, end, dtype=torch.long)
+    return TransformerLensKeyValueCache(entries, mask, frozen=True)

@@ -51,7 +51,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .metrics import Metric, check_scalar
-from .models import resid_to_logits
+from .models import cache_prefix, resid_to_logits
 from .results import Result
 
 __all__ = [
@@ -377,22 +377,6 @@ def _from_readout(metric, x: Tensor, k: int) -> Tensor:
     return out
 
 
-def _prefix_kv(ctx: _Context, layer: int, start: int, k: int):
-    """The corrupted run's keys/values at positions < start, repeated for k patched runs."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
-
-    entries = [
-        TransformerLensKeyValueCacheEntry(
-            e.past_keys[:, :start].repeat(k, 1, 1, 1), e.past_values[:, :start].repeat(k, 1, 1, 1),
-            frozen=True,
-        ) if i >= layer else None
-        for i, e in enumerate(ctx.kv.entries)
-    ]
-    mask = torch.ones(k * ctx.batch, start, dtype=torch.long)
-    return TransformerLensKeyValueCache(entries, mask, frozen=True)
-
-
 def _run_chunk(model, ctx: _Context, plan: _Plan, layer: int, metric, mask: Tensor,
                start: int, corrupted_tokens: Tensor) -> Tensor:
     """Metric values of ``k = len(mask)`` patched runs, positions before ``start`` reused."""
@@ -406,7 +390,7 @@ def _run_chunk(model, ctx: _Context, plan: _Plan, layer: int, metric, mask: Tens
             final = None
         else:
             resid = ctx.corrupted_resid[layer][:, start:].repeat(k, 1, 1)
-            kv = _prefix_kv(ctx, layer, start, k) if start > 0 else None
+            kv = cache_prefix(ctx.kv, end=start, times=k, from_layer=layer) if start > 0 else None
             final = model(resid, start_at_layer=layer, stop_at_layer=n, past_kv_cache=kv)
     if ctx.readout is not None:
         rows = final.unflatten(0, (k, ctx.batch))[:, torch.arange(ctx.batch), ctx.readout.pos - start]

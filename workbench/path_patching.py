@@ -63,7 +63,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.utilities.activation_functions import apply_softcap
 
 from .metrics import Metric, check_scalar
-from .models import resid_to_logits
+from .models import cache_prefix, resid_to_logits
 from .results import Result
 
 __all__ = ["ReceiverInput", "kv_head_of", "path_patch", "path_patch_heads"]
@@ -259,7 +259,13 @@ class _Cache:
         def corrupted_names(name: str) -> bool:
             return name.endswith(("hook_z", "hook_mlp_out")) or name == final
 
-        _, c = model.run_with_cache(clean, names_filter=clean_names, return_type=None)
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        # The clean run's keys and values too: step 3 reuses them for the positions before the
+        # first patched one, which no patch can change.
+        self.kv = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, clean.shape[0])
+        _, c = model.run_with_cache(clean, names_filter=clean_names, return_type=None,
+                                    past_kv_cache=self.kv, attention_mask=torch.ones_like(clean))
         _, x = model.run_with_cache(corrupted, names_filter=corrupted_names, return_type=None)
         self.z_clean = [c[f"blocks.{L}.attn.hook_z"] for L in range(n)]
         self.z_corr = [x[f"blocks.{L}.attn.hook_z"] for L in range(n)]
@@ -304,14 +310,62 @@ def _frozen_hooks(model, cache: _Cache, sets: Sequence[_Senders], layers: range,
     return hooks
 
 
+def _direct_ok(model) -> bool:
+    """Whether a head's write to the residual stream can be computed from its ``hook_z`` alone:
+    ``z @ W_O + b_O``, then Gemma's post-attention norm where there is one (not: post-norm
+    architectures such as OLMo 2, whose ``ln1`` follows the attention, or 4-bit weights)."""
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    cfg = model.cfg
+    return cfg.original_architecture not in POST_NORM_ARCHITECTURES and not cfg.load_in_4bit
+
+
+def _attn_write(model, layer: int, z: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "batch pos d_model"]:
+    """What attention layer ``layer`` adds to the residual stream when its heads output ``z``."""
+    attn, block = model.blocks[layer].attn, model.blocks[layer]
+    out = torch.einsum("bphd,hdm->bpm", z, attn.W_O) + attn.b_O
+    return block.ln1_post(out) if model.cfg.use_normalization_before_and_after else out
+
+
+def _direct_final(model, cache: _Cache, sets: Sequence[_Senders]) -> Float[Tensor, "k_batch pos d_model"]:
+    """The final residual stream of each sender set when everything else is frozen, without a
+    forward pass: the clean one plus each sender's change of output (exact, since no frozen
+    component reads the change)."""
+    out = []
+    for s in sets:
+        final = cache.final.clone()
+        for layer in sorted({layer for layer, _ in s.heads}):
+            hs = [h for l, h in s.heads if l == layer]
+            clean = cache.z_clean[layer]
+            if model.cfg.use_normalization_before_and_after:  # the norm mixes heads: whole layer
+                z = clean.clone()
+                z[:, :, hs] = cache.z_corr[layer][:, :, hs]
+                final += _attn_write(model, layer, z) - _attn_write(model, layer, clean)
+            else:  # linear: only the senders' terms change
+                dz = cache.z_corr[layer][:, :, hs] - clean[:, :, hs]
+                final += torch.einsum("bphd,hdm->bpm", dz, model.blocks[layer].attn.W_O[hs])
+        for layer in s.mlps:
+            final += cache.mlp_corr[layer] - cache.mlp_clean[layer]
+        out.append(final)
+    return torch.cat(out)
+
+
 def _run_sets(
     model, cache: _Cache, sets: Sequence[_Senders], metric: Metric, receivers: dict[int, list[int]],
-    kind: ReceiverInput, mask: Tensor, freeze_mlps: bool,
+    kind: ReceiverInput, mask: Tensor, freeze_mlps: bool, direct: bool = True,
 ) -> Float[Tensor, "k"]:
-    """Steps 2 and 3 for ``P = len(sets)`` sender sets at once; returns the metric of each."""
+    """Steps 2 and 3 for ``P = len(sets)`` sender sets at once; returns the metric of each.
+
+    ``direct``: for the logits as receiver with frozen MLPs, compute the senders' direct effect
+    without a forward pass (:func:`_direct_final`) where the architecture allows it.
+    """
     P, n = len(sets), model.cfg.n_layers
     start = min(min(s.layers) for s in sets)
     resid = _stack(cache.resid_pre[start], P)
+    if kind == "resid" and freeze_mlps and direct and _direct_ok(model):
+        final = torch.where(mask.repeat(P, 1)[..., None], _direct_final(model, cache, sets),
+                            _stack(cache.final, P))
+        return _metric_per_set(model, final, metric, P)
     if kind == "resid":
         stop = max(max(s.layers) for s in sets) + 1 if freeze_mlps else n
         hooks = _frozen_hooks(model, cache, sets, range(start, stop), freeze_mlps)
@@ -343,21 +397,37 @@ def _run_sets(
             with model.hooks(fwd_hooks=[(f"blocks.{L}.attn.hook_{kind}", record)]):
                 model(shifted, start_at_layer=L, stop_at_layer=L + 1)
 
-    # Step 3: a clean run with only the receivers' inputs patched.
-    m = mask.repeat(P, 1)[:, :, None, None]
+    # Step 3: a clean run with only the receivers' inputs patched. Positions before the first
+    # patched one (and before every position the metric reads) keep their clean values, so the
+    # run starts there, its keys and values before it taken from the clean run.
+    low = min(receivers)
+    start = _first_changed(mask, metric)
+    m = mask[:, start:].repeat(P, 1)[:, :, None, None]
 
     def patch_receiver(act, hook):
         L = hook.layer()
         act = act.clone()
         heads = receivers[L]
-        act[:, :, heads] = torch.where(m, recorded[L], act[:, :, heads])
+        act[:, :, heads] = torch.where(m, recorded[L][:, start:], act[:, :, heads])
         return act
 
-    low = min(receivers)
     hooks = [(f"blocks.{L}.attn.hook_{kind}", patch_receiver) for L in receivers]
+    prefix = cache_prefix(cache.kv, end=start, times=P, from_layer=low) if start > 0 else None
     with model.hooks(fwd_hooks=hooks):
-        final = model(_stack(cache.resid_pre[low], P), start_at_layer=low, stop_at_layer=n)
+        tail = model(_stack(cache.resid_pre[low][:, start:], P), start_at_layer=low, stop_at_layer=n,
+                     past_kv_cache=prefix)
+    final = torch.cat([_stack(cache.final[:, :start], P), tail], dim=1)
     return _metric_per_set(model, final, metric, P)
+
+
+def _first_changed(mask: Tensor, metric) -> int:
+    """The first position a step-3 run must compute: the first patched position of any prompt,
+    or an earlier position the metric reads (all positions for a metric without ``readout``)."""
+    patched = mask.any(0).nonzero()
+    first = int(patched.min()) if len(patched) else mask.shape[1] - 1
+    if hasattr(metric, "readout") and hasattr(metric, "from_readout"):
+        return min(first, int(metric.readout(*mask.shape).pos.min()))
+    return 0
 
 
 def _metric_name(metric) -> str:

@@ -86,7 +86,7 @@ def _check_heads(model, heads) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def final_logits(
-    model, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"], *, batch_size: int = 16
+    model, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"], *, batch_size: int = 64
 ) -> Float[Tensor, "batch d_vocab"]:
     """The logits at each prompt's END, computed ``batch_size`` prompts at a time.
 
@@ -114,7 +114,7 @@ def _scores_from_logits(ds, last: Tensor) -> dict:
     return dict(logit_diff=diff.mean().item(), accuracy=ok.float().mean().item(), diff=diff)
 
 
-def score(model, ds, tokens: Tensor | None = None, *, batch_size: int = 16) -> dict:
+def score(model, ds, tokens: Tensor | None = None, *, batch_size: int = 64) -> dict:
     """Logit difference and accuracy of ``model`` on ``ds`` (under any active hooks).
 
     Returns ``{"logit_diff": mean, "accuracy": fraction, "diff": [batch] per prompt}``. Accuracy
@@ -225,7 +225,7 @@ def _starts_mid_model(model) -> bool:
 
 
 def patch_each_head(
-    model, ds, heads: Sequence[tuple[int, int]], *, batch_size: int = 16, progress: bool = True
+    model, ds, heads: Sequence[tuple[int, int]], *, batch_size: int = 64, progress: bool = True
 ) -> Result:
     """Exact activation patching of each head in ``heads`` alone, clean INTO corrupted.
 
@@ -263,7 +263,7 @@ def patch_each_head(
 
 
 def edit_heads(model, ds, heads: Sequence[tuple[int, int]], *, scale: float = 1.0,
-               batch_size: int = 16) -> Float[Tensor, " batch"]:
+               batch_size: int = 64) -> Float[Tensor, " batch"]:
     """The value edit: per-prompt logit difference of the clean prompt with ``heads`` edited.
 
     For each head in ``heads``, at every position, ``z <- z + scale * (z_source - z)`` with the
@@ -293,7 +293,7 @@ def random_head_sets(model, k: int, n: int, *, seed: int = 0,
 
 def ablation_table(
     model, datasets: dict, head_sets: dict, *, kind: AblationKind = "mean",
-    batch_size: int = 16, progress: bool = True,
+    batch_size: int = 64, progress: bool = True,
 ) -> pd.DataFrame:
     """Logit difference and accuracy of each dataset with each head set ablated.
 
@@ -325,7 +325,7 @@ def ablation_table(
     return pd.DataFrame(rows)
 
 
-def edit_table(model, ds, head_sets: dict, scales: Sequence[float], *, batch_size: int = 16,
+def edit_table(model, ds, head_sets: dict, scales: Sequence[float], *, batch_size: int = 64,
                progress: bool = True) -> pd.DataFrame:
     """For each head set and scale, the mean logit difference after :func:`edit_heads` and the
     fraction of prompts whose answer moved to the other year's object (difference below 0)."""

@@ -478,7 +478,7 @@ def _assemble(model, rows: list[_Row], kind: str, time_format: str, meta: dict) 
 
 
 @torch.no_grad()
-def _judge(model, ds, *, batch_size: int = 16, progress: bool = False) -> dict[str, Tensor]:
+def _judge(model, ds, *, batch_size: int = 64, progress: bool = False) -> dict[str, Tensor]:
     """Every criterion at once: ``{"logit_diff", "argmax", "candidates", "both"} -> [batch]``
     booleans (``candidates`` only if ``ds`` has ``candidate_ids``), plus the per-prompt logit
     difference under ``"diff"``."""
@@ -509,7 +509,7 @@ def _judge(model, ds, *, batch_size: int = 16, progress: bool = False) -> dict[s
 
 
 def answer_correct(
-    model, ds, *, criterion: Criterion = "logit_diff", batch_size: int = 16,
+    model, ds, *, criterion: Criterion = "logit_diff", batch_size: int = 64,
     progress: bool = False,
 ) -> Bool[Tensor, "batch"]:
     """Whether the model answers each prompt of ``ds`` correctly, judged at ``pos["END"]``.
@@ -532,7 +532,7 @@ def answer_correct(
 
 
 def keep_correct(
-    model, ds, *, criterion: Criterion = "logit_diff", batch_size: int = 16,
+    model, ds, *, criterion: Criterion = "logit_diff", batch_size: int = 64,
     progress: bool = False, verbose: bool = True,
 ):
     """The subset of ``ds`` that ``model`` answers correctly (see :func:`answer_correct`).
