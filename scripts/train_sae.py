@@ -8,7 +8,7 @@ and measures it on the held-out split. The measurements go to ``metrics.json`` i
 
 Usage::
 
-    .venv/bin/python scripts/train_sae.py                  # the shipped SAE (about 10 minutes)
+    .venv/bin/python scripts/train_sae.py                  # the shipped SAE (3-9 minutes)
     .venv/bin/python scripts/train_sae.py --n-tokens 20000 --out /tmp/sae   # quick check
 """
 
@@ -44,8 +44,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--b-dec-init", choices=("zeros", "mean"), default="zeros",
-                   help="decoder bias start: 'mean' for residual streams with a large shared offset")
+    p.add_argument("--b-dec-init", choices=("zeros", "mean"), default="mean",
+                   help="decoder bias start: 'mean' (the shipped SAEs: residual streams have a large "
+                        "shared offset; from zeros, SmolLM2's SAE kept 71%% of its latents dead, from "
+                        "the mean 10%%) or 'zeros'")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     p.add_argument("--out", type=Path, default=wsae.SHIPPED_SAES["smollm2-135m"])
     p.add_argument("--full-precision", action="store_true", help="store float32 weights")
