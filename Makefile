@@ -19,7 +19,7 @@ export PYTHONHASHSEED := 0
 export MKL_CBWR := AVX2
 export ATEN_CPU_CAPABILITY := avx2
 
-.PHONY: install chromium demo test test-fast nbval bench lab clean-reports
+.PHONY: install chromium demo test test-fast notebooks bench lab clean-reports
 
 install: $(STAMP)
 
@@ -51,8 +51,14 @@ test: install
 test-fast: install
 	WORKBENCH_SKIP_SLOW=1 $(BIN)/python -m pytest tests -q
 
+# Re-execute the notebooks in place (their stored outputs are what nbval compares against).
+notebooks: install
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=3600 notebooks/[0-9][0-9]_*.ipynb
+
 bench: install
 	$(BIN)/python benchmarks/bench_patching.py
+	$(BIN)/python benchmarks/bench_models.py
+	$(BIN)/python benchmarks/bench_heads.py
 
 lab: install
 	$(BIN)/jupyter lab notebooks
