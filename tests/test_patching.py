@@ -94,6 +94,38 @@ def test_fast_equals_reference_loop(fixture, site, request, pair, metric):
     assert_no_hooks(model)
 
 
+def test_shared_prefix_positions_need_no_forward(tiny, pair, metric, monkeypatch):
+    clean, corrupted = pair  # positions 0 and 1 agree in every prompt, position 2 does not
+    assert patching.shared_prefix(clean, corrupted) == 2
+    assert patching.shared_prefix(clean, clean) == clean.shape[1]
+    other = corrupted.clone()
+    other[1, 0] += 1  # one prompt differs at position 0: nothing is shared
+    assert patching.shared_prefix(clean, other) == 0
+    ref = patching.patch_reference(tiny, clean, corrupted, metric, site="z", by_pos=True,
+                                   positions=[0, 1], progress=False)
+    assert (ref.values - ref.meta["corrupted"]).abs().max() < TOL  # the patches are no-ops
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("a forward pass ran for a position the prompts share")
+
+    monkeypatch.setattr(patching, "_run_chunk", no_forward)
+    for site in ("z", "pattern", "k", "resid_pre"):
+        fast = patching.patch(tiny, clean, corrupted, metric, site=site, by_pos=True,
+                              positions=[0, 1], progress=False)
+        assert (fast.values == fast.meta["corrupted"]).all(), site
+
+
+def test_no_shared_prefix_equals_reference(tiny_gqa, pair, metric):
+    clean, corrupted = pair
+    corrupted = corrupted.clone()
+    corrupted[0, 0] = (corrupted[0, 0] + 1) % 100
+    opts = dict(site="z", by_pos=True, positions=[0, 1, 2])
+    fast = patching.patch(tiny_gqa, clean, corrupted, metric, batch_size=4, progress=False, **opts)
+    ref = patching.patch_reference(tiny_gqa, clean, corrupted, metric, progress=False, **opts)
+    assert (fast.values - ref.values).abs().max() < TOL
+    assert (fast.values[:, 0] - fast.meta["corrupted"]).abs().max() > 1e-3  # position 0 does matter
+
+
 def test_plain_callable_metric_takes_full_logit_path(tiny, pair, metric):
     clean, corrupted = pair
 

@@ -18,7 +18,10 @@ many patched indices (``batch_size`` of them, each a copy of the corrupted batch
 layer L from the cached corrupted residual (``model(resid, start_at_layer=L)``), so layers
 before L are never recomputed. A patch at position p cannot change positions before p, so those
 positions are not recomputed either: their keys and values come from the corrupted run through
-TransformerLens's key/value cache. When the metric says which logits it reads (``readout`` and
+TransformerLens's key/value cache. And where every clean prompt starts with the same tokens as
+its corrupted prompt (IOI's ``BOS Then ,``), an activation at one of those shared positions is
+the same in both runs, so patching it is a no-op: its value is the corrupted metric, with no
+forward pass. When the metric says which logits it reads (``readout`` and
 ``from_readout``, as :class:`~workbench.metrics.LogitDiff` and
 :class:`~workbench.metrics.Normalised` do), only those positions go through ``ln_final`` and only
 those tokens' columns of ``W_U``; any other callable gets full logits, one call per index.
@@ -117,6 +120,12 @@ def check_tokens(clean_tokens: Tensor, corrupted_tokens: Tensor) -> tuple[int, i
     if batch == 0 or seq == 0:
         raise ValueError(f"Empty input: tokens of shape {(batch, seq)}; give at least one token.")
     return batch, seq
+
+
+def shared_prefix(clean_tokens: Tensor, corrupted_tokens: Tensor) -> int:
+    """How many leading positions hold the same token in every clean and corrupted prompt."""
+    same = (clean_tokens == corrupted_tokens).all(dim=0).long()
+    return int(same.cumprod(dim=0).sum())
 
 
 def check_indices(given: Sequence[int] | int | None, size: int, what: str) -> list[int]:
@@ -471,7 +480,15 @@ def patch(
     mask = torch.zeros(len(indices), *shape, dtype=torch.bool)
     for i, (p, h) in enumerate(indices):
         mask[(i, *plan.selector(p, h, len(shape)))] = True
-    chunks = _chunks(indices, batch_size, ctx.seq, ctx.max_start if ctx.kv is not None else 0)
+    # An activation at a position p depends on tokens 0..p only (causal attention), so where clean
+    # and corrupted agree on them the patch writes the value already there: the corrupted metric.
+    shared = shared_prefix(clean_tokens, corrupted_tokens)
+    noop = [p is not None and p < shared for p, _ in indices]
+    values[:, torch.tensor(noop, dtype=torch.bool)] = baselines[1]
+    todo = [i for i, skip in enumerate(noop) if not skip]
+    chunks = _chunks([indices[i] for i in todo], batch_size, ctx.seq,
+                     ctx.max_start if ctx.kv is not None else 0)
+    chunks = [(torch.tensor(todo, dtype=torch.long)[rows], start) for rows, start in chunks if len(todo)]
     for li, layer in enumerate(tqdm(plan.layers, desc=f"patching {site}", disable=not progress)):
         for rows, start in chunks:
             values[li, rows] = _run_chunk(model, ctx, plan, layer, metric, mask[rows], start,
