@@ -410,15 +410,17 @@ def _run_chunk(model, ctx: _Context, plan: _Plan, layer: int, metric, mask: Tens
     return torch.stack([check_scalar(metric(x)) for x in logits.split(ctx.batch)])
 
 
-def _chunks(indices, batch_size: int, seq: int, max_start: int) -> list[tuple[Tensor, int]]:
-    """Split the patched indices into forward passes: ``(rows, start)`` each.
+def _chunks(indices, todo: list[int], batch_size: int, seq: int, max_start: int) -> list[tuple[Tensor, int]]:
+    """Split the patched indices numbered in ``todo`` into forward passes: ``(rows, start)`` each.
 
     Positions before ``start`` (the earliest patched position, at most ``max_start``) are not
     recomputed. Indices are taken in position order; a pass holds at most ``batch_size`` indices
     at full length (more when it starts later, as its sequences are shorter), and spans few
     positions, since every position between its first and a row's own is recomputed for nothing.
     """
-    order = sorted(range(len(indices)), key=lambda i: -1 if indices[i][0] is None else indices[i][0])
+    if not todo:
+        return []
+    order = sorted(todo, key=lambda i: -1 if indices[i][0] is None else indices[i][0])
     out, rows, start = [], [], 0
     for i in order:
         pos = indices[i][0]
@@ -483,12 +485,10 @@ def patch(
     # An activation at a position p depends on tokens 0..p only (causal attention), so where clean
     # and corrupted agree on them the patch writes the value already there: the corrupted metric.
     shared = shared_prefix(clean_tokens, corrupted_tokens)
-    noop = [p is not None and p < shared for p, _ in indices]
-    values[:, torch.tensor(noop, dtype=torch.bool)] = baselines[1]
-    todo = [i for i, skip in enumerate(noop) if not skip]
-    chunks = _chunks([indices[i] for i in todo], batch_size, ctx.seq,
-                     ctx.max_start if ctx.kv is not None else 0)
-    chunks = [(torch.tensor(todo, dtype=torch.long)[rows], start) for rows, start in chunks if len(todo)]
+    noop = torch.tensor([p is not None and p < shared for p, _ in indices], dtype=torch.bool)
+    values[:, noop] = baselines[1]
+    todo = (~noop).nonzero().flatten().tolist()
+    chunks = _chunks(indices, todo, batch_size, ctx.seq, ctx.max_start if ctx.kv is not None else 0)
     for li, layer in enumerate(tqdm(plan.layers, desc=f"patching {site}", disable=not progress)):
         for rows, start in chunks:
             values[li, rows] = _run_chunk(model, ctx, plan, layer, metric, mask[rows], start,
