@@ -16,7 +16,7 @@ import torch
 if TYPE_CHECKING:
     from .results import Result
 
-__all__ = ["plot_result", "heatmap", "lines"]
+__all__ = ["plot_result", "heatmap", "lines", "scorecard"]
 
 # Diverging colour map centred on zero: patching and attribution values have a sign.
 DIVERGING = "RdBu_r"
@@ -414,3 +414,22 @@ def logit_effects(effects, *, title: str | None = None, ax=None):
     fig.tight_layout()
     return fig
 
+
+
+def scorecard(card, *, ax=None, title: str | None = None):
+    """A forest plot of a :class:`workbench.experiment.Scorecard`: each finding's value, its 95%
+    interval, and its threshold, one row per claim, coloured by verdict."""
+    colours = {"replicated": "tab:green", "partial": "tab:orange", "not replicated": "tab:red", "inconclusive": "tab:gray"}
+    findings = card.findings
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 0.5 + 0.45 * max(1, len(findings))))
+    for i, f in enumerate(findings):
+        c = colours[f.verdict]
+        ax.plot([f.ci_low, f.ci_high], [i, i], color=c, lw=2)
+        ax.plot([f.value], [i], "o", color=c)
+        ax.plot([f.claim.threshold], [i], "|", color="black", ms=14)
+    ax.set_yticks(range(len(findings)), [f"{f.claim.name} ({f.verdict})" for f in findings])
+    ax.invert_yaxis()
+    ax.set_xlabel("value [95% CI]; black tick: threshold")
+    ax.set_title(title or f"{card.notebook} on {card.model}")
+    fig.tight_layout()
+    return fig

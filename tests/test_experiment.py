@@ -1,0 +1,112 @@
+"""Declared findings: intervals, nulls, verdicts, the scorecard; seeded head choices."""
+
+import json
+
+import pytest
+import torch
+
+from workbench.components import random_head_sets, top_k_heads
+from workbench.experiment import Claim, Scorecard, bootstrap_ci, evaluate, null_percentile, verdict
+
+CLAIM = Claim("c", "effect above 0.5", paper="p", statistic="mean", threshold=0.5)
+
+
+def test_bootstrap_ci_covers_the_mean_and_shrinks_with_n():
+    gen = torch.Generator().manual_seed(1)
+    small = torch.randn(20, generator=gen) + 1
+    large = torch.randn(2000, generator=gen) + 1
+    lo_s, hi_s = bootstrap_ci(small)
+    lo_l, hi_l = bootstrap_ci(large)
+    assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
+    assert hi_l - lo_l < (hi_s - lo_s) / 3
+    # the interval of a mean of N(1, 1) draws: about 1.96 / sqrt(n) each side
+    assert abs((hi_l - lo_l) / 2 - 1.96 / 2000**0.5) < 0.01
+
+
+def test_bootstrap_ci_is_seeded_and_leaves_global_state():
+    x = torch.arange(30.0)
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    assert bootstrap_ci(x) == bootstrap_ci(x)
+    assert torch.rand(1) == before
+
+
+def test_bootstrap_ci_rejects_one_item():
+    with pytest.raises(ValueError, match="at least 2"):
+        bootstrap_ci(torch.ones(1))
+
+
+def test_null_percentile_counts_ties_half():
+    assert null_percentile(5.0, [1, 2, 3, 4]) == 100.0
+    assert null_percentile(0.0, [1, 2, 3, 4]) == 0.0
+    assert null_percentile(2.0, [1, 2, 3, 4]) == 37.5
+
+
+@pytest.mark.parametrize(
+    "lo, hi, pct, expected",
+    [
+        (0.6, 0.9, 99.0, "replicated"),
+        (0.6, 0.9, None, "replicated"),
+        (0.6, 0.9, 50.0, "partial"),
+        (0.4, 0.9, 99.0, "inconclusive"),
+        (0.1, 0.3, 99.0, "not replicated"),
+    ],
+)
+def test_verdict_rule(lo, hi, pct, expected):
+    assert verdict(CLAIM, lo, hi, pct) == expected
+
+
+def test_verdict_below_and_partial_bar():
+    below = Claim("b", "loss under 0.2", paper="p", statistic="s", threshold=0.2, direction="below", partial=0.4)
+    assert verdict(below, 0.05, 0.15, None) == "replicated"
+    assert verdict(below, 0.25, 0.35, None) == "partial"
+    assert verdict(below, 0.5, 0.6, None) == "not replicated"
+    assert verdict(below, 0.1, 0.3, None) == "inconclusive"
+    with pytest.raises(ValueError, match="weaker"):
+        Claim("x", "x", paper="p", statistic="s", threshold=0.5, partial=0.7)
+
+
+def test_evaluate_and_scorecard_round_trip(tmp_path):
+    per_item = torch.linspace(0.7, 0.9, 64)
+    f = evaluate(CLAIM, per_item, null=torch.linspace(0, 0.6, 200), n_select=16)
+    assert f.verdict == "replicated" and f.n_eval == 64 and f.null_percentile == 100.0
+    weak = evaluate(Claim("w", "w", paper="p", statistic="s", threshold=0.5), torch.full((8,), 0.1), n_select=4)
+    assert weak.verdict == "not replicated"
+    card = Scorecard("tiny", "nb", [f, weak])
+    with pytest.raises(ValueError, match="already"):
+        card.add(f)
+    data = json.loads(card.save(tmp_path / "f.json").read_text())
+    keys = {"claim", "paper", "value", "ci_low", "ci_high", "null_percentile", "threshold", "verdict", "n_select", "n_eval"}
+    assert keys <= set(data["findings"][0])
+    assert [d["verdict"] for d in data["findings"]] == ["replicated", "not replicated"]
+    assert "replicated" in card._repr_html_() and len(card.to_frame()) == 2
+    assert card.summary().splitlines()[0].startswith("c: 0.80 [")
+    assert card.plot() is not None
+
+
+def test_top_k_heads_tie_rule_and_rounding():
+    s = torch.tensor([[0.3, 0.7], [0.7 + 1e-5, float("nan")]])
+    assert top_k_heads(s, 1) == [(1, 0)]
+    assert top_k_heads(s, 1, decimals=3) == [(0, 1)]  # equal after rounding: lower index first
+    assert top_k_heads(s, 3) == [(1, 0), (0, 1), (0, 0)]
+    with pytest.raises(ValueError, match="between 0 and 4"):
+        top_k_heads(s, 5)
+
+
+def test_random_head_sets_are_seeded_sized_and_layer_matched():
+    a = random_head_sets(6, 4, k=3, n_draws=50, seed=3)
+    assert a == random_head_sets(6, 4, k=3, n_draws=50, seed=3)
+    assert a != random_head_sets(6, 4, k=3, n_draws=50, seed=4)
+    assert all(len(set(s)) == 3 for s in a)
+    like = [(2, 0), (2, 1), (4, 3)]
+    matched = random_head_sets(6, 4, like=like, n_draws=100, seed=0, exclude=like)
+    for s in matched:
+        assert sorted(h[0] for h in s) == [2, 2, 4] and not set(s) & set(like)
+    assert len({tuple(s) for s in matched}) > 1
+    band = random_head_sets(6, 4, k=2, layers=[1, 2], n_draws=20, seed=0)
+    assert {h[0] for s in band for h in s} <= {1, 2}
+    with pytest.raises(ValueError, match="exactly one"):
+        random_head_sets(6, 4, n_draws=1, seed=0)
+    with pytest.raises(ValueError, match="heads to draw from"):
+        random_head_sets(2, 2, like=[(0, 0), (0, 1)], n_draws=1, seed=0, exclude=[(0, 0)])
