@@ -9,12 +9,14 @@ A :class:`Result` is a tensor with a name for each axis (from one closed vocabul
 >>> r = Result(torch.arange(6.).reshape(2, 3), dims=("layer", "head"), metric="toy score")
 >>> r.to_frame().shape
 (6, 3)
->>> r.top(2)[["layer", "head", "value"]].values.tolist()
-[[1, 2, 5.0], [1, 1, 4.0]]
+>>> r.top(2)[["layer", "head"]].values.tolist(), r.top(2)["value"].tolist()
+([[1, 2], [1, 1]], [5.0, 4.0])
 """
 
 from __future__ import annotations
 
+import html
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -47,7 +49,7 @@ AXES = frozenset(
 )
 
 
-@dataclass
+@dataclass(eq=False)
 class Result:
     """Values with named dims.
 
@@ -66,6 +68,8 @@ class Result:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.labels = dict(self.labels)  # never change the caller's dicts
+        self.meta = dict(self.meta)
         if not isinstance(self.values, Tensor):
             self.values = torch.as_tensor(self.values)
         self.values = self.values.detach().cpu()
@@ -97,6 +101,35 @@ class Result:
         dims = ", ".join(f"{d}={n}" for d, n in zip(self.dims, self.shape))
         return f"Result({self.metric!r}, {dims})"
 
+    def __eq__(self, other: object) -> bool:
+        """Equal dims, metric, labels and values (exactly; NaN equals NaN); ``meta`` is ignored."""
+        if not isinstance(other, Result):
+            return NotImplemented
+        return (
+            self.dims == other.dims
+            and self.metric == other.metric
+            and self.labels == other.labels
+            and self.values.shape == other.values.shape
+            and bool(torch.equal(self.values.nan_to_num(0.123456789), other.values.nan_to_num(0.123456789)))
+            and bool((self.values.isnan() == other.values.isnan()).all())
+        )
+
+    __hash__ = None  # mutable, compared by value
+
+    def _repr_html_(self) -> str:
+        """The notebook view: what the numbers are, then a table (a grid for 2-d results)."""
+        head = f"<p><b>{html.escape(self.metric)}</b> &middot; {html.escape(repr(self))}</p>"
+        if self.values.ndim == 2 and self.values.numel() <= 4096:
+            rows, cols = (self.labels.get(d) or list(range(n)) for d, n in zip(self.dims, self.shape))
+            frame = pd.DataFrame(self.values.double().numpy(), index=pd.Index(rows, name=self.dims[0]),
+                                 columns=pd.Index(cols, name=self.dims[1]))
+        else:
+            frame = self.to_frame()
+            if len(frame) > 50:
+                head += f"<p>{len(frame)} entries; the 20 largest:</p>"
+                frame = self.top(20)
+        return head + frame.to_html(float_format=lambda x: f"{x:.4g}")
+
     def to_frame(self) -> pd.DataFrame:
         """Long-form table: one row per entry, an integer column per axis, ``value`` last.
 
@@ -117,8 +150,17 @@ class Result:
             drop=True
         )
 
-    def sel(self, **index: int) -> "Result":
-        """Index some axes by integer, e.g. ``r.sel(layer=3)``, keeping the rest labelled."""
+    def sel(self, **index: int | str) -> "Result":
+        """Index axes by integer or by label, keeping the rest labelled.
+
+        ``r.sel(layer=3)``; ``r.sel(component="L3H2")`` (a label of that axis); on a
+        ``[layer, head]`` result, ``r.sel(head="L18H6")`` selects layer 18, head 6.
+
+        >>> r = Result(torch.arange(6.).reshape(2, 3), ("layer", "head"))
+        >>> r.sel(head="L1H2").values.item(), r.sel(layer=0).shape
+        (5.0, (3,))
+        """
+        index = self._resolve_labels(index)
         values, dims = self.values, list(self.dims)
         labels = dict(self.labels)
         for axis, i in index.items():
@@ -129,6 +171,29 @@ class Result:
             dims.pop(j)
             labels.pop(axis, None)
         return Result(values, tuple(dims), self.metric, labels, dict(self.meta))
+
+    def _resolve_labels(self, index: dict[str, int | str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for axis, i in index.items():
+            if isinstance(i, str) and axis == "head" and axis not in self.labels and "layer" in self.dims:
+                match = re.fullmatch(r"L(\d+)H(\d+)", i)
+                if not match:
+                    raise ValueError(f"A head label looks like 'L18H6', got {i!r}.")
+                out["layer"], out["head"] = int(match[1]), int(match[2])
+            elif isinstance(i, str):
+                labels = [str(x) for x in self.labels.get(axis, [])]
+                if i not in labels:
+                    shown = labels[:10] + (["..."] if len(labels) > 10 else [])
+                    raise ValueError(f"No label {i!r} on axis {axis!r}; its labels: {shown}.")
+                if labels.count(i) > 1:
+                    raise ValueError(f"Label {i!r} appears {labels.count(i)} times on axis {axis!r}; select by index.")
+                out[axis] = labels.index(i)
+            else:
+                out[axis] = int(i)
+        for axis, i in out.items():
+            if axis in self.dims and not -self.shape[self.dims.index(axis)] <= i < self.shape[self.dims.index(axis)]:
+                raise ValueError(f"Index {i} is out of range for axis {axis!r} of size {self.shape[self.dims.index(axis)]}.")
+        return out
 
     def plot(self, **kwargs):
         """A matplotlib figure of the values (heatmap for 2-d, bars/lines for 1-d)."""
