@@ -4,11 +4,11 @@ from functools import partial
 
 import pytest
 import torch
+from hooks import assert_no_hooks
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from workbench import attribution, models, patching
 from workbench.metrics import LogitDiff, normalise
-from hooks import assert_no_hooks
 
 TOL = 1e-4
 
@@ -134,7 +134,7 @@ def test_errors_leave_no_hooks(tiny, pair, metric):
     clean, corrupted = pair
     bad = [
         ((clean, corrupted[:, :5], metric), {}, ValueError, "same token length"),
-        ((clean[:0], corrupted[:0], metric), {}, ValueError, "Empty input"),
+        ((clean[:0], corrupted[:0], metric), {}, ValueError, "is empty"),
         ((clean, corrupted, metric), dict(sites=("resid_mid",)), ValueError, "Unknown site"),
         ((clean, corrupted, lambda x: x[:, -1, 0]), {}, ValueError, "must return a scalar"),
         ((clean, corrupted, lambda x: x[0, -1, 0] * float("nan")), {}, ValueError, "not finite"),

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 import torch
+from hooks import assert_no_hooks
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from workbench import lens, models
@@ -22,7 +23,6 @@ from workbench.lens import (
     logit_lens,
 )
 from workbench.metrics import AnswerProb, LogitDiff
-from hooks import assert_no_hooks
 
 
 def post_norm_tiny(seed: int = 0):
@@ -188,7 +188,7 @@ def test_bad_tokens(tiny):
         logit_lens(tiny, "some text")
     with pytest.raises(ValueError, match=r"token ids must lie in \[0, 100\)"):
         logit_lens(tiny, torch.tensor([[1, 200]]))
-    with pytest.raises(ValueError, match="integer tensor"):
+    with pytest.raises(TypeError, match="integer tensor"):
         direct_logit_attribution(tiny, torch.zeros(1, 3), LogitDiff([1], [2]))
 
 

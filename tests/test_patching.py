@@ -3,10 +3,10 @@
 import pytest
 import torch
 import transformer_lens.patching as tlp
+from hooks import assert_no_hooks
 
 from workbench import models, patching
 from workbench.metrics import LogitDiff, normalise
-from hooks import assert_no_hooks
 
 SITES = ["resid_pre", "attn_out", "mlp_out", "z", "q", "k", "v", "pattern"]
 TOL = 1e-4
@@ -236,7 +236,7 @@ def test_bad_tokens(tiny, pair, metric):
     opts = dict(site="z", progress=False)
     _raises(tiny, ValueError, "same token length", clean, corrupted[:, :5], metric, **opts)
     _raises(tiny, ValueError, "same batch size", clean, corrupted[:2], metric, **opts)
-    _raises(tiny, ValueError, "Empty input", clean[:0], corrupted[:0], metric, **opts)
+    _raises(tiny, ValueError, "is empty", clean[:0], corrupted[:0], metric, **opts)
     _raises(tiny, ValueError, "2-d", clean[0], corrupted[0], metric, **opts)
     _raises(tiny, TypeError, "integer tensor", clean.float(), corrupted, metric, **opts)
 

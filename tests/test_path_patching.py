@@ -2,11 +2,12 @@
 
 import pytest
 import torch
+from hooks import assert_no_hooks
 
 from workbench import models
 from workbench.metrics import LogitDiff, normalise
-from workbench.path_patching import _position_mask, kv_head_of, path_patch, path_patch_heads
-from hooks import assert_no_hooks
+from workbench.checks import position_mask
+from workbench.path_patching import kv_head_of, path_patch, path_patch_heads
 
 
 @pytest.fixture
@@ -109,7 +110,7 @@ def test_to_logits_without_a_forward_pass_on_a_post_norm_model(senders, data):
     model = models.tiny_model(n_kv_heads=2, normalization="RMS", positional="rotary", post_norm=True)
     clean, corrupted, metric = data
     for pos in (None, [8], torch.tensor([8, 6, 2])):
-        mask = _position_mask(pos, *clean.shape)
+        mask = position_mask(pos, *clean.shape)
         got = path_patch(model, clean, corrupted, metric, senders=senders, receiver_pos=pos)
         want = reference_path_patch(model, clean, corrupted, metric, senders, None, "resid", mask)
         assert abs(got - want) < 1e-5, pos
@@ -168,7 +169,7 @@ def test_qkv_matches_reference(tiny_gqa, data, kind, receivers):
         for pos in (None, [2, 8], torch.tensor([8, 7, 5])):
             got = path_patch(tiny_gqa, clean, corrupted, metric, senders=senders,
                              receivers=receivers, receiver_input=kind, receiver_pos=pos)
-            mask = _position_mask(pos, *clean.shape)
+            mask = position_mask(pos, *clean.shape)
             want = reference_path_patch(tiny_gqa, clean, corrupted, metric, senders, receivers,
                                         kind, mask)
             assert abs(got - want) < 1e-5, (senders, pos)
@@ -200,7 +201,7 @@ def test_resid_with_positions_matches_reference(tiny, data):
     clean, corrupted, metric = data
     for pos in ([8], [3], torch.tensor([8, 8, 2])):
         got = path_patch(tiny, clean, corrupted, metric, senders=[(0, 2), 1], receiver_pos=pos)
-        mask = _position_mask(pos, *clean.shape)
+        mask = position_mask(pos, *clean.shape)
         want = reference_path_patch(tiny, clean, corrupted, metric, [(0, 2), 1], None, "resid",
                                     mask)
         assert abs(got - want) < 1e-5
@@ -283,7 +284,7 @@ def test_errors_and_no_hooks_left(tiny_gqa, data):
     for kwargs, err, msg in cases:
         with pytest.raises(err, match=msg):
             path_patch(m, clean, corrupted, metric, **kwargs)
-    with pytest.raises(ValueError, match="differ in shape"):
+    with pytest.raises(ValueError, match="same token length"):
         path_patch(m, clean, corrupted[:, :5], metric, senders=[(0, 1)])
     with pytest.raises(ValueError, match="attention-only"):
         path_patch(models.tiny_model(attn_only=True), clean, corrupted, metric, senders=[0])
@@ -338,7 +339,7 @@ def test_gemma_direct_path_to_logits_equals_the_frozen_forward(gemma):
     cache = pp._Cache(gemma, ds.clean_tokens, ds.abc_tokens, {}, "resid")
     sets = [pp._Senders(frozenset([(layer, h)]), frozenset()) for layer, h in [(3, 1), (9, 0), (15, 2)]]
     sets.append(pp._Senders(frozenset([(9, 0), (9, 3)]), frozenset([12])))
-    mask = _position_mask(ds.pos["END"], *ds.clean_tokens.shape)
+    mask = position_mask(ds.pos["END"], *ds.clean_tokens.shape)
     a = pp._run_sets(gemma, cache, sets, metric, {}, "resid", mask, True, direct=True)
     b = pp._run_sets(gemma, cache, sets, metric, {}, "resid", mask, True, direct=False)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)

@@ -3,12 +3,12 @@
 import matplotlib.pyplot as plt
 import pytest
 import torch
+from hooks import assert_no_hooks
 from matplotlib.figure import Figure
 
 from workbench import lens, plot, widgets
 from workbench.lens import get_patterns
 from workbench.widgets import AttentionExplorer, attention_explorer
-from hooks import assert_no_hooks
 
 
 def visible_axes(fig):
@@ -46,13 +46,21 @@ def test_get_patterns_hooks_only_the_layers_it_needs(tiny, random_tokens, monkey
     [
         ([(2, 0)], "does not exist"),
         ([(0, 4)], "does not exist"),
-        (["L0H1"], "pairs"),
         ([], "empty"),
     ],
 )
 def test_get_patterns_bad_heads(tiny, random_tokens, heads, message):
     with pytest.raises(ValueError, match=message):
         get_patterns(tiny, random_tokens, heads)
+
+
+def test_get_patterns_takes_head_labels_and_rejects_non_heads(tiny, random_tokens):
+    by_label = get_patterns(tiny, random_tokens, ["L0H1", "L1H3"])
+    by_pair = get_patterns(tiny, random_tokens, [(0, 1), (1, 3)])
+    assert list(by_label) == [(0, 1), (1, 3)]
+    assert all(torch.equal(by_label[h], by_pair[h]) for h in by_pair)
+    with pytest.raises(TypeError, match="pair"):
+        get_patterns(tiny, random_tokens, [(0, 1, 2)])
 
 
 def test_get_patterns_leaves_no_hooks_after_an_error(tiny, random_tokens, monkeypatch):

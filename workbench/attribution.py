@@ -34,8 +34,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from . import checks
 from .metrics import Metric, check_scalar
-from .patching import check_tokens, metric_name
+from .patching import metric_name
 from .results import Result
 
 __all__ = [
@@ -127,7 +128,7 @@ def attribute(
     bad = [s for s in sites if s not in _HOOKS]
     if bad or not sites:
         raise ValueError(f"Unknown site(s) {bad or sites}; choose from {list(_HOOKS)}.")
-    check_tokens(clean_tokens, corrupted_tokens)
+    checks.token_pair(model, clean_tokens, corrupted_tokens)
     per_name, (clean_value, corrupted_value) = _grad_times_delta(
         model, clean_tokens, corrupted_tokens, metric, sites
     )

@@ -53,6 +53,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import checks
 from .metrics import Metric, check_scalar
 from .models import cache_prefix, resid_to_logits
 from .results import Result
@@ -96,56 +97,10 @@ _SITES: dict[str, _Spec] = {
 # ------------------------------------------------------------------------------ input checks
 
 
-def check_tokens(clean_tokens: Tensor, corrupted_tokens: Tensor) -> tuple[int, int]:
-    """Check a clean/corrupted pair of ``[batch, pos]`` token tensors; return ``(batch, pos)``."""
-    for name, t in (("clean_tokens", clean_tokens), ("corrupted_tokens", corrupted_tokens)):
-        if not isinstance(t, Tensor) or t.dtype not in (torch.int64, torch.int32):
-            raise TypeError(
-                f"{name} must be an integer tensor of token ids [batch, pos], got "
-                f"{type(t).__name__}{'' if not isinstance(t, Tensor) else ' of ' + str(t.dtype)}. "
-                "Tokenize text with workbench.models.to_tokens."
-            )
-        if t.ndim != 2:
-            raise ValueError(
-                f"{name} must be 2-d [batch, pos], got shape {tuple(t.shape)} "
-                "(for one prompt use tokens[None])."
-            )
-    if clean_tokens.shape != corrupted_tokens.shape:
-        raise ValueError(
-            f"clean_tokens has shape {tuple(clean_tokens.shape)} but corrupted_tokens has shape "
-            f"{tuple(corrupted_tokens.shape)}: patching copies activations position by position, so "
-            "both need the same batch size and the same token length (build them from one template)."
-        )
-    batch, seq = clean_tokens.shape
-    if batch == 0 or seq == 0:
-        raise ValueError(f"Empty input: tokens of shape {(batch, seq)}; give at least one token.")
-    return batch, seq
-
-
 def shared_prefix(clean_tokens: Tensor, corrupted_tokens: Tensor) -> int:
     """How many leading positions hold the same token in every clean and corrupted prompt."""
     same = (clean_tokens == corrupted_tokens).all(dim=0).long()
     return int(same.cumprod(dim=0).sum())
-
-
-def check_indices(given: Sequence[int] | int | None, size: int, what: str) -> list[int]:
-    """Normalise an optional selection of layers/heads/positions to a list of distinct indices."""
-    if given is None:
-        return list(range(size))
-    items = [given] if isinstance(given, int) else list(given)
-    if not items:
-        raise ValueError(f"The selection of {what}s is empty; pass None for all {size}.")
-    out = []
-    for i in items:
-        if isinstance(i, Tensor):
-            i = int(i)
-        if not isinstance(i, int) or isinstance(i, bool) or not -size <= i < size:
-            raise ValueError(f"{what} {i!r} is out of range: this model/input has {size} {what}s "
-                             f"(0..{size - 1}).")
-        out.append(i % size)
-    if len(set(out)) != len(out):
-        raise ValueError(f"Repeated {what}s in {items}.")
-    return out
 
 
 def _check_options(site: str, batch_size: int) -> _Spec:
@@ -216,9 +171,9 @@ def _make_plan(model, site, by_pos, layers, heads, positions, seq) -> _Plan:
     plan = _Plan(
         site=site,
         spec=spec,
-        layers=check_indices(layers, model.cfg.n_layers, "layer"),
-        positions=check_indices(positions, seq, "position") if (by_pos or not is_head_site) else None,
-        heads=check_indices(heads, n_heads_at(model, site), "head") if is_head_site else None,
+        layers=checks.indices(layers, model.cfg.n_layers, "layer"),
+        positions=checks.indices(positions, seq, "position") if (by_pos or not is_head_site) else None,
+        heads=checks.indices(heads, n_heads_at(model, site), "head") if is_head_site else None,
         seq=seq,
     )
     missing = [n for n in (_hook_name(site, L) for L in plan.layers) if n not in model.hook_dict]
@@ -472,7 +427,7 @@ def patch(
         grouped-query model). ``meta`` holds the clean and corrupted metric values.
     """
     _check_options(site, batch_size)
-    _, seq = check_tokens(clean_tokens, corrupted_tokens)
+    _, seq = checks.token_pair(model, clean_tokens, corrupted_tokens)
     plan = _make_plan(model, site, by_pos, layers, heads, positions, seq)
     fast = _is_hooked_transformer(model)
     ctx, baselines = _prepare(model, plan, clean_tokens, corrupted_tokens, metric, fast)
@@ -501,7 +456,7 @@ def patch_reference(model, clean_tokens, corrupted_tokens, metric, *, site: Site
                     layers=None, heads=None, positions=None, progress: bool = True) -> Result:
     """The slow, obviously correct loop: one hooked forward of the corrupted batch per index."""
     _check_options(site, 1)
-    _, seq = check_tokens(clean_tokens, corrupted_tokens)
+    _, seq = checks.token_pair(model, clean_tokens, corrupted_tokens)
     plan = _make_plan(model, site, by_pos, layers, heads, positions, seq)
     names = {_hook_name(site, L) for L in plan.layers}
     clean_logits, cache = model.run_with_cache(clean_tokens, names_filter=lambda n: n in names)

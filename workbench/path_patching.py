@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.utilities.activation_functions import apply_softcap
 
+from . import checks
 from .metrics import Metric, check_scalar
 from .models import cache_prefix, resid_to_logits
 from .results import Result
@@ -97,22 +98,6 @@ def kv_head_of(model, head: int) -> int:
     return head // (model.cfg.n_heads // _n_kv_heads(model))
 
 
-def _check_head(model, comp, what: str, n_heads: int) -> tuple[int, int]:
-    if (
-        not isinstance(comp, (tuple, list))
-        or len(comp) != 2
-        or not all(isinstance(i, int) for i in comp)
-    ):
-        raise TypeError(f"A {what} head must be a pair (layer, head) of ints, got {comp!r}.")
-    layer, head = comp
-    if not (0 <= layer < model.cfg.n_layers and 0 <= head < n_heads):
-        raise ValueError(
-            f"{what} head {tuple(comp)} is out of range: this model has layers "
-            f"0..{model.cfg.n_layers - 1} and heads 0..{n_heads - 1}."
-        )
-    return layer, head
-
-
 def _parse_senders(model, senders) -> _Senders:
     if isinstance(senders, tuple) and len(senders) == 2 and all(type(i) is int for i in senders):
         raise TypeError(
@@ -130,7 +115,7 @@ def _parse_senders(model, senders) -> _Senders:
                 )
             mlps.add(comp)
         else:
-            heads.add(_check_head(model, comp, "sender", model.cfg.n_heads))
+            heads.add(checks.head(model, comp, name="sender head"))
     if not heads and not mlps:
         raise ValueError("senders is empty: give at least one head (layer, head) or MLP layer.")
     return _Senders(frozenset(heads), frozenset(mlps))
@@ -158,55 +143,10 @@ def _parse_receivers(model, receivers, receiver_input) -> dict[int, list[int]]:
         n, what = _n_kv_heads(model), "receiver (key/value)"
     by_layer: dict[int, list[int]] = {}
     for comp in receivers:
-        layer, head = _check_head(model, comp, what, n)
+        layer, head = checks.head(model, comp, name=f"{what} head", n_heads=n)
         if head not in by_layer.setdefault(layer, []):
             by_layer[layer].append(head)
     return by_layer
-
-
-def _check_tokens(clean: Tensor, corrupted: Tensor) -> None:
-    for name, t in (("clean_tokens", clean), ("corrupted_tokens", corrupted)):
-        if not isinstance(t, Tensor) or t.ndim != 2:
-            raise ValueError(f"{name} must be a token tensor [batch, pos], got {t!r:.60}.")
-    if clean.shape != corrupted.shape:
-        raise ValueError(
-            f"clean and corrupted tokens differ in shape ({tuple(clean.shape)} vs "
-            f"{tuple(corrupted.shape)}); path patching needs aligned prompts."
-        )
-
-
-def _position_mask(receiver_pos, batch: int, seq: int) -> Tensor:
-    """``receiver_pos`` as a bool mask ``[batch, pos]``.
-
-    None: every position; an int or a list of ints: those positions in every prompt; a 1-d
-    tensor of length batch: one position per prompt (e.g. ``ds.pos["END"]``); a bool tensor
-    ``[batch, pos]``: the mask itself.
-    """
-    if receiver_pos is None:
-        return torch.ones(batch, seq, dtype=torch.bool)
-    if isinstance(receiver_pos, Tensor) and receiver_pos.dtype == torch.bool:
-        if receiver_pos.shape != (batch, seq):
-            raise ValueError(f"A receiver_pos mask must have shape {(batch, seq)}.")
-        return receiver_pos.cpu()
-    mask = torch.zeros(batch, seq, dtype=torch.bool)
-    if isinstance(receiver_pos, Tensor):
-        if receiver_pos.shape != (batch,):
-            raise ValueError(
-                f"A receiver_pos tensor gives one position per prompt (shape [{batch}]), got "
-                f"shape {tuple(receiver_pos.shape)}. For the same positions in every prompt pass "
-                "a list of ints."
-            )
-        pos = receiver_pos.long().cpu()
-        if ((pos < -seq) | (pos >= seq)).any():
-            raise ValueError(f"receiver_pos has positions outside 0..{seq - 1}.")
-        mask[torch.arange(batch), pos % seq] = True
-        return mask
-    positions = [receiver_pos] if isinstance(receiver_pos, int) else list(receiver_pos)
-    for p in positions:
-        if not isinstance(p, int) or not -seq <= p < seq:
-            raise ValueError(f"receiver_pos {p!r} is not a position in 0..{seq - 1}.")
-        mask[:, p] = True
-    return mask
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,11 +428,11 @@ def path_patch(
         The metric (a 0-d tensor) of the path-patched clean run; the effect of the path is
         ``metric(clean logits) - value``.
     """
-    _check_tokens(clean_tokens, corrupted_tokens)
     _check_model(model)
+    checks.token_pair(model, clean_tokens, corrupted_tokens)
     sender_set = _parse_senders(model, senders)
     by_layer = _parse_receivers(model, receivers, receiver_input)
-    mask = _position_mask(receiver_pos, *clean_tokens.shape)
+    mask = checks.position_mask(receiver_pos, *clean_tokens.shape, name="receiver_pos")
     cache = _Cache(model, clean_tokens, corrupted_tokens, by_layer, receiver_input)
     return _run_sets(
         model, cache, [sender_set], metric, by_layer, receiver_input, mask, freeze_mlps
@@ -524,10 +464,10 @@ def path_patch_heads(
         ``meta["clean"]`` holds the clean metric; the effect of a head's path is
         ``meta["clean"] - value``.
     """
-    _check_tokens(clean_tokens, corrupted_tokens)
     _check_model(model)
+    checks.token_pair(model, clean_tokens, corrupted_tokens)
     by_layer = _parse_receivers(model, receivers, receiver_input)
-    mask = _position_mask(receiver_pos, *clean_tokens.shape)
+    mask = checks.position_mask(receiver_pos, *clean_tokens.shape, name="receiver_pos")
     if not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch must be a positive int, got {max_batch!r}.")
     cache = _Cache(model, clean_tokens, corrupted_tokens, by_layer, receiver_input)
