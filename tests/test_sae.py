@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from hooks import assert_no_hooks
 
 from workbench import models
 from workbench import sae as wsae
 from workbench.metrics import LogitDiff
-from hooks import assert_no_hooks
 
 
 def random_sae(model, hook_name, *, d_sae=96, k=8, seed=0, rescale=True):
@@ -16,7 +16,7 @@ def random_sae(model, hook_name, *, d_sae=96, k=8, seed=0, rescale=True):
     from sae_lens.saes.sae import SAEMetadata
     from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
-    d_in = wsae._width(model, hook_name)
+    d_in = wsae.core.hook_width(model, hook_name)
     torch.manual_seed(seed)
     cfg = TopKSAEConfig(
         d_in=d_in, d_sae=d_sae, k=k, rescale_acts_by_decoder_norm=rescale,
