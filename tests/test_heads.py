@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from hooks import assert_no_hooks
 
 from workbench import heads, models
 from workbench.datasets.needles import Haystack
 from workbench.heads import HeadSet, overlap_table
 from workbench.results import Result
-from hooks import assert_no_hooks
 
 
 def boom(x, hook):

@@ -1,6 +1,7 @@
-"""Choosing sets of heads: the top k by a score with a stated tie rule, and seeded random sets.
+"""Sets of heads: the one head-set type, the top k by a score with a stated tie rule, seeded random sets.
 
-One place for the two choices every experiment makes: which heads are "the" heads (the top k of a
+:class:`HeadSet` is the set type every analysis uses for heads (algebra, overlaps, a mask, a
+table, a plot). One place, too, for the two choices every experiment makes: which heads are "the" heads (the top k of a
 ``[layer, head]`` score) and which random sets they are compared with (the null). Random sets are
 drawn with their own seeded generator, so a draw does not depend on (or change) the global random
 state, and ``like=`` draws layer-matched sets: the same number of heads in each layer as the
@@ -17,12 +18,18 @@ True
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Literal, Sequence
 
+import pandas as pd
 import torch
+from jaxtyping import Bool
 from torch import Tensor
 
-__all__ = ["Head", "random_head_sets", "top_k_heads"]
+from . import checks
+from .results import Result
+
+__all__ = ["Head", "HeadSet", "overlap_table", "random_head_sets", "top_k_heads"]
 
 Head = tuple[int, int]
 
@@ -100,3 +107,161 @@ def random_head_sets(
             chosen.extend(candidates[i] for i in idx)
         draws.append(sorted(chosen))
     return draws
+
+
+@dataclass(frozen=True)
+class HeadSet:
+    """A named set of heads ``(layer, head)``.
+
+    ``A | B``, ``A & B``, ``A - B`` (or :meth:`union` etc. with a name), overlap measures, and
+    construction from a ``[layer, head]`` score with :meth:`top` / :meth:`above`.
+
+    >>> a = HeadSet({(0, 1), (1, 2)}, "a"); b = HeadSet([(1, 2), (1, 3)], "b")
+    >>> sorted(a & b), a.jaccard(b), a.fraction_in(b)
+    ([(1, 2)], 0.3333333333333333, 0.5)
+    """
+
+    heads: frozenset
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.heads, (str, bytes)) or not isinstance(self.heads, Iterable):
+            raise TypeError(f"HeadSet takes an iterable of (layer, head) pairs, got {self.heads!r}.")
+        heads = frozenset(checks.head_pair(x) for x in self.heads)
+        bad = [x for x in heads if x[0] < 0 or x[1] < 0]
+        if bad:
+            raise ValueError(f"Layer and head indices must be >= 0, got {sorted(bad)}.")
+        object.__setattr__(self, "heads", heads)
+
+    # ---- container
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(sorted(self.heads))
+
+    def __contains__(self, x) -> bool:
+        return checks.head_pair(x) in self.heads
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"L{layer}H{h}" for layer, h in self)
+        return f"HeadSet({self.name!r}, {len(self)} heads: {shown})"
+
+    # ---- algebra
+    def _other(self, other) -> "HeadSet":
+        if not isinstance(other, HeadSet):
+            raise TypeError(f"Expected a HeadSet, got {type(other).__name__}.")
+        return other
+
+    def union(self, other: "HeadSet", name: str | None = None) -> "HeadSet":
+        o = self._other(other)
+        return HeadSet(self.heads | o.heads, name if name is not None else f"{self.name} | {o.name}")
+
+    def intersection(self, other: "HeadSet", name: str | None = None) -> "HeadSet":
+        o = self._other(other)
+        return HeadSet(self.heads & o.heads, name if name is not None else f"{self.name} & {o.name}")
+
+    def difference(self, other: "HeadSet", name: str | None = None) -> "HeadSet":
+        o = self._other(other)
+        return HeadSet(self.heads - o.heads, name if name is not None else f"{self.name} - {o.name}")
+
+    __or__ = union
+    __and__ = intersection
+    __sub__ = difference
+
+    # ---- overlap measures (0 when both sets are empty)
+    def jaccard(self, other: "HeadSet") -> float:
+        """``|A & B| / |A | B|``."""
+        o = self._other(other)
+        union = len(self.heads | o.heads)
+        return len(self.heads & o.heads) / union if union else 0.0
+
+    def overlap_coefficient(self, other: "HeadSet") -> float:
+        """``|A & B| / min(|A|, |B|)``."""
+        o = self._other(other)
+        smaller = min(len(self), len(o))
+        return len(self.heads & o.heads) / smaller if smaller else 0.0
+
+    def fraction_in(self, other: "HeadSet") -> float:
+        """``|A & B| / |A|``: the fraction of this set's heads that are also in ``other``."""
+        o = self._other(other)
+        return len(self.heads & o.heads) / len(self) if len(self) else 0.0
+
+    # ---- construction from scores
+    @staticmethod
+    def _check_result(result: Result) -> None:
+        if not isinstance(result, Result) or tuple(result.dims) != ("layer", "head"):
+            got = result.dims if isinstance(result, Result) else type(result).__name__
+            raise ValueError(f"HeadSet needs a Result with dims ('layer', 'head'), got {got}.")
+
+    @classmethod
+    def top(cls, result: Result, k: int, name: str | None = None) -> "HeadSet":
+        """The ``k`` heads with the largest score (NaN scores never chosen; ties: lower index first)."""
+        cls._check_result(result)
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}.")
+        frame = result.to_frame().dropna(subset=["value"])
+        frame = frame.sort_values("value", ascending=False, kind="stable").head(k)
+        return cls(zip(frame["layer"], frame["head"]), name if name is not None else f"top {k}: {result.metric}")
+
+    @classmethod
+    def above(cls, result: Result, threshold: float, name: str | None = None) -> "HeadSet":
+        """Heads whose score is strictly greater than ``threshold``."""
+        cls._check_result(result)
+        idx = (result.values > threshold).nonzero().tolist()
+        return cls(idx, name if name is not None else f"{result.metric} > {threshold:g}")
+
+    def mask(self, n_layers: int, n_heads: int) -> Bool[Tensor, "layer head"]:
+        """Boolean ``[layer, head]`` mask of the set."""
+        m = torch.zeros(n_layers, n_heads, dtype=torch.bool)
+        for layer, h in self.heads:
+            if layer >= n_layers or h >= n_heads:
+                raise ValueError(f"Head L{layer}H{h} is outside a {n_layers} x {n_heads} grid.")
+            m[layer, h] = True
+        return m
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per head: ``layer``, ``head``, ``set`` (the name)."""
+        rows = list(self)
+        return pd.DataFrame(
+            {"layer": [r[0] for r in rows], "head": [r[1] for r in rows], "set": [self.name] * len(rows)}
+        )
+
+    def plot(self, *others: "HeadSet", shape: tuple[int, int] | None = None, **kwargs):
+        """Grid of layers x heads with the heads of this set (and ``others``) coloured."""
+        from . import plot
+
+        return plot.head_sets([self, *others], shape=shape, **kwargs)
+
+
+OverlapMeasure = Literal["jaccard", "overlap", "fraction_in", "count"]
+
+
+def overlap_table(sets: Sequence[HeadSet], measure: OverlapMeasure = "jaccard") -> pd.DataFrame:
+    """Pairwise overlap of head sets: rows and columns are set names.
+
+    ``measure``: ``"jaccard"``, ``"overlap"`` (overlap coefficient), ``"fraction_in"`` (fraction of
+    the row set that is in the column set) or ``"count"`` (size of the intersection).
+
+    >>> a = HeadSet({(0, 1), (1, 2)}, "a"); b = HeadSet([(1, 2)], "b")
+    >>> overlap_table([a, b], "fraction_in").loc["a", "b"]
+    np.float64(0.5)
+    """
+    fns = {
+        "jaccard": HeadSet.jaccard,
+        "overlap": HeadSet.overlap_coefficient,
+        "fraction_in": HeadSet.fraction_in,
+        "count": lambda a, b: float(len(a & b)),
+    }
+    if measure not in fns:
+        raise ValueError(f"measure must be one of {sorted(fns)}, got {measure!r}.")
+    sets = list(sets)
+    for s in sets:
+        if not isinstance(s, HeadSet):
+            raise TypeError(f"overlap_table takes HeadSets, got {type(s).__name__}.")
+    names = [s.name or f"set{i}" for i, s in enumerate(sets)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Head sets need distinct names for the table, got {names}.")
+    fn = fns[measure]
+    data = [[fn(a, b) for b in sets] for a in sets]
+    return pd.DataFrame(data, index=pd.Index(names, name=measure), columns=names)

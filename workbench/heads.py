@@ -36,16 +36,15 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Literal, Sequence
+from typing import Callable, Literal, Sequence
 
-import pandas as pd
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import models
+from . import checks, models
+from .components import HeadSet, overlap_table
 from .results import Result
 
 __all__ = [
@@ -79,24 +78,6 @@ def _head_result(values: Tensor, metric: str, model, **meta) -> Result:
     n_layers, n_heads = values.shape
     meta = dict(model=model.cfg.model_name, **meta)
     return Result(values.float(), ("layer", "head"), metric=metric, meta=meta)
-
-
-def _check_tokens(model, tokens) -> Tensor:
-    if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.int64, torch.int32):
-        raise TypeError(
-            f"tokens must be an integer tensor [batch, pos], got {type(tokens).__name__}"
-            f"{'' if not isinstance(tokens, Tensor) else ' of dtype ' + str(tokens.dtype)}. "
-            "Use workbench.to_tokens(model, text)."
-        )
-    if tokens.ndim == 1:
-        tokens = tokens[None]
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must have shape [batch, pos], got {tuple(tokens.shape)}.")
-    if tokens.shape[1] > model.cfg.n_ctx:
-        raise ValueError(f"tokens have {tokens.shape[1]} positions; the model takes at most {model.cfg.n_ctx}.")
-    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= model.cfg.d_vocab):
-        raise ValueError(f"token ids must lie in 0..{model.cfg.d_vocab - 1}.")
-    return tokens.long()
 
 
 def _reduce_patterns(
@@ -234,7 +215,7 @@ def previous_token_scores(
     """
     if tokens is None:
         return repeated_token_scores(model, seq_len=seq_len, batch=batch, seed=seed)["previous_token"]
-    tokens = _check_tokens(model, tokens)
+    tokens = checks.tokens(model, tokens)
     if tokens.shape[1] < 2:
         raise ValueError("previous_token_scores needs at least 2 positions.")
     start = time.perf_counter()
@@ -427,34 +408,6 @@ def copy_scores(
 # Attention to chosen positions
 
 
-def _position_mask(positions, batch: int, n_pos: int, name: str) -> Bool[Tensor, "batch pos"]:
-    if isinstance(positions, Tensor) and positions.dtype == torch.bool:
-        if positions.ndim == 1:
-            positions = positions[None].expand(batch, -1)
-        if tuple(positions.shape) != (batch, n_pos):
-            raise ValueError(
-                f"{name} as a boolean mask must have shape [batch, pos] = {(batch, n_pos)}, "
-                f"got {tuple(positions.shape)}."
-            )
-        mask = positions.clone()
-    else:
-        if isinstance(positions, range):
-            positions = list(positions)
-        try:
-            pos = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} must be ints or a boolean mask [batch, pos], got {positions!r}.") from None
-        if pos.numel() == 0:
-            raise ValueError(f"{name} is empty.")
-        if pos.min() < -n_pos or pos.max() >= n_pos:
-            raise ValueError(f"{name} {pos.tolist()} out of range for {n_pos} positions.")
-        mask = torch.zeros(batch, n_pos, dtype=torch.bool)
-        mask[:, pos % n_pos] = True
-    if not mask.any(dim=1).all():
-        raise ValueError(f"{name} selects no position in some prompt.")
-    return mask
-
-
 def attention_to(
     model,
     tokens: Int[Tensor, "batch pos"],
@@ -478,10 +431,10 @@ def attention_to(
     >>> bool(((r.values >= 0) & (r.values <= 1)).all())
     True
     """
-    tokens = _check_tokens(model, tokens)
+    tokens = checks.tokens(model, tokens)
     batch, n_pos = tokens.shape
-    keys = _position_mask(key_positions, batch, n_pos, "key_positions").float()
-    queries = _position_mask(query_positions if query_positions is not None else [-1], batch, n_pos, "query_positions")
+    keys = checks.position_mask(key_positions, batch, n_pos, name="key_positions").float()
+    queries = checks.position_mask(query_positions if query_positions is not None else [-1], batch, n_pos, name="query_positions")
     qw = queries.float() / queries.sum()  # weights over (b, q) summing to 1
 
     def mass(p: Tensor) -> Tensor:  # [batch, head, q, k] -> [head]
@@ -494,7 +447,7 @@ def attention_to(
 
 def bos_attention(model, tokens: Int[Tensor, "batch pos"], query_positions=None) -> Result:
     """Attention-sink score: mean attention to position 0, by default from every position from 1 on."""
-    n_pos = _check_tokens(model, tokens).shape[1]
+    n_pos = checks.tokens(model, tokens).shape[1]
     if query_positions is None:
         if n_pos < 2:
             raise ValueError("bos_attention needs at least 2 positions.")
@@ -616,7 +569,7 @@ def retrieval_scores(model, haystacks: Sequence, *, progress: bool = True) -> Re
     if not n_answered:
         warnings.warn(
             f"The model answered none of the {len(haystacks)} haystacks, so every retrieval score is NaN. "
-            "Check the needle and question (e.g. with a shorter context)."
+            "Check the needle and question (e.g. with a shorter context).", stacklevel=2
         )
     values = per[torch.tensor(answered)].mean(0) if n_answered else torch.full(per.shape[1:], float("nan"))
     return _head_result(
@@ -629,173 +582,3 @@ def retrieval_scores(model, haystacks: Sequence, *, progress: bool = True) -> Re
         per_haystack=per,
         seconds=time.perf_counter() - t0,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Head sets
-
-
-def _as_head(x) -> tuple[int, int]:
-    try:
-        layer, head = x
-        return int(layer), int(head)
-    except (TypeError, ValueError):
-        raise TypeError(f"A head is a pair (layer, head) of ints, got {x!r}.") from None
-
-
-@dataclass(frozen=True)
-class HeadSet:
-    """A named set of heads ``(layer, head)``.
-
-    ``A | B``, ``A & B``, ``A - B`` (or :meth:`union` etc. with a name), overlap measures, and
-    construction from a ``[layer, head]`` score with :meth:`top` / :meth:`above`.
-
-    >>> a = HeadSet({(0, 1), (1, 2)}, "a"); b = HeadSet([(1, 2), (1, 3)], "b")
-    >>> sorted(a & b), a.jaccard(b), a.fraction_in(b)
-    ([(1, 2)], 0.3333333333333333, 0.5)
-    """
-
-    heads: frozenset
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.heads, (str, bytes)) or not isinstance(self.heads, Iterable):
-            raise TypeError(f"HeadSet takes an iterable of (layer, head) pairs, got {self.heads!r}.")
-        heads = frozenset(_as_head(x) for x in self.heads)
-        bad = [x for x in heads if x[0] < 0 or x[1] < 0]
-        if bad:
-            raise ValueError(f"Layer and head indices must be >= 0, got {sorted(bad)}.")
-        object.__setattr__(self, "heads", heads)
-
-    # ---- container
-    def __len__(self) -> int:
-        return len(self.heads)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter(sorted(self.heads))
-
-    def __contains__(self, x) -> bool:
-        return _as_head(x) in self.heads
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"L{layer}H{h}" for layer, h in self)
-        return f"HeadSet({self.name!r}, {len(self)} heads: {shown})"
-
-    # ---- algebra
-    def _other(self, other) -> "HeadSet":
-        if not isinstance(other, HeadSet):
-            raise TypeError(f"Expected a HeadSet, got {type(other).__name__}.")
-        return other
-
-    def union(self, other: "HeadSet", name: str | None = None) -> "HeadSet":
-        o = self._other(other)
-        return HeadSet(self.heads | o.heads, name if name is not None else f"{self.name} | {o.name}")
-
-    def intersection(self, other: "HeadSet", name: str | None = None) -> "HeadSet":
-        o = self._other(other)
-        return HeadSet(self.heads & o.heads, name if name is not None else f"{self.name} & {o.name}")
-
-    def difference(self, other: "HeadSet", name: str | None = None) -> "HeadSet":
-        o = self._other(other)
-        return HeadSet(self.heads - o.heads, name if name is not None else f"{self.name} - {o.name}")
-
-    __or__ = union
-    __and__ = intersection
-    __sub__ = difference
-
-    # ---- overlap measures (0 when both sets are empty)
-    def jaccard(self, other: "HeadSet") -> float:
-        """``|A & B| / |A | B|``."""
-        o = self._other(other)
-        union = len(self.heads | o.heads)
-        return len(self.heads & o.heads) / union if union else 0.0
-
-    def overlap_coefficient(self, other: "HeadSet") -> float:
-        """``|A & B| / min(|A|, |B|)``."""
-        o = self._other(other)
-        smaller = min(len(self), len(o))
-        return len(self.heads & o.heads) / smaller if smaller else 0.0
-
-    def fraction_in(self, other: "HeadSet") -> float:
-        """``|A & B| / |A|``: the fraction of this set's heads that are also in ``other``."""
-        o = self._other(other)
-        return len(self.heads & o.heads) / len(self) if len(self) else 0.0
-
-    # ---- construction from scores
-    @staticmethod
-    def _check_result(result: Result) -> None:
-        if not isinstance(result, Result) or tuple(result.dims) != ("layer", "head"):
-            got = result.dims if isinstance(result, Result) else type(result).__name__
-            raise ValueError(f"HeadSet needs a Result with dims ('layer', 'head'), got {got}.")
-
-    @classmethod
-    def top(cls, result: Result, k: int, name: str | None = None) -> "HeadSet":
-        """The ``k`` heads with the largest score (NaN scores never chosen; ties: lower index first)."""
-        cls._check_result(result)
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}.")
-        frame = result.to_frame().dropna(subset=["value"])
-        frame = frame.sort_values("value", ascending=False, kind="stable").head(k)
-        return cls(zip(frame["layer"], frame["head"]), name if name is not None else f"top {k}: {result.metric}")
-
-    @classmethod
-    def above(cls, result: Result, threshold: float, name: str | None = None) -> "HeadSet":
-        """Heads whose score is strictly greater than ``threshold``."""
-        cls._check_result(result)
-        idx = (result.values > threshold).nonzero().tolist()
-        return cls(idx, name if name is not None else f"{result.metric} > {threshold:g}")
-
-    def mask(self, n_layers: int, n_heads: int) -> Bool[Tensor, "layer head"]:
-        """Boolean ``[layer, head]`` mask of the set."""
-        m = torch.zeros(n_layers, n_heads, dtype=torch.bool)
-        for layer, h in self.heads:
-            if layer >= n_layers or h >= n_heads:
-                raise ValueError(f"Head L{layer}H{h} is outside a {n_layers} x {n_heads} grid.")
-            m[layer, h] = True
-        return m
-
-    def to_frame(self) -> pd.DataFrame:
-        """One row per head: ``layer``, ``head``, ``set`` (the name)."""
-        rows = list(self)
-        return pd.DataFrame(
-            {"layer": [r[0] for r in rows], "head": [r[1] for r in rows], "set": [self.name] * len(rows)}
-        )
-
-    def plot(self, *others: "HeadSet", shape: tuple[int, int] | None = None, **kwargs):
-        """Grid of layers x heads with the heads of this set (and ``others``) coloured."""
-        from . import plot
-
-        return plot.head_sets([self, *others], shape=shape, **kwargs)
-
-
-OverlapMeasure = Literal["jaccard", "overlap", "fraction_in", "count"]
-
-
-def overlap_table(sets: Sequence[HeadSet], measure: OverlapMeasure = "jaccard") -> pd.DataFrame:
-    """Pairwise overlap of head sets: rows and columns are set names.
-
-    ``measure``: ``"jaccard"``, ``"overlap"`` (overlap coefficient), ``"fraction_in"`` (fraction of
-    the row set that is in the column set) or ``"count"`` (size of the intersection).
-
-    >>> a = HeadSet({(0, 1), (1, 2)}, "a"); b = HeadSet([(1, 2)], "b")
-    >>> overlap_table([a, b], "fraction_in").loc["a", "b"]
-    np.float64(0.5)
-    """
-    fns = {
-        "jaccard": HeadSet.jaccard,
-        "overlap": HeadSet.overlap_coefficient,
-        "fraction_in": HeadSet.fraction_in,
-        "count": lambda a, b: float(len(a & b)),
-    }
-    if measure not in fns:
-        raise ValueError(f"measure must be one of {sorted(fns)}, got {measure!r}.")
-    sets = list(sets)
-    for s in sets:
-        if not isinstance(s, HeadSet):
-            raise TypeError(f"overlap_table takes HeadSets, got {type(s).__name__}.")
-    names = [s.name or f"set{i}" for i, s in enumerate(sets)]
-    if len(set(names)) != len(names):
-        raise ValueError(f"Head sets need distinct names for the table, got {names}.")
-    fn = fns[measure]
-    data = [[fn(a, b) for b in sets] for a in sets]
-    return pd.DataFrame(data, index=pd.Index(names, name=measure), columns=names)

@@ -20,11 +20,11 @@ from __future__ import annotations
 import warnings
 from typing import Literal, Sequence
 
-import torch
 from torch import Tensor
 
-from . import plot
-from .lens import _check_tokens, _token_strings, get_patterns
+from . import checks, plot
+from .attention import get_patterns
+from .lens import token_strings
 
 __all__ = ["AttentionExplorer", "attention_explorer", "widgets_available"]
 
@@ -102,7 +102,7 @@ class AttentionExplorer:
         import matplotlib.pyplot as plt
 
         b, l, h = int(self.prompt.value), int(self.layer.value), int(self.head.value)
-        labels = _token_strings(self.model, self.tokens[b].tolist())
+        labels = token_strings(self.model, self.tokens[b].tolist())
         if self.figure is not None:
             plt.close(self.figure)
         self.figure = plot.attention_patterns(
@@ -142,7 +142,7 @@ def attention_explorer(
     if mode not in ("auto", "widget", "static"):
         raise ValueError(f"mode must be 'auto', 'widget' or 'static', got {mode!r}.")
     if isinstance(prompts_or_tokens, Tensor):
-        tokens = _check_tokens(model, prompts_or_tokens)
+        tokens = checks.tokens(model, prompts_or_tokens)
     else:
         from .models import to_tokens
 
@@ -179,11 +179,11 @@ def attention_explorer(
                 "Draw other heads with workbench.plot.attention_patterns(get_patterns(...)).",
                 stacklevel=2,
             )
-        labels = _token_strings(model, tokens[0].tolist())
+        labels = token_strings(model, tokens[0].tolist())
         return plot.attention_patterns(patterns, labels, title="prompt 0")
 
     patterns = get_patterns(model, tokens, None)
     names = [
-        f"{i}: " + "".join(_token_strings(model, tokens[i].tolist()))[-40:] for i in range(batch)
+        f"{i}: " + "".join(token_strings(model, tokens[i].tolist()))[-40:] for i in range(batch)
     ]
     return AttentionExplorer(ipywidgets, model, tokens, patterns, names)
