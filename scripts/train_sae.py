@@ -1,6 +1,6 @@
 """Train the shipped SAE: TopK on SmolLM2-135M's residual stream before block 15, with SAELens.
 
-Reads the corpus in data/corpus (SmolLM2's own generations; rebuild with
+Reads the corpus in workbench/data/corpus (SmolLM2's own generations; rebuild with
 scripts/build_corpus.py), trains on its train split through ``workbench.sae.train_sae`` (SAELens
 ``TopKTrainingSAE`` + ``SAETrainer``), saves the inference SAE in SAELens's format with float16
 weights (``cfg.json`` says float32, so ``SAE.load_from_disk`` loads float32), reloads it from disk
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         size_bytes=size,
         training=training,
         heldout=heldout,
-        heldout_note="held-out split of data/corpus (every 8th document), BOS and massive-activation tokens "
+        heldout_note="held-out split of workbench/data/corpus (every 8th document), BOS and massive-activation tokens "
         "(norm > cfg metadata max_norm) excluded; "
         "explained_variance = 1 - sum|x - x_hat|^2 / sum|x - mean x|^2 pooled over tokens; "
         "dead = never active on the held-out tokens; losses are mean next-token cross-entropy "

@@ -1,4 +1,4 @@
-"""Train the toy modular-addition model from scratch and save it to data/toy/.
+"""Train the toy modular-addition model from scratch and save it to workbench/data/toy/.
 
     python scripts/train_toy.py                 # default config, 1 torch thread
     python scripts/train_toy.py --threads 2 --out /tmp/toy

@@ -43,11 +43,12 @@ from jaxtyping import Int
 from torch import Tensor
 
 from ..models import to_tokens
+from ..resources import data_path
 
 __all__ = ["FILLER_PATH", "Needle", "Haystack", "load_filler", "needle_haystacks"]
 
 #: The filler prose shipped with the repository.
-FILLER_PATH = Path(__file__).resolve().parents[2] / "data" / "haystack" / "filler.txt"
+FILLER_PATH = data_path("haystack", "filler.txt")
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 from ..metrics import LogitDiff
 from ..models import logits_at, to_tokens
+from ..resources import data_path
 
 __all__ = [
     "FACTS_PATH",
@@ -66,7 +67,7 @@ __all__ = [
 ]
 
 #: The curated facts shipped with the repository.
-FACTS_PATH = Path(__file__).resolve().parents[2] / "data" / "temporal" / "facts.json"
+FACTS_PATH = data_path("temporal", "facts.json")
 
 #: Years an invariant prompt can carry (the range the temporal facts mostly cover).
 INVARIANT_YEARS = tuple(range(1950, 2024))

@@ -1,0 +1,48 @@
+"""The package as a wheel: built from the repo, installed outside the checkout, it finds its data."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHECK = textwrap.dedent(
+    """
+    import workbench
+    from workbench import sae, toy
+    from workbench.datasets import needles, temporal
+    assert workbench.__file__.startswith(TARGET), workbench.__file__
+    assert needles.FILLER_PATH.read_text().strip()
+    assert temporal.FACTS_PATH.read_text().strip().startswith(("[", "{"))
+    assert len(sae.load_corpus("heldout")) > 0
+    shipped = sae.load_sae("smollm2-135m")
+    assert shipped.cfg.d_in == 576, shipped.cfg.d_in
+    model = toy.load_toy_model(train_if_missing=False)
+    assert model.cfg.n_layers >= 1
+    print("ok")
+    """
+)
+
+
+@pytest.mark.slow
+def test_wheel_installed_outside_the_checkout_finds_its_data(tmp_path):
+    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels)],
+        check=True, capture_output=True,
+    )
+    (wheel,) = wheels.glob("workbench-*.whl")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        check=True, capture_output=True,
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", f"TARGET = {str(target)!r}\n" + CHECK],
+        cwd=tmp_path, env={"PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
