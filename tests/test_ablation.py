@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from hooks import assert_no_hooks
 
 from workbench import models
 from workbench.ablation import (
@@ -13,7 +14,6 @@ from workbench.ablation import (
     minimality,
 )
 from workbench.metrics import LogitDiff
-from hooks import assert_no_hooks
 
 
 @pytest.fixture

@@ -20,11 +20,14 @@ The most used functions are importable from the top level too. Modules with heav
 """
 
 from importlib import import_module
+from pathlib import Path
 
 from . import (
     ablation,
+    attention,
     attribution,
     datasets,
+    dla,
     heads,
     lens,
     metrics,
@@ -35,10 +38,18 @@ from . import (
     results,
 )
 from .ablation import Circuit, ablate, completeness, faithfulness, mask_attention, minimality
+from .attention import get_patterns
 from .attribution import attribute_heads
-from .datasets import arithmetic_problems, ioi_dataset, keep_correct, needle_haystacks, temporal_facts
+from .datasets import (
+    arithmetic_problems,
+    ioi_dataset,
+    keep_correct,
+    needle_haystacks,
+    temporal_facts,
+)
+from .dla import direct_logit_attribution
 from .heads import HeadSet, induction_scores, overlap_table, retrieval_scores
-from .lens import direct_logit_attribution, get_patterns, logit_lens
+from .lens import logit_lens
 from .metrics import LogitDiff, normalise
 from .models import (
     DEFAULT_MODEL,
@@ -53,7 +64,25 @@ from .patching import patch_attn_out, patch_heads, patch_mlp_out, patch_resid
 from .path_patching import path_patch, path_patch_heads
 from .results import Result
 
-_LAZY = {"retrieval", "sae", "toy", "widgets", "cli", "atlas"}
+#: Modules loaded on first use (``wb.sae``, ``wb.atlas``, ...): heavy imports or rarely needed.
+_LAZY = (
+    "arithmetic",
+    "atlas",
+    "checks",
+    "circuits",
+    "cli",
+    "components",
+    "course",
+    "edges",
+    "experiment",
+    "retrieval",
+    "runtime",
+    "sae",
+    "temporal",
+    "toy",
+    "widgets",
+)
+_EAGER = ("ablation", "attention", "attribution", "datasets", "dla", "heads", "lens", "metrics", "models", "patching", "path_patching", "plot", "results")
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -96,5 +125,14 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return import_module(f".{name}", __name__)
+        try:
+            return import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
     raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    present = [m for m in _LAZY if (Path(__file__).parent / m).exists() or (Path(__file__).parent / f"{m}.py").exists()]
+    return sorted(set(__all__) | set(_EAGER) | set(present))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-
 import matplotlib.pyplot as plt
 import torch
 
