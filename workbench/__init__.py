@@ -1,7 +1,7 @@
 """A workbench for mechanistic circuit analysis on TransformerLens.
 
 >>> import workbench as wb
->>> model = wb.load_model()                   # doctest: +SKIP  (SmolLM2-135M, offline)
+>>> model = wb.load_model()  # SmolLM2-135M, offline  # doctest: +SKIP
 >>> tokens = wb.to_tokens(model, "When Mary and John went to the store, John gave a drink to")  # doctest: +SKIP
 
 One module per technique (see README.md for the layout and the direction of imports):
@@ -75,6 +75,7 @@ _LAZY = (
     "course",
     "edges",
     "experiment",
+    "resources",
     "retrieval",
     "runtime",
     "sae",

@@ -35,8 +35,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from . import checks
-from .metrics import Metric, check_scalar
-from .patching import metric_name
+from .metrics import Metric, check_scalar, metric_name
 from .results import Result
 
 __all__ = [

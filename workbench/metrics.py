@@ -31,6 +31,7 @@ __all__ = [
     "Normalised",
     "normalise",
     "check_scalar",
+    "metric_name",
 ]
 
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]]
@@ -63,6 +64,13 @@ def _as_batch_vector(x, name: str) -> Tensor:
 def _positions(pos, batch: int) -> Tensor:
     p = torch.as_tensor(pos, dtype=torch.long)
     return p.expand(batch).clone() if p.ndim == 0 else p
+
+
+def metric_name(metric) -> str:
+    """A short name for a metric: its own repr if it has one, else its function or class name."""
+    if type(metric).__repr__ is not object.__repr__:
+        return repr(metric)
+    return getattr(metric, "__name__", type(metric).__name__)
 
 
 def check_scalar(value, what: str = "metric") -> Tensor:

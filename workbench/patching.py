@@ -54,7 +54,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import checks
-from .metrics import Metric, check_scalar
+from .metrics import Metric, check_scalar, metric_name
 from .models import cache_prefix, resid_to_logits
 from .results import Result
 
@@ -209,13 +209,6 @@ def _result(model, plan: _Plan, values: Tensor, metric, clean_tokens, baselines,
             g = model.cfg.n_heads // n_heads_at(model, plan.site)
             meta["query_heads"] = {j: list(range(j * g, j * g + g)) for j in plan.heads}
     return Result(values, tuple(dims), f"{metric_name(metric)} after patching {plan.site}", labels, meta)
-
-
-def metric_name(metric) -> str:
-    """A short name for a metric: its own repr if it has one, else its function or class name."""
-    if type(metric).__repr__ is not object.__repr__:
-        return repr(metric)
-    return getattr(metric, "__name__", type(metric).__name__)
 
 
 def _pos_labels(model, tokens: Tensor, positions: list[int]) -> list:

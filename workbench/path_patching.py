@@ -63,7 +63,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.utilities.activation_functions import apply_softcap
 
 from . import checks
-from .metrics import Metric, check_scalar
+from .metrics import Metric, check_scalar, metric_name
 from .models import cache_prefix, resid_to_logits
 from .results import Result
 
@@ -370,12 +370,6 @@ def _first_changed(mask: Tensor, metric) -> int:
     return 0
 
 
-def _metric_name(metric) -> str:
-    if type(metric).__repr__ is not object.__repr__:
-        return repr(metric)
-    return getattr(metric, "__name__", type(metric).__name__)
-
-
 def _check_model(model) -> None:
     if not isinstance(model, HookedTransformer):
         raise TypeError(
@@ -492,7 +486,7 @@ def path_patch_heads(
     return Result(
         values,
         ("layer", "head"),
-        metric=f"{_metric_name(metric)} after path patching sender head -> {target}",
+        metric=f"{metric_name(metric)} after path patching sender head -> {target}",
         meta=dict(
             method="path_patch_heads",
             direction="corrupted sender activations patched into the clean run",

@@ -13,7 +13,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import checks, models
-from ..metrics import Metric, check_scalar
+from ..metrics import Metric, check_scalar, metric_name
 from ..results import Result
 from .core import (
     check_feature,
@@ -86,10 +86,6 @@ def ablate_features(model, sae, features, *, positions=None, value: float = 0.0)
         yield model
 
 
-def _metric_name(metric) -> str:
-    return getattr(metric, "name", None) or type(metric).__name__
-
-
 def attribute_features(
     model,
     sae,
@@ -131,7 +127,7 @@ def attribute_features(
     delta = (grad * (clean_latents - corrupted_latents)).sum(0)  # [pos, feature]
     values = value.detach() + (delta if by_pos else delta.sum(0))
     dims = ("pos", "feature") if by_pos else ("feature",)
-    return Result(values.float(), dims, f"{_metric_name(metric)} (attribution estimate)", {},
+    return Result(values.float(), dims, f"{metric_name(metric)} (attribution estimate)", {},
                   {"corrupted": value.item(), "hook_name": hook_name, "method": "attribution"})
 
 
@@ -173,7 +169,7 @@ def patch_features(
     if not by_pos:
         values = values[0]
     dims = ("pos", "feature") if by_pos else ("feature",)
-    return Result(values, dims, f"{_metric_name(metric)} (exact patching)", {"feature": features},
+    return Result(values, dims, f"{metric_name(metric)} (exact patching)", {"feature": features},
                   {"corrupted": baseline, "hook_name": hook_name, "method": "exact"})
 
 
@@ -222,5 +218,5 @@ def steer(
         fn = partial(_add_hook, direction=s * direction, mask=mask)
         with model.hooks(fwd_hooks=[(hook_name, fn)]):
             values.append(float(check_scalar(metric(model(tokens)))))
-    return Result(torch.tensor(values), ("scale",), _metric_name(metric), {"scale": scales},
+    return Result(torch.tensor(values), ("scale",), metric_name(metric), {"scale": scales},
                   {"feature": feature, "hook_name": hook_name, "method": "steering"})
