@@ -45,11 +45,12 @@ demo: install
 	$(BIN)/workbench run all --model $(MODEL)
 
 test: install
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(BIN)/ruff check workbench tests benchmarks scripts
+	$(BIN)/python -m pytest tests --doctest-modules workbench $(PYTEST_ARGS)
 	$(BIN)/python -m pytest --nbval notebooks --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: install
-	WORKBENCH_SKIP_SLOW=1 $(BIN)/python -m pytest tests -q
+	WORKBENCH_SKIP_SLOW=1 $(BIN)/python -m pytest tests --doctest-modules workbench -q
 
 # Re-execute the notebooks in place (their stored outputs are what nbval compares against).
 notebooks: install

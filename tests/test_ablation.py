@@ -190,7 +190,9 @@ def test_minimality(tiny, data):
     c = Circuit([(0, 1), (1, 2)], mlps=[1])
     res = minimality(tiny, tokens, metric, c, reference=reference, k={(1, 2): [1]},
                      progress=False)
-    F = lambda kept: faithfulness(tiny, tokens, metric, kept, reference=reference).circuit_value
+    def F(kept):
+        return faithfulness(tiny, tokens, metric, kept, reference=reference).circuit_value
+
     assert res.without_k[0] == pytest.approx(F(c), abs=1e-6)  # L0H1, K empty
     assert res.without_k_and_v[0] == pytest.approx(F(c - [(0, 1)]), abs=1e-6)
     assert res.without_k[1] == pytest.approx(F(c - [1]), abs=1e-6)  # L1H2, K = {mlp1}

@@ -80,7 +80,7 @@ def jupyterlab(tmp_path):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(
                         "JupyterLab did not start:\n" + (tmp_path / "jupyterlab.log").read_text()[-2000:]
-                    )
+                    ) from None
                 time.sleep(0.5)
         yield base, token
     finally:

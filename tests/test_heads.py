@@ -131,7 +131,6 @@ def test_previous_token_scores_on_given_tokens_match_reference(tiny, random_toke
 def previous_token_model():
     """Attention-only RMS model whose head L0H0 attends i -> i-1 through positional embeddings."""
     model = models.tiny_model(attn_only=True, normalization="RMS", n_heads=2, seed=3)
-    d = model.cfg.d_model  # 64; d_head 32
     with torch.no_grad():
         model.W_pos.zero_()
         model.W_pos[:32, :32] = 10 * torch.eye(32)  # position p -> 10 e_p in dims 0..31

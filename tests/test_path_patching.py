@@ -5,8 +5,8 @@ import torch
 from hooks import assert_no_hooks
 
 from workbench import models
-from workbench.metrics import LogitDiff, normalise
 from workbench.checks import position_mask
+from workbench.metrics import LogitDiff, normalise
 from workbench.path_patching import kv_head_of, path_patch, path_patch_heads
 
 

@@ -19,7 +19,6 @@ Direct logit attribution lives in :mod:`workbench.dla`, attention patterns in
 >>> lens = logit_lens(model, tokens, top_k=3)
 >>> lens.rank.dims, lens.rank.shape
 (('layer', 'batch', 'pos'), (3, 2, 6))
-(('batch', 'component'), True)
 """
 
 from __future__ import annotations
