@@ -172,14 +172,17 @@ def attribution_heads(model, clean: Int[Tensor, "batch pos"], corrupted: Int[Ten
     _, clean_cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_z"))
     z_corrupted = {}
 
-    def keep_z(z, hook):  # the corrupted z, as a leaf we can take the gradient for
-        z = z.detach().requires_grad_(True)
+    def start_graph(resid, hook):  # the weights need no gradient: start the graph at the input
+        return resid.detach().requires_grad_(True)
+
+    def keep_z(z, hook):
         z_corrupted[hook.name] = z
         return z
 
-    with torch.enable_grad(), model.hooks(fwd_hooks=[(lambda n: n.endswith("hook_z"), keep_z)]):
+    hooks = [("blocks.0.hook_resid_pre", start_graph), (lambda n: n.endswith("hook_z"), keep_z)]
+    with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
         value = metric(model(corrupted))
-        names = list(z_corrupted)
+        names = list(z_corrupted)  # the gradient of each z counts every path after it
         grads = torch.autograd.grad(value, [z_corrupted[n] for n in names])
     out = torch.stack([
         (g * (clean_cache[n] - z_corrupted[n].detach())).sum(dim=(0, 1, 3))  # [head]

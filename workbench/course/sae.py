@@ -40,7 +40,8 @@ def course_sae(model, *, d_sae: int = 48, k: int = 6, seed: int = 0):
     return sae
 
 
-def _activations(model, tokens: Tensor) -> Tensor:
+def sae_input(model, tokens: Tensor) -> Tensor:
+    """The activations the course SAE reads (``blocks.1.hook_resid_pre``)."""
     _, cache = model.run_with_cache(tokens, names_filter=[HOOK])
     return cache[HOOK]
 
@@ -55,7 +56,7 @@ def _check_encode(fn, solution):
     for make, label in ((tiny, "tiny model"), (tiny_gqa, "grouped-query model")):
         model = make()
         sae = course_sae(model)
-        x = _activations(model, tokens)
+        x = sae_input(model, tokens)
         expected = solution(sae, x)
         torch.testing.assert_close(expected, sae.encode(x))  # the reference is SAELens's encode
         got = call(name, fn, sae, x, case=label)
@@ -84,7 +85,7 @@ def _check_decode(fn, solution):
     for make, label in ((tiny, "tiny model"), (tiny_gqa, "grouped-query model")):
         model = make()
         sae = course_sae(model)
-        latents = sae.encode(_activations(model, tokens))
+        latents = sae.encode(sae_input(model, tokens))
         expected = solution(sae, latents)
         torch.testing.assert_close(expected, sae.decode(latents))
         got = call(name, fn, sae, latents, case=label)
@@ -118,10 +119,11 @@ def _check_feature_attribution(fn, solution):
 @register(notebook=NOTEBOOK, minutes=20, difficulty="advanced", checker=_check_feature_attribution,
           objective="Attribute a metric to SAE features: splice the SAE in with its error term and "
                     "take gradient times (clean - corrupted latents), BOS left out.",
-          catches=("sign flipped", "BOS position included", "gradient taken on the clean run"))
+          catches=("sign flipped", "error term left out (reconstruction spliced in)",
+                   "gradient taken on the clean run"))
 def feature_attribution(model, sae, clean: Int[Tensor, "batch pos"],
                         corrupted: Int[Tensor, "batch pos"], metric) -> Float[Tensor, " feature"]:
-    clean_latents = sae.encode(_activations(model, clean))
+    clean_latents = sae.encode(sae_input(model, clean))
     store = {}
 
     def splice(x, hook):
