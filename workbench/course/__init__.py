@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from . import basics, lens, paths, patching, phenomena, sae  # noqa: F401  (registers the exercises)
 from .base import Exercise, registry
+from .notebooks import show
 
-__all__ = ["Exercise", "exercises", "get", "check", "table"]
+__all__ = ["Exercise", "exercises", "get", "check", "table", "show"]
 
 
 def exercises() -> list[Exercise]:

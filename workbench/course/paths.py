@@ -45,7 +45,8 @@ def frozen_run_hooks(model, clean_cache, corrupted_cache, sender: tuple[int, int
     return [(_z(layer), set_z) for layer in range(n)] + [(_mlp(layer), set_mlp) for layer in range(n)]
 
 
-def _caches(model, clean, corrupted):
+def clean_and_corrupted_caches(model, clean, corrupted):
+    """Cached ``hook_z`` and ``hook_mlp_out`` of the clean and of the corrupted run."""
     keep = lambda n: n.endswith("hook_z") or n.endswith("hook_mlp_out")  # noqa: E731
     _, clean_cache = model.run_with_cache(clean, names_filter=keep)
     _, corrupted_cache = model.run_with_cache(corrupted, names_filter=keep)
@@ -72,7 +73,7 @@ def _check_path_logits(fn, solution):
                    "MLPs left unfrozen"))
 def path_patch_logits(model, clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"],
                       metric, sender: tuple[int, int]) -> float:
-    clean_cache, corrupted_cache = _caches(model, clean, corrupted)
+    clean_cache, corrupted_cache = clean_and_corrupted_caches(model, clean, corrupted)
     with model.hooks(fwd_hooks=frozen_run_hooks(model, clean_cache, corrupted_cache, sender)):
         return metric(model(clean)).item()
 
@@ -97,7 +98,7 @@ def _check_path_query(fn, solution):
                    "clean and corrupted swapped"))
 def path_patch_query(model, clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"],
                      metric, sender: tuple[int, int], receiver: tuple[int, int]) -> float:
-    clean_cache, corrupted_cache = _caches(model, clean, corrupted)
+    clean_cache, corrupted_cache = clean_and_corrupted_caches(model, clean, corrupted)
     q_name = f"blocks.{receiver[0]}.attn.hook_q"
     recorded = {}
 
@@ -149,7 +150,7 @@ def zero_ablate_head(model, tokens: Int[Tensor, "batch pos"], metric, layer: int
         z[:, :, head] = 0.0
         return z
 
-    with model.hooks(fwd_hooks=[(_z(layer), zero)]):
+    with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", zero)]):
         return metric(model(tokens)).item()
 
 
@@ -173,14 +174,15 @@ def _check_mean(fn, solution):
                    "zeros instead of the mean"))
 def mean_ablate_head(model, tokens: Int[Tensor, "batch pos"], metric, layer: int, head: int,
                      reference: Int[Tensor, "batch pos"]) -> float:
-    _, cache = model.run_with_cache(reference, names_filter=[_z(layer)])
-    mean = cache[_z(layer)][:, :, head].mean(0)  # [pos, d_head]: one mean per position
+    name = f"blocks.{layer}.attn.hook_z"
+    _, cache = model.run_with_cache(reference, names_filter=[name])
+    mean = cache[name][:, :, head].mean(0)  # [pos, d_head]: one mean per position
 
     def replace(z, hook):
         z[:, :, head] = mean
         return z
 
-    with model.hooks(fwd_hooks=[(_z(layer), replace)]):
+    with model.hooks(fwd_hooks=[(name, replace)]):
         return metric(model(tokens)).item()
 
 
@@ -218,7 +220,7 @@ def faithfulness(model, tokens: Int[Tensor, "batch pos"], metric, circuit: list[
                 z[:, :, head] = cache[hook.name][:, :, head].mean(0)
         return z
 
-    hooks = [(_z(layer), ablate_outside) for layer in range(model.cfg.n_layers)]
+    hooks = [(f"blocks.{layer}.attn.hook_z", ablate_outside) for layer in range(model.cfg.n_layers)]
     with model.hooks(fwd_hooks=hooks):
         circuit_value = metric(model(tokens)).item()
     return circuit_value / metric(model(tokens)).item()
