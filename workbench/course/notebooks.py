@@ -22,7 +22,7 @@ import pandas as pd
 from .base import registry
 
 __all__ = ["SOLUTION_TAG", "course_dir", "course_notebooks", "stub_source", "student_notebook",
-           "solution_notebook", "build", "instructor_readme", "run_checks", "grade", "show"]
+           "solution_notebook", "check_call", "build", "instructor_readme", "run_checks", "grade", "show"]
 
 SOLUTION_TAG = "solution"
 _SCORES_MARK = "COURSE-SCORES "
@@ -70,7 +70,7 @@ def stub_source(source: str) -> tuple[str, list[str]]:
     return "\n".join(p for p in pieces if p != "").rstrip() + "\n", found
 
 
-def _check_call(name: str) -> str:
+def check_call(name: str) -> str:
     return f'course.check("{name}", {name})'
 
 
@@ -90,8 +90,8 @@ def student_notebook(nb):
         cell.source, names = stub_source(cell.source)
         nxt = nb.cells[i + 1].source if i + 1 < len(nb.cells) else ""
         for name in names:  # every stub is followed by its checker call
-            if _check_call(name) not in nxt:
-                cells.append(nbformat.v4.new_code_cell(_check_call(name)))
+            if check_call(name) not in nxt:
+                cells.append(nbformat.v4.new_code_cell(check_call(name)))
     out.cells = cells
     return out
 
