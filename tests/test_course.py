@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hooks import assert_no_hooks
 
 from workbench import course
-from workbench.course import basics, lens, paths, patching, phenomena, sae as csae
+from workbench.course import basics, lens, patching, paths, phenomena
+from workbench.course import sae as csae
 from workbench.course.base import tiny, tiny_gqa
 from workbench.metrics import LogitDiff, normalise
-from hooks import assert_no_hooks
 
 EXERCISES = course.exercises()
 
@@ -241,12 +242,13 @@ def _patch_heads(model, source, target, metric, *, index="head", last_only=False
         name = f"blocks.{layer}.attn.hook_z"
         for head in range(model.cfg.n_heads):
             def hook(z, hook, head=head):
+                source = cache[hook.name]
                 if index == "pos":
-                    z[:, head] = cache[name][:, head]
+                    z[:, head] = source[:, head]
                 elif last_only:
-                    z[:, -1, head] = cache[name][:, -1, head]
+                    z[:, -1, head] = source[:, -1, head]
                 else:
-                    z[:, :, head] = cache[name][:, :, head]
+                    z[:, :, head] = source[:, :, head]
                 return z
 
             with model.hooks(fwd_hooks=[(name, hook)]):
@@ -865,7 +867,8 @@ def test_paths_and_ablations_agree_with_the_package(model):
 
 
 def test_phenomena_agree_with_the_package(model):
-    from workbench import heads, patching as wp, temporal
+    from workbench import heads, temporal
+    from workbench import patching as wp
     from workbench.arithmetic import operand_attention
 
     for seed in range(3):

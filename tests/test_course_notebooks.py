@@ -70,7 +70,7 @@ def test_stub_keeps_the_signature_and_docstring():
     assert isinstance(fn.body[-1], ast.Raise) and "logit_diff" in ast.unparse(fn.body[-1])
     assert "x = 1" not in stub and 'print("after")' in stub and stub.startswith("import torch")
     namespace = {}
-    exec(stub, namespace)
+    exec(stub, namespace)  # noqa: S102  (the generated stub, run as a notebook cell would)
     with pytest.raises(NotImplementedError, match="Exercise 'logit_diff'"):
         course.check("logit_diff", namespace["logit_diff"])
 
@@ -124,7 +124,7 @@ def test_grading_the_solutions_gives_full_marks_and_one_wrong_answer_zero(tmp_pa
     assert frame.exercise.tolist() == ["logit_diff", "logit_lens", "head_dla"]
 
     nb = nbformat.read(path, as_version=4)
-    i, cell = _solution_cells(nb)[0]  # logit_diff, answered with the sign flipped
+    _, cell = _solution_cells(nb)[0]  # logit_diff, answered with the sign flipped
     cell.source = cell.source.replace("last[rows, answers] - last[rows, wrong]",
                                       "last[rows, wrong] - last[rows, answers]")
     assert "last[rows, wrong] - last[rows, answers]" in cell.source

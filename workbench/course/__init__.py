@@ -19,11 +19,11 @@ notebooks and an instructor's README; ``workbench course check NOTEBOOK`` grades
 
 from __future__ import annotations
 
-from . import basics, lens, paths, patching, phenomena, sae  # noqa: F401  (registers the exercises)
+from . import basics, lens, patching, paths, phenomena, sae  # noqa: F401  (registers the exercises)
 from .base import Exercise, registry
 from .notebooks import show
 
-__all__ = ["Exercise", "exercises", "get", "check", "table", "show"]
+__all__ = ["Exercise", "check", "exercises", "get", "show", "table"]
 
 
 def exercises() -> list[Exercise]:

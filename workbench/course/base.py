@@ -11,8 +11,9 @@ hook the function left attached to the model.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -20,12 +21,12 @@ from torch import Tensor
 __all__ = [
     "Difficulty",
     "Exercise",
+    "call",
+    "check_scalar_out",
+    "compare",
+    "hooks_left",
     "register",
     "registry",
-    "call",
-    "compare",
-    "check_scalar_out",
-    "hooks_left",
     "remove_hooks",
     "tiny",
     "tiny_gqa",
@@ -35,7 +36,7 @@ __all__ = [
 Difficulty = Literal["intro", "core", "advanced"]
 _DIFFICULTIES = ("intro", "core", "advanced")
 
-_REGISTRY: dict[str, "Exercise"] = {}
+_REGISTRY: dict[str, Exercise] = {}
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class Exercise:
     def check(self, fn: Callable) -> None:
         """Run ``fn`` against the solution; ``AssertionError`` saying what differs, else nothing."""
         if not callable(fn):
-            raise AssertionError(f"{self.name}: expected a function, got {type(fn).__name__}.")
+            raise AssertionError(f"{self.name}: expected a function, got {type(fn).__name__}.")  # noqa: TRY004
         self.checker(fn)
 
     def to_row(self) -> dict:
@@ -168,7 +169,7 @@ def call(name: str, fn: Callable, *args, models: Sequence = (), case: str = "", 
         for m in models:
             remove_hooks(m)
         raise AssertionError(f"{name}{where}: your function failed an assertion: {e}") from e
-    except Exception as e:  # noqa: BLE001: any failure of the student's code is reported
+    except Exception as e:
         for m in models:
             remove_hooks(m)
         raise AssertionError(f"{name}{where}: your function raised {type(e).__name__}: {e}") from e

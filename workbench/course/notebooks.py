@@ -21,8 +21,20 @@ import pandas as pd
 
 from .base import registry
 
-__all__ = ["SOLUTION_TAG", "course_dir", "course_notebooks", "stub_source", "student_notebook",
-           "solution_notebook", "check_call", "build", "instructor_readme", "run_checks", "grade", "show"]
+__all__ = [
+    "SOLUTION_TAG",
+    "build",
+    "check_call",
+    "course_dir",
+    "course_notebooks",
+    "grade",
+    "instructor_readme",
+    "run_checks",
+    "show",
+    "solution_notebook",
+    "stub_source",
+    "student_notebook",
+]
 
 SOLUTION_TAG = "solution"
 _SCORES_MARK = "COURSE-SCORES "
@@ -173,7 +185,7 @@ def run_checks(namespace: dict, names: list[str]) -> list[dict]:
                 score, message = 0, "not implemented (the stub is still there)"
             except AssertionError as e:
                 score, message = 0, str(e)
-            except Exception as e:  # noqa: BLE001: a grading run reports every failure
+            except Exception as e:  # noqa: BLE001  (a grading run reports every failure)
                 score, message = 0, f"{type(e).__name__}: {e}"
         rows.append({"exercise": name, "score": score, "minutes": ex.minutes,
                      "check_seconds": round(time.perf_counter() - start, 2), "message": message})

@@ -140,7 +140,7 @@ def patch_head_outputs(model, clean: Int[Tensor, "batch pos"], corrupted: Int[Te
         name = f"blocks.{layer}.attn.hook_z"
         for head in range(model.cfg.n_heads):
             def put_clean(z, hook, head=head):  # z: [batch, pos, head, d_head]
-                z[:, :, head] = clean_cache[name][:, :, head]
+                z[:, :, head] = clean_cache[hook.name][:, :, head]
                 return z
 
             with model.hooks(fwd_hooks=[(name, put_clean)]):

@@ -47,7 +47,9 @@ def frozen_run_hooks(model, clean_cache, corrupted_cache, sender: tuple[int, int
 
 def clean_and_corrupted_caches(model, clean, corrupted):
     """Cached ``hook_z`` and ``hook_mlp_out`` of the clean and of the corrupted run."""
-    keep = lambda n: n.endswith("hook_z") or n.endswith("hook_mlp_out")  # noqa: E731
+    def keep(name: str) -> bool:
+        return name.endswith(("hook_z", "hook_mlp_out"))
+
     _, clean_cache = model.run_with_cache(clean, names_filter=keep)
     _, corrupted_cache = model.run_with_cache(corrupted, names_filter=keep)
     return clean_cache, corrupted_cache
