@@ -905,3 +905,17 @@ def test_sae_exercises_agree_with_sae(model):
     ref = wsae.attribute_features(model, sae, clean, corrupted, metric).values
     torch.testing.assert_close(csae.feature_attribution(model, sae, clean, corrupted, metric), ref,
                                atol=1e-5, rtol=1e-4)
+
+
+def test_a_raw_torch_hook_left_behind_fails_the_check_and_is_removed():
+    seen = []
+
+    def leaves_torch_hook(model, tokens, layer):
+        seen.append(model)
+        model.blocks[0].register_forward_hook(lambda module, args, out: None)
+        return basics.resid_with_hook(model, tokens, layer)
+
+    with pytest.raises(AssertionError, match=r"hook was left attached on blocks\.0"):
+        course.get("resid_with_hook").check(leaves_torch_hook)
+    assert seen
+    assert_no_hooks(seen[0])
