@@ -33,7 +33,7 @@ def notebooks_dir() -> Path:
 
 
 def _all_notebooks() -> list[Path]:
-    return sorted(p for p in notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
+    return sorted(p for p in notebooks_dir().glob("[0-9][0-9]*_*.ipynb"))  # 00_, 00b_, 01_, ...
 
 
 def find_notebook(name: str) -> Path:
@@ -243,7 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     at.add_argument("--model", default=None, help="model name (default: the default offline model)")
     at.add_argument("--k", type=int, default=None, help="heads per role (default: 3%% of heads, at least 3)")
     at.add_argument("--out", default="reports", help="report folder (default: reports/)")
+    from .course import cli as course_cli
+
+    course_cli.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "course":
+        return course_cli.main(args)
 
     from . import models
 

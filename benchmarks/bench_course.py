@@ -1,0 +1,34 @@
+"""Time each course exercise's check(solution), one after the other in one process (1 thread).
+
+Usage: python benchmarks/bench_course.py
+
+SAELens is imported and the toy model loaded first, so that the first SAE or toy check does not
+carry them (the first SAE check in a fresh process pays about 2 s of import).
+"""
+
+import time
+
+import sae_lens  # noqa: F401  (import cost kept out of the first SAE check)
+import torch
+
+from workbench import course
+from workbench.toy import load_toy_model
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    load_toy_model(progress=False)
+    rows = []
+    for ex in course.exercises():
+        start = time.perf_counter()
+        ex.check(ex.solution)
+        rows.append((ex.name, ex.minutes, time.perf_counter() - start))
+    for name, minutes, seconds in rows:
+        print(f"{name:24s} {minutes:3d} min  check {seconds:.2f} s")
+    total = sum(s for *_, s in rows)
+    print(f"total {total:.2f} s, max {max(s for *_, s in rows):.2f} s; "
+          f"{sum(m for _, m, _ in rows)} min of exercises")
+
+
+if __name__ == "__main__":
+    main()

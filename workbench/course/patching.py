@@ -1,0 +1,191 @@
+"""Exercises 9-13: a normalised metric, activation patching by hand (one site, then sweeps), and
+attribution patching.
+
+Notebook ``course/03_patching``. Direction as in :mod:`workbench.patching`: the model runs on the
+corrupted prompts and one activation is overwritten with its value from the clean run.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..metrics import LogitDiff
+from .base import call, check_scalar_out, compare, register, tiny, tiny_gqa
+
+NOTEBOOK = "course/03_patching"
+
+
+def patching_case(seed: int = 0):
+    """Clean and corrupted prompts ``[3, 6]`` that differ at positions 1, 2 and 4, and a metric."""
+    gen = torch.Generator().manual_seed(seed)
+    clean = torch.randint(1, 100, (3, 6), generator=gen)
+    corrupted = clean.clone()
+    for p in (1, 2, 4):
+        corrupted[:, p] = torch.randint(1, 100, (3,), generator=gen)
+    answers, wrong = torch.randint(0, 100, (2, 3), generator=gen)
+    return clean, corrupted, LogitDiff(answers, wrong)
+
+
+def models_for_patching():
+    return ((tiny, "tiny model"), (tiny_gqa, "grouped-query model"))
+
+
+# --------------------------------------------------------------------------------------------
+# 9. A normalised metric
+
+
+def _check_normalise(fn, solution):
+    name = "normalise_metric"
+    for value, clean, corrupted in ((0.5, 2.0, -1.0), (3.0, 1.0, 4.0), (-1.0, -1.0, 2.5)):
+        case = f"value {value}, clean {clean}, corrupted {corrupted}"
+        got = check_scalar_out(name, call(name, fn, value, clean, corrupted, case=case), case)
+        compare(name, got, solution(value, clean, corrupted), what="the normalised value", case=case)
+
+
+@register(notebook=NOTEBOOK, minutes=4, difficulty="intro", checker=_check_normalise,
+          objective="Rescale a metric so the corrupted run scores 0 and the clean run 1.",
+          catches=("clean and corrupted swapped", "divided by the clean value alone"))
+def normalise_metric(value: float, clean: float, corrupted: float) -> float:
+    return (value - corrupted) / (clean - corrupted)
+
+
+# --------------------------------------------------------------------------------------------
+# 10. Patching one site
+
+
+def _check_one_site(fn, solution):
+    name = "patch_one_site"
+    clean, corrupted, metric = patching_case(1)
+    for make, label in models_for_patching():
+        for layer, pos in ((1, 2), (0, 4)):
+            model = make()
+            case = f"{label}, resid_pre of layer {layer} at position {pos}"
+            got = call(name, fn, model, clean, corrupted, metric, layer, pos, case=case)
+            got = check_scalar_out(name, got, case)
+            compare(name, got, solution(model, clean, corrupted, metric, layer, pos),
+                    what="the metric of the patched run", case=case)
+
+
+@register(notebook=NOTEBOOK, minutes=10, difficulty="core", checker=_check_one_site,
+          objective="Patch the clean residual stream at one layer and position into the corrupted "
+                    "run and measure the metric.",
+          catches=("clean and corrupted swapped", "off-by-one position", "every position patched",
+                   "hook left attached"))
+def patch_one_site(model, clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"],
+                   metric, layer: int, pos: int) -> float:
+    name = f"blocks.{layer}.hook_resid_pre"
+    _, clean_cache = model.run_with_cache(clean, names_filter=[name])
+
+    def put_clean(resid, hook):
+        resid[:, pos] = clean_cache[name][:, pos]
+        return resid
+
+    with model.hooks(fwd_hooks=[(name, put_clean)]):
+        return metric(model(corrupted)).item()
+
+
+# --------------------------------------------------------------------------------------------
+# 11. A sweep over layers and positions
+
+
+def _check_sweep(fn, solution):
+    name = "patch_resid_sweep"
+    clean, corrupted, metric = patching_case(2)
+    for make, label in models_for_patching():
+        model = make()
+        got = call(name, fn, model, clean, corrupted, metric, case=label)
+        compare(name, got, solution(model, clean, corrupted, metric), dims=("layer", "pos"),
+                what="the patched metric of every (layer, position)", case=label)
+
+
+@register(notebook=NOTEBOOK, minutes=10, difficulty="core", checker=_check_sweep,
+          objective="Sweep the one-site patch over every layer and position into a [layer, pos] map.",
+          catches=("clean and corrupted swapped", "[pos, layer] instead of [layer, pos]",
+                   "off-by-one layer (resid_post)"))
+def patch_resid_sweep(model, clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"],
+                      metric) -> Float[Tensor, "layer pos"]:
+    out = torch.zeros(model.cfg.n_layers, clean.shape[1])
+    for layer in range(model.cfg.n_layers):
+        for pos in range(clean.shape[1]):
+            out[layer, pos] = patch_one_site(model, clean, corrupted, metric, layer, pos)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# 12. Patching each head's output
+
+
+def _check_heads(fn, solution):
+    name = "patch_head_outputs"
+    clean, corrupted, metric = patching_case(3)
+    for make, label in models_for_patching():
+        model = make()
+        got = call(name, fn, model, clean, corrupted, metric, case=label)
+        compare(name, got, solution(model, clean, corrupted, metric), dims=("layer", "head"),
+                what="the patched metric of every head", case=label)
+
+
+@register(notebook=NOTEBOOK, minutes=12, difficulty="core", checker=_check_heads,
+          objective="Patch each head's output (hook_z, every position) from the clean run into "
+                    "the corrupted run.",
+          catches=("clean and corrupted swapped", "head index on the position axis",
+                   "only the last position patched"))
+def patch_head_outputs(model, clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"],
+                       metric) -> Float[Tensor, "layer head"]:
+    _, clean_cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_z"))
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        name = f"blocks.{layer}.attn.hook_z"
+        for head in range(model.cfg.n_heads):
+            def put_clean(z, hook, head=head):  # z: [batch, pos, head, d_head]
+                z[:, :, head] = clean_cache[hook.name][:, :, head]
+                return z
+
+            with model.hooks(fwd_hooks=[(name, put_clean)]):
+                out[layer, head] = metric(model(corrupted)).item()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# 13. Attribution patching
+
+
+def _check_attribution(fn, solution):
+    name = "attribution_heads"
+    clean, corrupted, metric = patching_case(4)
+    for make, label in models_for_patching():
+        model = make()
+        got = call(name, fn, model, clean, corrupted, metric, case=label)
+        compare(name, got, solution(model, clean, corrupted, metric), dims=("layer", "head"),
+                what="the first-order estimate of every head's patch", case=label)
+
+
+@register(notebook=NOTEBOOK, minutes=15, difficulty="advanced", checker=_check_attribution,
+          objective="Estimate every head's patch at once from one backward pass: the corrupted "
+                    "metric plus gradient times (clean - corrupted).",
+          catches=("sign flipped (corrupted - clean)", "gradient taken on the clean run",
+                   "baseline left out (the change only)"))
+def attribution_heads(model, clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"],
+                      metric) -> Float[Tensor, "layer head"]:
+    _, clean_cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_z"))
+    z_corrupted = {}
+
+    def start_graph(resid, hook):  # the weights need no gradient: start the graph at the input
+        return resid.detach().requires_grad_(True)
+
+    def keep_z(z, hook):
+        z_corrupted[hook.name] = z
+        return z
+
+    hooks = [("blocks.0.hook_resid_pre", start_graph), (lambda n: n.endswith("hook_z"), keep_z)]
+    with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+        value = metric(model(corrupted))
+        names = list(z_corrupted)  # the gradient of each z counts every path after it
+        grads = torch.autograd.grad(value, [z_corrupted[n] for n in names])
+    out = torch.stack([
+        (g * (clean_cache[n] - z_corrupted[n].detach())).sum(dim=(0, 1, 3))  # [head]
+        for n, g in zip(names, grads)
+    ])
+    return value.detach() + out
