@@ -6,6 +6,7 @@ from hooks import assert_no_hooks
 
 from workbench import models
 from workbench.checks import position_mask
+from workbench.components import Circuit
 from workbench.metrics import LogitDiff, normalise
 from workbench.path_patching import kv_head_of, path_patch, path_patch_heads
 
@@ -128,8 +129,7 @@ def test_direct_and_forward_paths_agree(data):
     clean, corrupted, metric = data
     model = models.tiny_model(n_layers=3, n_kv_heads=2, normalization="RMS", positional="rotary")
     cache = pp._Cache(model, clean, corrupted, {}, "resid")
-    sets = [pp._Senders(frozenset([(0, 1)]), frozenset()), pp._Senders(frozenset([(1, 0), (2, 3)]),
-                                                                       frozenset([1]))]
+    sets = [Circuit([(0, 1)]), Circuit([(1, 0), (2, 3)], [1])]
     mask = all_positions(clean)
     a = pp._run_sets(model, cache, sets, metric, {}, "resid", mask, True, direct=True)
     b = pp._run_sets(model, cache, sets, metric, {}, "resid", mask, True, direct=False)
@@ -337,8 +337,8 @@ def test_gemma_direct_path_to_logits_equals_the_frozen_forward(gemma):
     ds = ioi_dataset(gemma, n=4, seed=0, templates=[0])
     metric = normalise(gemma, ds.clean_tokens, ds.abc_tokens, ds.logit_diff())
     cache = pp._Cache(gemma, ds.clean_tokens, ds.abc_tokens, {}, "resid")
-    sets = [pp._Senders(frozenset([(layer, h)]), frozenset()) for layer, h in [(3, 1), (9, 0), (15, 2)]]
-    sets.append(pp._Senders(frozenset([(9, 0), (9, 3)]), frozenset([12])))
+    sets = [Circuit([(layer, h)]) for layer, h in [(3, 1), (9, 0), (15, 2)]]
+    sets.append(Circuit([(9, 0), (9, 3)], [12]))
     mask = position_mask(ds.pos["END"], *ds.clean_tokens.shape)
     a = pp._run_sets(gemma, cache, sets, metric, {}, "resid", mask, True, direct=True)
     b = pp._run_sets(gemma, cache, sets, metric, {}, "resid", mask, True, direct=False)

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Literal, Mapping, Sequence, get_args
+from typing import Iterable, Literal, Mapping, Sequence, get_args
 
 import pandas as pd
 import torch
@@ -55,6 +55,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .components import Circuit
 from .metrics import Metric, check_scalar
 from .results import Result
 
@@ -73,108 +74,6 @@ __all__ = [
 ]
 
 AblationKind = Literal["zero", "mean", "resample"]
-
-
-# --------------------------------------------------------------------------------------------
-# Circuits: sets of heads and MLPs
-
-
-def _label(comp) -> str:
-    return f"mlp{comp}" if isinstance(comp, int) else f"L{comp[0]}H{comp[1]}"
-
-
-class Circuit:
-    """A set of heads ``(layer, head)`` and MLP layers (``int``).
-
-    ``Circuit([(9, 6), (9, 9)], mlps=[0])``; ``Circuit.full(model)`` is every head and MLP.
-    Circuits support ``|`` and ``-``, ``len``, ``in`` and iteration (heads, then MLPs).
-    """
-
-    def __init__(self, heads: Iterable = (), mlps: Iterable[int] = ()):
-        hs, ms = set(), set()
-        for h in heads:
-            if not (isinstance(h, (tuple, list)) and len(h) == 2
-                    and all(isinstance(i, int) for i in h)):
-                raise TypeError(f"A head is a pair (layer, head) of ints, got {h!r}.")
-            hs.add(tuple(h))
-        for m in mlps:
-            if not isinstance(m, int) or isinstance(m, bool):
-                raise TypeError(f"An MLP is given by its layer (an int), got {m!r}.")
-            ms.add(m)
-        self.heads: frozenset[tuple[int, int]] = frozenset(hs)
-        self.mlps: frozenset[int] = frozenset(ms)
-
-    @classmethod
-    def of(cls, components) -> "Circuit":
-        """A circuit from a Circuit or a mixed list of heads ``(layer, head)`` and MLP ``int``s."""
-        if isinstance(components, Circuit):
-            return components
-        if isinstance(components, tuple) and len(components) == 2 and all(
-            type(i) is int for i in components
-        ):
-            raise TypeError(
-                f"{components!r} is ambiguous: write [{components!r}] for one head, or "
-                f"[{components[0]}, {components[1]}] for two MLPs."
-            )
-        comps = list(components)
-        mlps = [c for c in comps if isinstance(c, int)]
-        return cls([c for c in comps if not isinstance(c, int)], mlps)
-
-    @classmethod
-    def full(cls, model) -> "Circuit":
-        cfg = model.cfg
-        heads = [(layer, h) for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
-        return cls(heads, [] if cfg.attn_only else range(cfg.n_layers))
-
-    def with_all_mlps(self, model) -> "Circuit":
-        return self | Circuit(mlps=[] if model.cfg.attn_only else range(model.cfg.n_layers))
-
-    def validate(self, model) -> "Circuit":
-        cfg = model.cfg
-        for layer, h in self.heads:
-            if not (0 <= layer < cfg.n_layers and 0 <= h < cfg.n_heads):
-                raise ValueError(
-                    f"Head {(layer, h)} is out of range: this model has layers "
-                    f"0..{cfg.n_layers - 1} and heads 0..{cfg.n_heads - 1}."
-                )
-        for m in self.mlps:
-            if cfg.attn_only:
-                raise ValueError(f"MLP {m}: this model is attention-only (no MLPs).")
-            if not 0 <= m < cfg.n_layers:
-                raise ValueError(f"MLP {m} is out of range: layers are 0..{cfg.n_layers - 1}.")
-        return self
-
-    def components(self) -> list:
-        return sorted(self.heads) + sorted(self.mlps)
-
-    def labels(self) -> list[str]:
-        return [_label(c) for c in self.components()]
-
-    def __iter__(self) -> Iterator:
-        return iter(self.components())
-
-    def __len__(self) -> int:
-        return len(self.heads) + len(self.mlps)
-
-    def __contains__(self, comp) -> bool:
-        return comp in self.mlps if isinstance(comp, int) else tuple(comp) in self.heads
-
-    def __or__(self, other) -> "Circuit":
-        o = Circuit.of(other)
-        return Circuit(self.heads | o.heads, self.mlps | o.mlps)
-
-    def __sub__(self, other) -> "Circuit":
-        o = Circuit.of(other)
-        return Circuit(self.heads - o.heads, self.mlps - o.mlps)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Circuit) and (self.heads, self.mlps) == (other.heads, other.mlps)
-
-    def __hash__(self) -> int:
-        return hash((self.heads, self.mlps))
-
-    def __repr__(self) -> str:
-        return f"Circuit({', '.join(self.labels()) or 'empty'})"
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from torch import Tensor
 from . import checks
 from .results import Result
 
-__all__ = ["Head", "HeadSet", "overlap_table", "random_head_sets", "top_k_heads"]
+__all__ = ["Circuit", "Head", "HeadSet", "component_label", "overlap_table", "random_head_sets", "top_k_heads"]
 
 Head = tuple[int, int]
 
@@ -265,3 +265,108 @@ def overlap_table(sets: Sequence[HeadSet], measure: OverlapMeasure = "jaccard") 
     fn = fns[measure]
     data = [[fn(a, b) for b in sets] for a in sets]
     return pd.DataFrame(data, index=pd.Index(names, name=measure), columns=names)
+
+
+# --------------------------------------------------------------------------------------------
+# Circuits: heads and MLPs
+
+
+def component_label(comp) -> str:
+    """``L3H2`` for a head ``(3, 2)``, ``mlp4`` for an MLP layer ``4``."""
+    return f"mlp{comp}" if isinstance(comp, int) else f"L{comp[0]}H{comp[1]}"
+
+
+class Circuit:
+    """A set of heads ``(layer, head)`` and MLP layers (``int``).
+
+    ``Circuit([(9, 6), (9, 9)], mlps=[0])``; ``Circuit.full(model)`` is every head and MLP.
+    Circuits support ``|`` and ``-``, ``len``, ``in`` and iteration (heads, then MLPs).
+    """
+
+    def __init__(self, heads: Iterable = (), mlps: Iterable[int] = ()):
+        hs, ms = set(), set()
+        for h in heads:
+            hs.add(checks.head_pair(h))
+        for m in mlps:
+            if not isinstance(m, int) or isinstance(m, bool):
+                raise TypeError(f"An MLP is given by its layer (an int), got {m!r}.")
+            ms.add(m)
+        self.heads: frozenset[tuple[int, int]] = frozenset(hs)
+        self.mlps: frozenset[int] = frozenset(ms)
+
+    @classmethod
+    def of(cls, components) -> "Circuit":
+        """A circuit from a Circuit or a mixed list of heads ``(layer, head)`` and MLP ``int``s."""
+        if isinstance(components, Circuit):
+            return components
+        if isinstance(components, tuple) and len(components) == 2 and all(
+            type(i) is int for i in components
+        ):
+            raise TypeError(
+                f"{components!r} is ambiguous: write [{components!r}] for one head, or "
+                f"[{components[0]}, {components[1]}] for two MLPs."
+            )
+        comps = list(components)
+        mlps = [c for c in comps if isinstance(c, int)]
+        return cls([c for c in comps if not isinstance(c, int)], mlps)
+
+    @classmethod
+    def full(cls, model) -> "Circuit":
+        cfg = model.cfg
+        heads = [(layer, h) for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
+        return cls(heads, [] if cfg.attn_only else range(cfg.n_layers))
+
+    def with_all_mlps(self, model) -> "Circuit":
+        return self | Circuit(mlps=[] if model.cfg.attn_only else range(model.cfg.n_layers))
+
+    def validate(self, model) -> "Circuit":
+        cfg = model.cfg
+        for layer, h in self.heads:
+            if not (0 <= layer < cfg.n_layers and 0 <= h < cfg.n_heads):
+                raise ValueError(
+                    f"Head {(layer, h)} is out of range: this model has layers "
+                    f"0..{cfg.n_layers - 1} and heads 0..{cfg.n_heads - 1}."
+                )
+        for m in self.mlps:
+            if cfg.attn_only:
+                raise ValueError(f"MLP {m}: this model is attention-only (no MLPs).")
+            if not 0 <= m < cfg.n_layers:
+                raise ValueError(f"MLP {m} is out of range: layers are 0..{cfg.n_layers - 1}.")
+        return self
+
+    @property
+    def layers(self) -> set[int]:
+        """Layers that hold a head or an MLP of the circuit."""
+        return {layer for layer, _ in self.heads} | set(self.mlps)
+
+    def components(self) -> list:
+        return sorted(self.heads) + sorted(self.mlps)
+
+    def labels(self) -> list[str]:
+        return [component_label(c) for c in self.components()]
+
+    def __iter__(self) -> Iterator:
+        return iter(self.components())
+
+    def __len__(self) -> int:
+        return len(self.heads) + len(self.mlps)
+
+    def __contains__(self, comp) -> bool:
+        return comp in self.mlps if isinstance(comp, int) else tuple(comp) in self.heads
+
+    def __or__(self, other) -> "Circuit":
+        o = Circuit.of(other)
+        return Circuit(self.heads | o.heads, self.mlps | o.mlps)
+
+    def __sub__(self, other) -> "Circuit":
+        o = Circuit.of(other)
+        return Circuit(self.heads - o.heads, self.mlps - o.mlps)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Circuit) and (self.heads, self.mlps) == (other.heads, other.mlps)
+
+    def __hash__(self) -> int:
+        return hash((self.heads, self.mlps))
+
+    def __repr__(self) -> str:
+        return f"Circuit({', '.join(self.labels()) or 'empty'})"

@@ -52,7 +52,6 @@ it stops after the highest sender, because the frozen layers above only add thei
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable, Literal, Sequence, get_args
 
 import torch
@@ -63,6 +62,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.utilities.activation_functions import apply_softcap
 
 from . import checks
+from .components import Circuit
 from .metrics import Metric, check_scalar, metric_name
 from .models import cache_prefix, resid_to_logits
 from .results import Result
@@ -74,16 +74,6 @@ ReceiverInput = Literal["q", "k", "v", "resid"]
 
 # --------------------------------------------------------------------------------------------
 # Checking the arguments
-
-
-@dataclass(frozen=True)
-class _Senders:
-    heads: frozenset[tuple[int, int]]
-    mlps: frozenset[int]
-
-    @property
-    def layers(self) -> set[int]:
-        return {layer for layer, _ in self.heads} | set(self.mlps)
 
 
 def _n_kv_heads(model) -> int:
@@ -98,7 +88,7 @@ def kv_head_of(model, head: int) -> int:
     return head // (model.cfg.n_heads // _n_kv_heads(model))
 
 
-def _parse_senders(model, senders) -> _Senders:
+def _parse_senders(model, senders) -> Circuit:
     if isinstance(senders, tuple) and len(senders) == 2 and all(type(i) is int for i in senders):
         raise TypeError(
             f"senders={senders!r} is ambiguous: write [{senders!r}] for one head, or "
@@ -118,7 +108,7 @@ def _parse_senders(model, senders) -> _Senders:
             heads.add(checks.head(model, comp, name="sender head"))
     if not heads and not mlps:
         raise ValueError("senders is empty: give at least one head (layer, head) or MLP layer.")
-    return _Senders(frozenset(heads), frozenset(mlps))
+    return Circuit(heads, mlps)
 
 
 def _parse_receivers(model, receivers, receiver_input) -> dict[int, list[int]]:
@@ -223,7 +213,7 @@ def _stack(t: Tensor, n_sets: int) -> Tensor:
     return t.repeat(n_sets, *([1] * (t.ndim - 1)))
 
 
-def _frozen_hooks(model, cache: _Cache, sets: Sequence[_Senders], layers: range, freeze_mlps):
+def _frozen_hooks(model, cache: _Cache, sets: Sequence[Circuit], layers: range, freeze_mlps):
     """Hooks for step 2 over ``layers``: senders corrupted, every other head (and MLP) clean."""
     P, H = len(sets), model.cfg.n_heads
     hooks = []
@@ -267,7 +257,7 @@ def _attn_write(model, layer: int, z: Float[Tensor, "batch pos head d_head"]) ->
     return block.ln1_post(out) if model.cfg.use_normalization_before_and_after else out
 
 
-def _direct_final(model, cache: _Cache, sets: Sequence[_Senders]) -> Float[Tensor, "k_batch pos d_model"]:
+def _direct_final(model, cache: _Cache, sets: Sequence[Circuit]) -> Float[Tensor, "k_batch pos d_model"]:
     """The final residual stream of each sender set when everything else is frozen, without a
     forward pass: the clean one plus each sender's change of output (exact, since no frozen
     component reads the change)."""
@@ -291,7 +281,7 @@ def _direct_final(model, cache: _Cache, sets: Sequence[_Senders]) -> Float[Tenso
 
 
 def _run_sets(
-    model, cache: _Cache, sets: Sequence[_Senders], metric: Metric, receivers: dict[int, list[int]],
+    model, cache: _Cache, sets: Sequence[Circuit], metric: Metric, receivers: dict[int, list[int]],
     kind: ReceiverInput, mask: Tensor, freeze_mlps: bool, direct: bool = True,
 ) -> Float[Tensor, "k"]:
     """Steps 2 and 3 for ``P = len(sets)`` sender sets at once; returns the metric of each.
@@ -478,7 +468,7 @@ def path_patch_heads(
         for i in range(0, H, per_run)
     ]
     for chunk in tqdm(chunks, desc="path patching", disable=not progress):
-        sets = [_Senders(frozenset([head]), frozenset()) for head in chunk]
+        sets = [Circuit([head]) for head in chunk]
         out = _run_sets(model, cache, sets, metric, by_layer, receiver_input, mask, freeze_mlps)
         for (layer, h), v in zip(chunk, out):
             values[layer, h] = v
