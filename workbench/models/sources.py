@@ -337,6 +337,9 @@ def tl_config(hf_config, *, model_name: str):
             neutral.mkdir()
             config = hf_config.__class__.from_dict(hf_dict)
             config.architectures = [arch]
+            if arch == "GPT2LMHeadModel" and not hasattr(config, "n_ctx"):
+                # TransformerLens reads n_ctx, which transformers 5 no longer writes for GPT-2.
+                config.n_ctx = config.n_positions
             config.save_pretrained(neutral)
             cfg = get_pretrained_model_config(
                 str(neutral), hf_cfg=hf_dict, device="cpu", dtype=torch.float32
@@ -360,7 +363,31 @@ def convert_weights(hf, cfg) -> dict[str, Tensor]:
     else:
         name = tempfile.gettempdir()  # an existing path: TransformerLens then skips its name lookup
     sd = get_pretrained_state_dict(name, cfg, hf_model=hf, dtype=torch.float32)
-    return {k: v.detach().to(torch.float32).contiguous().clone() for k, v in sd.items()}
+    sd = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in sd.items()}
+    _check_fit(cfg, sd)
+    return sd
+
+
+def _check_fit(cfg, state_dict: dict[str, Tensor]) -> None:
+    """TransformerLens's conversion must fill every parameter of its own model, in shape."""
+    from transformer_lens import HookedTransformer
+
+    with torch.device("meta"):
+        shell = HookedTransformer(cfg.__class__.from_dict({**cfg.to_dict(), "device": "meta"}),
+                                  move_to_device=False)
+    want = {k: tuple(p.shape) for k, p in shell.named_parameters()}
+    for k in set(want) - set(state_dict):
+        if k.rsplit(".", 1)[-1].startswith("b_"):  # as TransformerLens's fill_missing_keys: a
+            state_dict[k] = torch.zeros(want[k])   # bias the checkpoint lacks is zero
+    missing = sorted(set(want) - set(state_dict))
+    wrong = sorted(k for k in set(want) & set(state_dict) if tuple(state_dict[k].shape) != want[k])
+    unexpected = sorted(k for k in set(state_dict) - set(want) if k not in dict(shell.named_buffers()))
+    if missing or wrong or unexpected:
+        raise UnsupportedArchitectureError(
+            f"TransformerLens's conversion of {cfg.original_architecture} does not fit the model "
+            f"its own config describes (missing {missing[:4]}, wrong shape {wrong[:4]}, unexpected "
+            f"{unexpected[:4]}): this checkpoint's variant of the architecture is not supported."
+        )
 
 
 # --------------------------------------------------------------------------------------------
