@@ -227,7 +227,8 @@ def _metric_per_set(model, resid: Tensor, metric: Metric, n_sets: int) -> Float[
         if model.cfg.normalization_type is not None:
             x = model.ln_final(x)
         tokens = r.tokens[rows]  # [P*B, n]
-        logits = torch.einsum("bd,dbn->bn", x[:, 0], model.W_U[:, tokens]) + model.b_U[tokens]
+        # float32 logits of the few read tokens, whatever the model's dtype
+        logits = torch.einsum("bd,dbn->bn", x[:, 0].float(), model.W_U[:, tokens].float()) + model.b_U[tokens].float()
         logits = apply_softcap(logits, model.cfg.output_logits_soft_cap)
         values = metric.from_readout(logits.reshape(n_sets, batch, -1))
         if values.shape != (n_sets,):

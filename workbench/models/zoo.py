@@ -172,12 +172,14 @@ def tiny_model(
     attn_only: bool = False,
     positional: Literal["standard", "rotary"] = "standard",
     post_norm: bool = False,
+    dtype: torch.dtype | str | None = None,
 ):
     """A small randomly initialised ``HookedTransformer``, seeded, built in well under a second.
 
     It has no tokenizer: feed it token ids. ``n_kv_heads`` makes it grouped-query like SmolLM2;
     ``post_norm`` normalises each attention and MLP output again before it joins the residual
-    stream, as Gemma-3 does.
+    stream, as Gemma-3 does. ``dtype`` (``bfloat16``, ``float16``) casts the same float32 weights,
+    so the two precisions of one seed can be compared.
     """
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -207,6 +209,11 @@ def tiny_model(
         for pname, p in model.named_parameters():
             if pname.split(".")[-1].startswith("b_"):
                 p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+    if dtype is not None:
+        from .load import resolve_dtype
+
+        model.cfg.dtype = resolve_dtype(dtype)
+        model.to(model.cfg.dtype)
     model.eval()
     model.requires_grad_(False)
     return model
