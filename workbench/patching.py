@@ -278,7 +278,7 @@ def _pos_labels(model, tokens: Tensor, positions: list[int]) -> list:
 def _patch_hook(act: Tensor, hook, *, clean: Tensor, mask: Tensor) -> Tensor:
     """Batch row i*batch+b takes the clean value wherever ``mask[i]`` is set."""
     rows = act.unflatten(0, (mask.shape[0], clean.shape[0]))
-    return torch.where(mask[:, None], clean[None], rows).flatten(0, 1)
+    return torch.where(mask.to(act.device)[:, None], clean[None], rows).flatten(0, 1)
 
 
 def _set_index_hook(act: Tensor, hook, *, clean: Tensor, index: tuple) -> Tensor:
@@ -351,7 +351,7 @@ def _prepare(model, plan, clean_tokens, corrupted_tokens, metric, fast: bool):
         keep = {f"blocks.{L}.hook_resid_pre" for L in plan.layers} | {f"blocks.{n - 1}.hook_resid_post"}
         corrupted_logits, ccache = model.run_with_cache(
             corrupted_tokens, names_filter=lambda x: x in keep, past_kv_cache=kv,
-            attention_mask=torch.ones_like(corrupted_tokens),
+            attention_mask=torch.ones_like(corrupted_tokens),  # TransformerLens moves it with the tokens
         )
         resid = {L: ccache[f"blocks.{L}.hook_resid_pre"] for L in plan.layers}
         final = ccache[f"blocks.{n - 1}.hook_resid_post"]

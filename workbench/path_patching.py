@@ -293,7 +293,7 @@ def _frozen_hooks(model, cache: _Cache, sets: Sequence[_Senders], layers: range,
         corr_z, clean_z = cache.z_corr[L], cache.z_clean[L]
 
         def freeze_z(z, hook, head_mask=head_mask, corr=corr_z, clean=clean_z):
-            m = head_mask[:, None, None, :, None]  # [P, 1 (batch), 1 (pos), head, 1]
+            m = head_mask.to(z.device)[:, None, None, :, None]  # [P, 1 (batch), 1 (pos), head, 1]
             return torch.where(m, corr[None], clean[None]).reshape(z.shape)
 
         hooks.append((f"blocks.{L}.attn.hook_z", freeze_z))
@@ -302,7 +302,7 @@ def _frozen_hooks(model, cache: _Cache, sets: Sequence[_Senders], layers: range,
             corr_m, clean_m = cache.mlp_corr[L], cache.mlp_clean[L]
 
             def freeze_mlp(out, hook, mlp_mask=mlp_mask, corr=corr_m, clean=clean_m):
-                m = mlp_mask[:, None, None, None]
+                m = mlp_mask.to(out.device)[:, None, None, None]
                 shape = (P, *corr.shape)
                 base = clean[None] if freeze_mlps else out.reshape(shape)
                 return torch.where(m, corr[None], base).reshape(out.shape)
@@ -361,6 +361,7 @@ def _run_sets(
     without a forward pass (:func:`_direct_final`) where the architecture allows it.
     """
     P, n = len(sets), model.cfg.n_layers
+    mask = mask.to(cache.final.device)  # built on the CPU; the activations may be on a GPU
     start = min(min(s.layers) for s in sets)
     resid = _stack(cache.resid_pre[start], P)
     if kind == "resid" and freeze_mlps and direct and _direct_ok(model):
@@ -409,7 +410,8 @@ def _run_sets(
         L = hook.layer()
         act = act.clone()
         heads = receivers[L]
-        act[:, :, heads] = torch.where(m, recorded[L][:, start:], act[:, :, heads])
+        act[:, :, heads] = torch.where(m.to(act.device), recorded[L][:, start:].to(act.device),
+                                       act[:, :, heads])
         return act
 
     hooks = [(f"blocks.{L}.attn.hook_{kind}", patch_receiver) for L in receivers]
