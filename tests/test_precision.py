@@ -90,7 +90,7 @@ def test_lens_and_direct_logit_attribution_agree(models_and_data):
 
 
 def test_head_scores_agree(models_and_data):
-    full, half, clean, *_ = models_and_data
+    full, half, *_ = models_and_data
     for score in (heads.previous_token_scores, heads.induction_scores):
         a, b = (score(m, seq_len=20) for m in (full, half))
         close(a.values, b.values)

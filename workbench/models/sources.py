@@ -282,7 +282,10 @@ _SHAPE = ("d_model", "n_layers", "n_heads", "d_head", "d_mlp", "n_key_value_head
 
 def _official_match(arch: str, hf_config):
     """The official TransformerLens name of the same architecture and shape, or None."""
-    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, convert_hf_model_config
+    from transformer_lens.loading_from_pretrained import (
+        OFFICIAL_MODEL_NAMES,
+        convert_hf_model_config,
+    )
 
     family = {
         "GemmaForCausalLM": "google/gemma-",
@@ -303,7 +306,7 @@ def _official_match(arch: str, hf_config):
             continue
         try:
             d = convert_hf_model_config(name)
-        except Exception:  # noqa: BLE001 - a name that needs the hub is simply not a candidate
+        except Exception:  # noqa: BLE001, S112 - a name that needs the hub is not a candidate
             continue
         got_kv = d.get("n_key_value_heads") or d.get("n_heads")
         if d.get("original_architecture") == arch and all(d.get(k) == v for k, v in want.items()) and (
@@ -400,7 +403,7 @@ def load_from_hub(name: str, *, offline_names: list[str], **kwargs):
 
     try:
         return HookedTransformer.from_pretrained(name, **kwargs).eval()
-    except Exception as e:  # noqa: BLE001 - re-raised with the reason attached
+    except Exception as e:  # re-raised with the reason attached
         raise ModelNotAvailableError(
             f"Could not load {name!r} through TransformerLens ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}). Without a model hub only the offline "
@@ -419,7 +422,7 @@ def download_folder(repo: str, *, offline_names: list[str]) -> Path:
                 repo, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
             )
         )
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ModelNotAvailableError(
             f"{repo!r} is not a name TransformerLens knows, and its files could not be fetched "
             f"from the hub ({type(e).__name__}). Without a model hub only the offline models "

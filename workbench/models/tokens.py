@@ -16,7 +16,8 @@ for them. :func:`bos_token_id` says which id is used; a tokenizer with neither t
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor

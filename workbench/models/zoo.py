@@ -19,9 +19,10 @@ Face reference models (:func:`load_hf_model`, :func:`load_bridge`) that tests co
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
