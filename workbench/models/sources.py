@@ -419,7 +419,8 @@ def download_folder(repo: str, *, offline_names: list[str]) -> Path:
     try:
         return Path(
             snapshot_download(
-                repo, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+                repo, allow_patterns=["*.json", "*.safetensors", "pytorch_model*.bin", "*.model", "*.txt",
+                                      "*.jinja"]
             )
         )
     except Exception as e:
