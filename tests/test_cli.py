@@ -125,3 +125,41 @@ def test_run_all_goes_on_after_a_failure_and_lists_it(tmp_path, monkeypatch, cap
     report = tmp_path / "reports" / "smollm2-135m"
     assert (report / "02_good.ipynb").exists() and (report / "01_bad.FAILED.ipynb").exists()
     assert not (report / "01_bad.ipynb").exists()
+
+
+def test_local_paths_are_accepted_and_named_safely(tmp_path):
+    folder = tmp_path / "my model (final)"
+    folder.mkdir()
+    with pytest.raises(SystemExit, match="no config.json"):
+        cli.check_model_name(str(folder))
+    with pytest.raises(SystemExit, match="no such file"):
+        cli.check_model_name(str(tmp_path / "missing.gguf"))
+    gguf = tmp_path / "tiny.Q4_0.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert cli.check_model_name(str(gguf)) == str(gguf.resolve())
+    name = cli.report_name(str(gguf))
+    assert name.startswith("tiny.Q4_0-") and len(name) == len("tiny.Q4_0-") + 8
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "tiny.Q4_0.gguf").write_bytes(b"GGUF")
+    assert cli.report_name(str(other / "tiny.Q4_0.gguf")) != name  # same file name, other path
+    assert cli.report_name(str(folder)).startswith("my-model-final-")
+    assert cli.report_name("smollm2-135m") == "smollm2-135m"
+    assert cli.report_name("EleutherAI/pythia-70m") == "EleutherAI--pythia-70m"
+
+
+def test_device_and_dtype_are_injected_as_parameters(tmp_path):
+    nb = _notebook(
+        tmp_path / "demo.ipynb",
+        ("print(f'on {DEVICE} in {DTYPE}')", ["findings"]),
+        parameters="MODEL = 'x'\nDEVICE = None\nDTYPE = None",
+    )
+    report = cli.run_notebook(nb, "m", cli._device_params("cpu", "bfloat16"), tmp_path / "reports")
+    assert "on cpu in bfloat16" in (report / "demo.html").read_text()
+    with pytest.raises(SystemExit, match="int8"):
+        cli._device_params(None, "int8")
+    with pytest.raises(SystemExit, match="'tpu'"):
+        cli._device_params("tpu", None)
+    old = _notebook(tmp_path / "old.ipynb", parameters="MODEL = 'x'")
+    with pytest.raises(SystemExit, match=r"Unknown parameter\(s\) \['DEVICE'\]"):
+        cli._inject(cli._read_notebook(old), {"MODEL": "m", "DEVICE": "cpu"})

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from workbench import models
-from workbench.models import CacheCorruptedError, ModelNotAvailableError
+from workbench.models import CacheCorruptedError, ModelNotAvailableError, cache
 
 
 # ----------------------------------------------------------------------------- tiny model
@@ -92,14 +92,16 @@ def small_cache(tmp_path, monkeypatch, smollm2):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
     tiny = models.tiny_model()
     sd = {k: v.clone() for k, v in tiny.state_dict().items() if not k.endswith(("mask", "IGNORE"))}
-    models._write_cache("smollm2-135m", tiny.cfg, sd, smollm2.tokenizer)
-    return models._model_dir("smollm2-135m")
+    cache.write_entry("smollm2-135m", tiny.cfg, sd, smollm2.tokenizer)
+    return cache.entry_dir("smollm2-135m")
 
 
 @pytest.mark.slow
 def test_intact_cache_verifies_and_loads(small_cache, random_tokens):
-    assert models._verify_cache("smollm2-135m") == small_cache
-    loaded = models._load_cached("smollm2-135m")
+    assert cache.verify_entry("smollm2-135m") == small_cache
+    loaded = models.build_model(
+        *cache.read_entry("smollm2-135m"), device=torch.device("cpu"), dtype=torch.float32
+    )
     assert torch.allclose(loaded(random_tokens), models.tiny_model()(random_tokens), atol=1e-6)
 
 
@@ -118,24 +120,24 @@ def test_damaged_cache_is_detected(small_cache, damage):
     else:
         (small_cache / "manifest.json").write_text("{not json")
     with pytest.raises(CacheCorruptedError):
-        models._verify_cache("smollm2-135m")
+        cache.verify_entry("smollm2-135m")
 
 
 @pytest.mark.slow
 def test_load_model_rebuilds_a_damaged_cache(tmp_path, monkeypatch, smollm2):
     """End to end: a corrupted weight file is never loaded; it is rebuilt from the GGUF file."""
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    models._write_cache(
+    cache.write_entry(
         "smollm2-135m", smollm2.cfg, {"embed.W_E": torch.zeros(3, 3)}, smollm2.tokenizer
     )
-    manifest = json.loads((models._manifest_path("smollm2-135m")).read_text())
+    manifest = json.loads((cache.entry_dir("smollm2-135m") / "manifest.json").read_text())
     manifest["files"]["weights.safetensors"] = "0" * 64
-    models._manifest_path("smollm2-135m").write_text(json.dumps(manifest))
+    (cache.entry_dir("smollm2-135m") / "manifest.json").write_text(json.dumps(manifest))
     with pytest.warns(UserWarning, match="damaged"):
         rebuilt = models.load_model("smollm2-135m", verbose=False)
     tokens = models.to_tokens(smollm2, "The capital of France is")
     assert torch.allclose(rebuilt(tokens), smollm2(tokens), atol=1e-5)
-    models._verify_cache("smollm2-135m")  # the rebuilt cache is intact
+    cache.verify_entry("smollm2-135m")  # the rebuilt cache is intact
 
 
 # ----------------------------------------------------------------------------- tokenization rule

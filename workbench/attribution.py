@@ -99,7 +99,8 @@ def _grad_times_delta(model, clean_tokens, corrupted_tokens, metric, sites) -> t
     out = {}
     for n, g in zip(names, grads):
         delta = cache[n] - acts[n].detach()
-        out[n] = torch.zeros(delta.shape[:-1]) if g is None else (g * delta).sum(-1)
+        out[n] = (torch.zeros(delta.shape[:-1], device=delta.device) if g is None
+                  else (g.float() * delta.float()).sum(-1))  # float32 sums, whatever the model's dtype
     return out, (clean_value, value.item())
 
 

@@ -2,12 +2,18 @@
 
     workbench models
     workbench run 01_ioi_circuit --model gemma-3-270m [--param N_PROMPTS=40 ...]
+    workbench run 02 --model ~/models/my-llama [--device cuda] [--dtype bfloat16]
+    workbench run 02 --model ./SmolLM2.Q8_0.gguf
     workbench run all --model smollm2-135m
     workbench atlas --model gemma-3-270m      (the head atlas: PNG + CSV under reports/<model>/atlas)
     python -m workbench run ...               (the same)
 
-``run`` executes the notebook headless with the model injected after its cell tagged
-``parameters``, and writes under ``reports/<model>/``: the executed notebook, an HTML export and
+``--model`` is an offline model, a TransformerLens name, a checkpoint folder or a ``.gguf`` file
+(see :func:`workbench.models.load_model`); ``--device`` and ``--dtype`` are passed to the notebook
+as its ``DEVICE`` and ``DTYPE`` parameters. ``run`` executes the notebook headless with these
+injected after its cell tagged ``parameters``, and writes under ``reports/<name>/`` (the model's
+name; for a folder or file ``<folder or file name>-<8 hex digits of its absolute path>``, so two
+checkpoints called ``final`` do not share a report): the executed notebook, an HTML export and
 every figure as PNG. Outputs are written to a temporary folder and moved into place only when the
 whole notebook succeeded; a failing run leaves ``<name>.FAILED.ipynb`` (and removes any older
 complete report of that notebook), so a half-run report never looks complete. The printed summary
@@ -20,12 +26,21 @@ import argparse
 import ast
 import base64
 import os
+import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["main", "run_notebook", "run_atlas", "notebooks_dir", "find_notebook", "check_model_name"]
+__all__ = [
+    "main",
+    "run_notebook",
+    "run_atlas",
+    "notebooks_dir",
+    "find_notebook",
+    "check_model_name",
+    "report_name",
+]
 
 
 def notebooks_dir() -> Path:
@@ -48,27 +63,64 @@ def find_notebook(name: str) -> Path:
     raise SystemExit(f"Unknown notebook {name!r}. Known notebooks: {known}, or 'all'.")
 
 
-def check_model_name(name: str) -> None:
-    """Fail at once, before any kernel starts, on a model name nothing could load.
+def check_model_name(name: str) -> str:
+    """Fail at once, before any kernel starts, on a model nothing could load; return the name
+    to pass to the notebook (a local path made absolute, since notebooks run in their folder).
 
-    Offline models and every name TransformerLens knows (official names and aliases) pass; a
-    known hub model that cannot be downloaded fails later, when the notebook loads it, with
+    Offline models, every name TransformerLens knows (official names and aliases), checkpoint
+    folders and ``.gguf`` files pass; a hub repository (``org/name``) passes with a note. A known
+    hub model that cannot be downloaded fails later, when the notebook loads it, with
     :class:`workbench.models.ModelNotAvailableError`.
     """
     from . import models
+    from .models import sources
 
     if name in models.OFFLINE_MODELS:
-        return
+        return name
+    if sources.is_local_source(name):
+        path = Path(name).expanduser().resolve()
+        if not path.exists():
+            raise SystemExit(f"Model {name!r}: no such file or folder.")
+        if path.suffix != ".gguf":
+            try:
+                sources.check_checkpoint(path)
+            except models.CheckpointError as e:
+                raise SystemExit(str(e)) from None
+        return str(path)
     from transformer_lens.loading_from_pretrained import get_official_model_name
 
     try:
         get_official_model_name(name)
     except ValueError:
+        if "/" in name:
+            print(f"Note: {name!r} is not a name TransformerLens knows; its files will be fetched "
+                  "from the hub (which must be reachable) and loaded as a folder.", file=sys.stderr)
+            return name
         raise SystemExit(
             f"Unknown model {name!r}. Offline models: {', '.join(models.OFFLINE_MODELS)} "
-            f"(see `workbench models`); any TransformerLens model name also works where its "
-            f"weights can be downloaded."
+            f"(see `workbench models`); a checkpoint folder or .gguf file; any TransformerLens "
+            f"model name also works where its weights can be downloaded."
         ) from None
+    return name
+
+
+def report_name(model: str) -> str:
+    """The report folder's name: a model name as it is (``/`` made ``--``); for a local path,
+    its folder or file name and 8 hex digits of the absolute path."""
+    import hashlib
+
+    from .models import cache, sources
+
+    if sources.is_local_source(model) and model not in _offline_names():
+        path = Path(model).expanduser().resolve()
+        return f"{cache.readable_name(path)}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", model.replace("/", "--")).strip("-") or "model"
+
+
+def _offline_names() -> list[str]:
+    from . import models
+
+    return list(models.OFFLINE_MODELS)
 
 
 def _parse_params(pairs: list[str]) -> dict[str, object]:
@@ -159,7 +211,7 @@ def run_notebook(
     stem = notebook.stem
     nb = nbformat.read(notebook, as_version=4)
     _inject(nb, {"MODEL": model, **params})
-    report = out_root / model
+    report = out_root / report_name(model)
     report.mkdir(parents=True, exist_ok=True)
     tmp = report / f".{stem}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -214,14 +266,17 @@ def run_notebook(
     return report
 
 
-def run_atlas(model_name: str, out_root: Path, k: int | None = None) -> list[Path]:
-    """Build the head atlas of ``model_name`` and save it under ``out_root/<model>/atlas``."""
+def run_atlas(
+    model_name: str, out_root: Path, k: int | None = None, *, device: str | None = None,
+    dtype: str | None = None,
+) -> list[Path]:
+    """Build the head atlas of ``model_name`` and save it under ``out_root/<report name>/atlas``."""
     from . import atlas, models
 
-    model = models.load_model(model_name)
+    model = models.load_model(model_name, device=device, dtype=dtype)
     start = time.perf_counter()
-    result = atlas.head_atlas(model, k=k, model_name=model_name)
-    paths = result.save(out_root / model_name / "atlas")
+    result = atlas.head_atlas(model, k=k, model_name=model.cfg.model_name)
+    paths = result.save(out_root / report_name(model_name) / "atlas")
     print(f"== head atlas of {model_name}: {time.perf_counter() - start:.0f} s -> {paths[0].parent}")
     import pandas as pd
 
@@ -230,17 +285,46 @@ def run_atlas(model_name: str, out_root: Path, k: int | None = None) -> list[Pat
     return paths
 
 
+MODEL_HELP = "offline model, TransformerLens name, checkpoint folder or .gguf file (default: smollm2-135m)"
+DEVICE_HELP = "cpu (default), cuda, cuda:N, mps or auto"
+DTYPE_HELP = "float32 (default), bfloat16 or float16"
+
+
+def _device_params(device: str | None, dtype: str | None) -> dict[str, object]:
+    """``DEVICE`` / ``DTYPE`` notebook parameters, checked here so a typo fails before any run."""
+    from . import models
+
+    params: dict[str, object] = {}
+    if device is not None:
+        try:
+            models.resolve_device(device)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+        params["DEVICE"] = device
+    if dtype is not None:
+        try:
+            models.resolve_dtype(dtype)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+        params["DTYPE"] = dtype
+    return params
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("models", help="list the offline models and whether they are installed")
+    sub.add_parser("models", help="list the offline models and every cached conversion")
     run = sub.add_parser("run", help="execute a notebook (or 'all') on a model")
     run.add_argument("notebook", help="notebook name, number, path, or 'all'")
-    run.add_argument("--model", default=None, help="model name (default: the default offline model)")
+    run.add_argument("--model", default=None, help=MODEL_HELP)
+    run.add_argument("--device", default=None, help=DEVICE_HELP)
+    run.add_argument("--dtype", default=None, help=DTYPE_HELP)
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--out", default="reports", help="report folder (default: reports/)")
     at = sub.add_parser("atlas", help="map the heads of every phenomenon on a model (PNG + CSV)")
-    at.add_argument("--model", default=None, help="model name (default: the default offline model)")
+    at.add_argument("--model", default=None, help=MODEL_HELP)
+    at.add_argument("--device", default=None, help=DEVICE_HELP)
+    at.add_argument("--dtype", default=None, help=DTYPE_HELP)
     at.add_argument("--k", type=int, default=None, help="heads per role (default: 3%% of heads, at least 3)")
     at.add_argument("--out", default="reports", help="report folder (default: reports/)")
     from .course import cli as course_cli
@@ -256,22 +340,23 @@ def main(argv: list[str] | None = None) -> int:
         import pandas as pd
 
         with pd.option_context("display.width", 200, "display.max_columns", 20):
-            print(models.list_models().drop(columns=["description"]))
+            print(models.list_models().drop(columns=["packages"]))
+        print(f"Cache: {models.cache_dir()}")
         return 0
 
-    model = args.model or models.DEFAULT_MODEL
-    check_model_name(model)
+    model = check_model_name(args.model or models.DEFAULT_MODEL)
+    device_params = _device_params(args.device, args.dtype)
     if args.command == "atlas":
-        run_atlas(model, Path(args.out), k=args.k)
+        run_atlas(model, Path(args.out), k=args.k, device=args.device, dtype=args.dtype)
         return 0
-    if model not in models.OFFLINE_MODELS:
+    if model not in models.OFFLINE_MODELS and not Path(model).exists():
         print(
             f"Note: {model!r} is not an offline model; it will load through TransformerLens "
             f"if its weights are reachable (offline models: {', '.join(models.OFFLINE_MODELS)}).",
             file=sys.stderr,
         )
     targets = _all_notebooks() if args.notebook == "all" else [find_notebook(args.notebook)]
-    params = _parse_params(args.param)
+    params = {**device_params, **_parse_params(args.param)}
     for nb in targets:  # every parameter checked before the first notebook runs
         _inject(_read_notebook(nb), {"MODEL": model, **params})
     failed = []

@@ -155,11 +155,12 @@ def direct_logit_attribution(
 
     kind = final_norm_kind(model)
     w_fin, b_fin, centre = _norm_parts(getattr(model, "ln_final", None), kind)
-    unembed_dir = model.W_U[:, ans].T - model.W_U[:, wrong].T  # [batch, d_model]
-    d_final = _read_direction(w_fin, centre, unembed_dir)
-    const = model.b_U[ans] - model.b_U[wrong]
+    # Every dot product and sum below is taken in float32, whatever the model's dtype.
+    unembed_dir = (model.W_U[:, ans].T - model.W_U[:, wrong].T).float()  # [batch, d_model]
+    d_final = _read_direction(None if w_fin is None else w_fin.float(), centre, unembed_dir)
+    const = (model.b_U[ans] - model.b_U[wrong]).float()
     if b_fin is not None:
-        const = const + unembed_dir @ b_fin
+        const = const + unembed_dir @ b_fin.float()
 
     post = _post_norm(model)
     if post:
@@ -181,13 +182,13 @@ def direct_logit_attribution(
 
     def save_dot(key: str):
         def dot_with_direction(x, hook):
-            store[key] = (at_pos(x) * d_final).sum(-1)
+            store[key] = (at_pos(x).float() * d_final).sum(-1)
 
         return dot_with_direction
 
     def save_scale(key: str):
         def save_norm_scale(x, hook):
-            store[key] = at_pos(x).reshape(batch)
+            store[key] = at_pos(x).reshape(batch).float()
 
         return save_norm_scale
 
@@ -196,8 +197,8 @@ def direct_logit_attribution(
 
         def dot_heads(z, hook):
             # (z_h @ W_O[h]) . d  ==  z_h . (W_O[h] @ d): never forms [batch, head, d_model].
-            read = torch.einsum("hem,bm->bhe", W_O, d_layer)
-            store[f"{layer}.heads"] = torch.einsum("bhe,bhe->bh", at_pos(z), read)
+            read = torch.einsum("hem,bm->bhe", W_O.float(), d_layer)
+            store[f"{layer}.heads"] = torch.einsum("bhe,bhe->bh", at_pos(z).float(), read)
             bar.update(1)
 
         return dot_heads
@@ -217,7 +218,7 @@ def direct_logit_attribution(
         if post:
             p_kind = _module_norm_kind(block.ln1_post)
             w_post, _, c_post = _norm_parts(block.ln1_post, p_kind)
-            d_layer = _read_direction(w_post, c_post, d_final)
+            d_layer = _read_direction(None if w_post is None else w_post.float(), c_post, d_final)
             hooks.append((f"blocks.{l}.ln1_post.hook_scale", save_scale(f"{l}.post_scale")))
             hooks.append((f"blocks.{l}.hook_attn_out", save_dot(f"{l}.attn")))
         d_layers.append(d_layer)
@@ -236,7 +237,7 @@ def direct_logit_attribution(
     for l, block in enumerate(model.blocks):
         heads = store[f"{l}.heads"]
         b_O = getattr(block.attn, "b_O", None)
-        bias = torch.zeros(batch) if b_O is None else d_layers[l] @ b_O
+        bias = torch.zeros(batch, device=d_final.device) if b_O is None else d_layers[l] @ b_O.float()
         if post:
             s = store[f"{l}.post_scale"]
             heads, bias = heads / s[:, None], bias / s
@@ -250,12 +251,12 @@ def direct_logit_attribution(
         values = values / store["final_scale"][:, None]
     values = torch.cat([values, const[:, None]], dim=-1)
 
-    logits = decode(model, store["resid"])  # [batch, d_vocab], softcap included
+    logits = decode(model, store["resid"]).float()  # [batch, d_vocab], softcap included
     actual = logits[rows, ans] - logits[rows, wrong]
     if cap:
         x = store["resid"][None]
         pre = model.unembed(model.ln_final(x) if kind != "none" else x)[0]
-        actual_pre = pre[rows, ans] - pre[rows, wrong]
+        actual_pre = (pre[rows, ans] - pre[rows, wrong]).float()
     else:
         actual_pre = actual
     err = (values.sum(-1) - actual_pre).abs().max().item()

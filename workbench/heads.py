@@ -104,8 +104,8 @@ def _reduce_patterns(
 
 def _bos_id(model) -> int:
     tok = getattr(model, "tokenizer", None)
-    if tok is not None and tok.bos_token_id is not None:
-        return int(tok.bos_token_id)
+    if tok is not None and (tok.bos_token_id is not None or tok.eos_token_id is not None):
+        return models.bos_token_id(tok)  # the BOS rule: the EOS token for a tokenizer with no BOS
     return 0
 
 

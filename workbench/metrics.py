@@ -45,8 +45,10 @@ class Readout:
     tokens: Int[Tensor, "batch n"]
 
     def gather(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, "batch n"]:
-        rows = torch.arange(logits.shape[0])
-        return logits[rows, self.pos][rows[:, None], self.tokens]
+        """The read logits, in float32 whatever the model's dtype (metrics reduce in float32)."""
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        pos, tokens = self.pos.to(logits.device), self.tokens.to(logits.device)
+        return logits[rows, pos][rows[:, None], tokens].float()
 
 
 def _as_batch_vector(x, name: str) -> Tensor:
@@ -129,10 +131,10 @@ class AnswerProb:
         self.pos = pos
 
     def __call__(self, logits: Tensor) -> Tensor:
-        rows = torch.arange(logits.shape[0])
-        pos = _positions(self.pos, logits.shape[0]) % logits.shape[1]
-        logp = logits[rows, pos].log_softmax(-1)
-        return logp[rows, self.answers].exp().mean()
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        pos = (_positions(self.pos, logits.shape[0]) % logits.shape[1]).to(logits.device)
+        logp = logits[rows, pos].float().log_softmax(-1)  # float32: a bf16 softmax loses the tail
+        return logp[rows, self.answers.to(logits.device)].exp().mean()
 
 
 class AnswerRank:
@@ -143,10 +145,10 @@ class AnswerRank:
         self.pos = pos
 
     def __call__(self, logits: Tensor) -> Tensor:
-        rows = torch.arange(logits.shape[0])
-        pos = _positions(self.pos, logits.shape[0]) % logits.shape[1]
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        pos = (_positions(self.pos, logits.shape[0]) % logits.shape[1]).to(logits.device)
         final = logits[rows, pos]
-        answer = final[rows, self.answers]
+        answer = final[rows, self.answers.to(logits.device)]
         return (final > answer[:, None]).sum(-1).float().mean()
 
 

@@ -226,7 +226,7 @@ def _pos_labels(model, tokens: Tensor, positions: list[int]) -> list:
 def _patch_hook(act: Tensor, hook, *, clean: Tensor, mask: Tensor) -> Tensor:
     """Batch row i*batch+b takes the clean value wherever ``mask[i]`` is set."""
     rows = act.unflatten(0, (mask.shape[0], clean.shape[0]))
-    return torch.where(mask[:, None], clean[None], rows).flatten(0, 1)
+    return torch.where(mask.to(act.device)[:, None], clean[None], rows).flatten(0, 1)
 
 
 def _set_index_hook(act: Tensor, hook, *, clean: Tensor, index: tuple) -> Tensor:
@@ -263,10 +263,12 @@ def _softcap(model, logits: Tensor) -> Tensor:
 
 def readout_logits(model, final_resid: Float[Tensor, "k batch d_model"],
                    tokens: Int[Tensor, "batch target"]) -> Float[Tensor, "k batch target"]:
-    """Logits of only ``tokens`` from final residuals (before ``ln_final``), as the model computes them."""
+    """Logits of only ``tokens`` from final residuals (before ``ln_final``), as the model computes
+    them; in float32 whatever the model's dtype (they are few, and metrics reduce in float32)."""
     x = model.ln_final(final_resid) if model.cfg.normalization_type is not None else final_resid
-    w = model.W_U[:, tokens]  # [d_model, batch, target]
-    return _softcap(model, torch.einsum("kbd,dbt->kbt", x, w) + model.b_U[tokens])
+    w = model.W_U[:, tokens.to(model.W_U.device)].float()  # [d_model, batch, target]
+    bias = model.b_U[tokens.to(model.b_U.device)].float()
+    return _softcap(model, torch.einsum("kbd,dbt->kbt", x.float(), w) + bias)
 
 
 @dataclass
@@ -297,7 +299,7 @@ def _prepare(model, plan, clean_tokens, corrupted_tokens, metric, fast: bool):
         keep = {f"blocks.{L}.hook_resid_pre" for L in plan.layers} | {f"blocks.{n - 1}.hook_resid_post"}
         corrupted_logits, ccache = model.run_with_cache(
             corrupted_tokens, names_filter=lambda x: x in keep, past_kv_cache=kv,
-            attention_mask=torch.ones_like(corrupted_tokens),
+            attention_mask=torch.ones_like(corrupted_tokens),  # TransformerLens moves it with the tokens
         )
         resid = {L: ccache[f"blocks.{L}.hook_resid_pre"] for L in plan.layers}
         final = ccache[f"blocks.{n - 1}.hook_resid_post"]
@@ -313,7 +315,10 @@ def _prepare(model, plan, clean_tokens, corrupted_tokens, metric, fast: bool):
         max_start = int(readout.pos.min())
         check = _from_readout(metric, readout_logits(model, final[None, torch.arange(batch), readout.pos],
                                                      readout.tokens), 1)
-        if abs(check.item() - baselines[1]) > 1e-4 * (1 + abs(baselines[1])):
+        # A float32 model's two paths agree to 1e-4; a half-precision one's full logits carry its
+        # own rounding (16 steps of its machine epsilon: 0.125 for bfloat16, 0.016 for float16).
+        tol = max(1e-4, 16 * torch.finfo(final.dtype).eps)
+        if abs(check.item() - baselines[1]) > tol * (1 + abs(baselines[1])):
             raise ValueError(
                 f"metric.from_readout gives {check.item():.6g} on the corrupted run but metric(logits) "
                 f"gives {baselines[1]:.6g}: its readout does not describe what it computes."

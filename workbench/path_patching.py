@@ -157,7 +157,8 @@ def _metric_per_set(model, resid: Tensor, metric: Metric, n_sets: int) -> Float[
         if model.cfg.normalization_type is not None:
             x = model.ln_final(x)
         tokens = r.tokens[rows]  # [P*B, n]
-        logits = torch.einsum("bd,dbn->bn", x[:, 0], model.W_U[:, tokens]) + model.b_U[tokens]
+        # float32 logits of the few read tokens, whatever the model's dtype
+        logits = torch.einsum("bd,dbn->bn", x[:, 0].float(), model.W_U[:, tokens].float()) + model.b_U[tokens].float()
         logits = apply_softcap(logits, model.cfg.output_logits_soft_cap)
         values = metric.from_readout(logits.reshape(n_sets, batch, -1))
         if values.shape != (n_sets,):
@@ -222,7 +223,7 @@ def _frozen_hooks(model, cache: _Cache, sets: Sequence[Circuit], layers: range, 
         corr_z, clean_z = cache.z_corr[L], cache.z_clean[L]
 
         def freeze_z(z, hook, head_mask=head_mask, corr=corr_z, clean=clean_z):
-            m = head_mask[:, None, None, :, None]  # [P, 1 (batch), 1 (pos), head, 1]
+            m = head_mask.to(z.device)[:, None, None, :, None]  # [P, 1 (batch), 1 (pos), head, 1]
             return torch.where(m, corr[None], clean[None]).reshape(z.shape)
 
         hooks.append((f"blocks.{L}.attn.hook_z", freeze_z))
@@ -231,7 +232,7 @@ def _frozen_hooks(model, cache: _Cache, sets: Sequence[Circuit], layers: range, 
             corr_m, clean_m = cache.mlp_corr[L], cache.mlp_clean[L]
 
             def freeze_mlp(out, hook, mlp_mask=mlp_mask, corr=corr_m, clean=clean_m):
-                m = mlp_mask[:, None, None, None]
+                m = mlp_mask.to(out.device)[:, None, None, None]
                 shape = (P, *corr.shape)
                 base = clean[None] if freeze_mlps else out.reshape(shape)
                 return torch.where(m, corr[None], base).reshape(out.shape)
@@ -290,6 +291,7 @@ def _run_sets(
     without a forward pass (:func:`_direct_final`) where the architecture allows it.
     """
     P, n = len(sets), model.cfg.n_layers
+    mask = mask.to(cache.final.device)  # built on the CPU; the activations may be on a GPU
     start = min(min(s.layers) for s in sets)
     resid = _stack(cache.resid_pre[start], P)
     if kind == "resid" and freeze_mlps and direct and _direct_ok(model):
@@ -338,7 +340,8 @@ def _run_sets(
         L = hook.layer()
         act = act.clone()
         heads = receivers[L]
-        act[:, :, heads] = torch.where(m, recorded[L][:, start:], act[:, :, heads])
+        act[:, :, heads] = torch.where(m.to(act.device), recorded[L][:, start:].to(act.device),
+                                       act[:, :, heads])
         return act
 
     hooks = [(f"blocks.{L}.attn.hook_{kind}", patch_receiver) for L in receivers]

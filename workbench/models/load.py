@@ -1,0 +1,250 @@
+"""``load_model``: any source to a ``HookedTransformer`` on any device, in any float dtype.
+
+Every local source (offline model, checkpoint folder, GGUF file) goes the same way: the
+converted weights are read from the cache (:mod:`workbench.models.cache`) or, the first time,
+converted by TransformerLens (:mod:`workbench.models.sources`) and written there; then
+:func:`build_model` makes the model, on the device and in the dtype asked for. Hub names go to
+``HookedTransformer.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import cache, sources
+from .errors import CacheCorruptedError, ModelNotAvailableError
+from .zoo import DEFAULT_MODEL, OFFLINE_MODELS, load_hf_model, offline_spec
+
+__all__ = ["load_model", "build_model", "resolve_device", "resolve_dtype", "list_models", "DTYPES"]
+
+#: The dtypes a model can be loaded in, by the names accepted for them.
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """``None`` -> float32; a torch float dtype or one of the names in :data:`DTYPES`."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype in (torch.float32, torch.bfloat16, torch.float16):
+            return dtype
+    elif isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.lower().removeprefix("torch.")]
+    raise ValueError(
+        f"dtype={dtype!r} is not supported; use one of float32, bfloat16, float16 "
+        "(a torch dtype or its name)."
+    )
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> the CPU; ``"auto"`` -> CUDA, else MPS, else CPU; ``"cuda:1"``... checked."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, str) and device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(
+            f"device={device!r} is not a device; use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'."
+        ) from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: CUDA is not available on this machine.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)."
+            )
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device={device!r}: MPS is not available on this machine.")
+    elif dev.type != "cpu":
+        raise ValueError(f"device={device!r}: use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'.")
+    return dev
+
+
+def build_model(cfg_dict: dict, state_dict, tokenizer, *, device: torch.device, dtype: torch.dtype,
+                n_devices: int = 1):
+    """The final step of every local load: a ``HookedTransformer`` from a config and weights.
+
+    The weights are cast to ``dtype``; the model is put on ``device`` (spread over ``n_devices``
+    GPUs by TransformerLens's own ``move_model_modules_to_device`` when ``n_devices > 1``), in
+    eval mode with gradients off.
+    """
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg_dict = dict(cfg_dict)
+    cfg_dict.update(device=str(device), dtype=dtype, n_devices=n_devices, init_weights=False)
+    cfg = HookedTransformerConfig.from_dict(cfg_dict)
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+    # Buffers (rotary tables, masks) are rebuilt by the constructor; every parameter must load.
+    params = {k for k, _ in model.named_parameters()}
+    missing_params = sorted(params & set(missing))
+    if missing_params or unexpected:
+        raise CacheCorruptedError(
+            f"Converted weights do not fit the model: missing {missing_params[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}."
+        )
+    if device.type != "cpu" or n_devices > 1:
+        model.move_model_modules_to_device()
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _local_source(source: str) -> tuple[str, dict, object]:
+    """(cache key, manifest source record, converter) of an offline name, folder or GGUF file."""
+    if source in OFFLINE_MODELS:
+        offline_spec(source)  # clear error before any work if a package is missing
+        record = {"kind": "offline", "path": source}
+        return source, record, lambda: load_hf_model(source)
+    path = Path(source).expanduser().resolve()
+    if not path.exists():
+        raise ModelNotAvailableError(f"{source!r}: no such file or folder.")
+    if path.suffix == ".gguf":
+        files, kind = [path], "gguf"
+    else:
+        sources.check_checkpoint(path)
+        files, kind = sources.checkpoint_files(path), "folder"
+    digest = cache.content_digest(files)
+    key = f"{cache.readable_name(path)}-{digest[:12]}"
+    record = {"kind": kind, "path": str(path), "digest": digest}
+    return key, record, lambda: load_hf_model(path)
+
+
+def _convert(source: str, load_hf):
+    hf, tokenizer = load_hf()
+    name = source if source in OFFLINE_MODELS else cache.readable_name(Path(source))
+    cfg = sources.tl_config(hf.config, model_name=name)
+    state_dict = sources.convert_weights(hf, cfg)
+    del hf
+    return cfg, state_dict, tokenizer
+
+
+def load_model(
+    source: str | Path = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    n_devices: int = 1,
+    refresh: bool = False,
+    verbose: bool = True,
+    **kwargs,
+):
+    """Load a model as a TransformerLens ``HookedTransformer``.
+
+    Args:
+        source: an offline model (``"smollm2-135m"``, ``"gemma-3-270m"``), a local folder holding
+            a Hugging Face checkpoint, a ``.gguf`` file, or a model name TransformerLens knows
+            (``"gpt2"``, ...: ``HookedTransformer.from_pretrained(source, **kwargs)``, which needs
+            the hub). A hub repository TransformerLens does not know (``"org/name"``) is fetched
+            with ``huggingface_hub`` when a hub is reachable and loaded as a folder.
+        device: ``"cpu"`` (the default), ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"auto"``
+            (CUDA, else MPS, else CPU).
+        dtype: ``float32`` (the default), ``bfloat16`` or ``float16``: a torch dtype or its name.
+        n_devices: split the layers over this many GPUs (TransformerLens's own ``n_devices``;
+            ``device`` must then be CUDA).
+        refresh: convert again even if an intact cached conversion exists.
+        verbose: print where the weights came from and how long it took.
+
+    Returns:
+        ``HookedTransformer`` in eval mode with gradients off. Local sources carry no weight
+        processing (no folded norms, no centring): logits equal the Hugging Face model's.
+
+    Raises:
+        ModelNotAvailableError: unknown name, missing package, or a hub model with no hub.
+        UnsupportedArchitectureError: an architecture TransformerLens cannot map (the message
+            names the supported ones).
+        CheckpointError: a folder that is not a checkpoint, a truncated weights file, a config
+            and weights that disagree.
+        ValueError: an unknown or unavailable device, or an unsupported dtype.
+    """
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    if not isinstance(n_devices, int) or n_devices < 1:
+        raise ValueError(f"n_devices must be a positive int, got {n_devices!r}.")
+    if n_devices > 1 and dev.type != "cuda":
+        raise ValueError(f"n_devices={n_devices} splits a model over GPUs; device must be CUDA.")
+    source = str(source)
+    offline = list(OFFLINE_MODELS)
+    if source not in OFFLINE_MODELS and not sources.is_local_source(source):
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+
+        try:
+            get_official_model_name(source)
+        except ValueError:
+            if "/" not in source:
+                raise ModelNotAvailableError(
+                    f"Unknown model {source!r}: not an offline model ({', '.join(offline)}), not "
+                    "an existing folder or .gguf file, and not a name TransformerLens knows. "
+                    "See workbench.list_models()."
+                ) from None
+            source = str(sources.download_folder(source, offline_names=offline))
+        else:
+            return sources.load_from_hub(
+                source, offline_names=offline, device=str(dev), dtype=dt, n_devices=n_devices,
+                **kwargs,
+            )
+    if kwargs:
+        raise TypeError(f"Model {source!r} is loaded from a local source and takes no extra "
+                        f"options, got {sorted(kwargs)}")
+    start = time.perf_counter()
+    key, record, load_hf = _local_source(source)
+    origin, loaded = "cache", None
+    if not refresh and cache.entry_dir(key).exists():
+        try:
+            loaded = cache.read_entry(key)
+        except CacheCorruptedError as e:
+            warnings.warn(f"Cached weights for {source!r} are damaged ({e}); rebuilding them.")
+    if loaded is None:
+        origin = "converted and cached"
+        cfg, state_dict, tokenizer = _convert(source, load_hf)
+        record["architecture"] = cfg.original_architecture
+        cache.write_entry(key, cfg, state_dict, tokenizer, source=record)
+        del state_dict
+        loaded = cache.read_entry(key)  # the first load runs exactly as every later one
+    model = build_model(*loaded, device=dev, dtype=dt, n_devices=n_devices)
+    if verbose:
+        where = f"{dev}" + (f" x{n_devices}" if n_devices > 1 else "")
+        print(f"Loaded {model.cfg.model_name} ({origin}) on {where}, "
+              f"{str(dt).removeprefix('torch.')}, in {time.perf_counter() - start:.1f} s")
+    return model
+
+
+def list_models() -> pd.DataFrame:
+    """The offline models (shapes, installed, cached) and every other cached conversion."""
+    entries = cache.cached_entries()
+    rows = []
+    for m in OFFLINE_MODELS.values():
+        rows.append(dict(
+            name=m.name, kind="offline", architecture=m.tl_name, layers=m.n_layers, heads=m.n_heads,
+            kv_heads=m.n_kv_heads, d_model=m.d_model, d_vocab=m.d_vocab, installed=m.installed(),
+            cached=(cache.entry_dir(m.name) / "manifest.json").exists(),
+            packages=" ".join(m.packages), description=m.description,
+        ))
+    for key, e in entries.iterrows():
+        if key in OFFLINE_MODELS:
+            continue
+        rows.append(dict(
+            name=key, kind=e["kind"], architecture=e["architecture"], layers=e["layers"],
+            heads=e["heads"], kv_heads=e["kv_heads"], d_model=e["d_model"], d_vocab=e["d_vocab"],
+            installed=True, cached=bool(e["complete"]), packages="", description=e["source"],
+        ))
+    frame = pd.DataFrame(rows).set_index("name")
+    for col in ("layers", "heads", "kv_heads", "d_model", "d_vocab"):
+        frame[col] = frame[col].astype("Int64")
+    return frame
