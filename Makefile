@@ -54,7 +54,7 @@ test-fast: install
 
 # Re-execute the notebooks in place (their stored outputs are what nbval compares against).
 notebooks: install
-	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=3600 notebooks/[0-9][0-9]_*.ipynb
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=3600 notebooks/[0-9][0-9]*_*.ipynb notebooks/course/*.ipynb
 
 bench: install
 	$(BIN)/python benchmarks/bench_patching.py

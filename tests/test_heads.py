@@ -4,7 +4,7 @@ import pytest
 import torch
 from hooks import assert_no_hooks
 
-from workbench import heads, models
+from workbench import heads, models, runtime
 from workbench.datasets.needles import Haystack
 from workbench.heads import HeadSet, overlap_table
 from workbench.results import Result
@@ -554,11 +554,11 @@ def test_retrieval_long_prompt_takes_the_cached_path_and_agrees(monkeypatch):
     h = Haystack(tokens=tokens, needle_span=(100, 110), answer_span=(104, 108),
                  answer_ids=tokens[0, 104:108].clone())
     calls = []
-    real = models.prefill
-    monkeypatch.setattr(models, "prefill", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = runtime.prefill
+    monkeypatch.setattr(runtime, "prefill", lambda *a, **k: calls.append(1) or real(*a, **k))
     cached = heads.retrieval_hits(model, h)
     assert calls, "the cached path was not taken"
-    monkeypatch.setattr(models, "PREFILL_CHUNK", 10_000)  # one pass
+    monkeypatch.setattr(runtime, "PREFILL_CHUNK", 10_000)  # one pass
     whole = heads.retrieval_hits(model, h)
     assert len(calls) == 1 and torch.equal(cached[0], whole[0]) and cached[1] == whole[1]
     ref_hits, ref_answered = reference_retrieval_hits(model, h)

@@ -207,7 +207,7 @@ def test_full_forward_fallback_equals_fast_path(tiny_gqa, pair, metric, monkeypa
     """The path a TransformerBridge takes (no start_at_layer): batched full forwards."""
     clean, corrupted = pair
     fast = patching.patch_heads(tiny_gqa, clean, corrupted, metric, by_pos=True, progress=False)
-    monkeypatch.setattr(patching, "_is_hooked_transformer", lambda model: False)
+    monkeypatch.setattr(patching, "supports_fast_path", lambda model: False)
     slow = patching.patch_heads(tiny_gqa, clean, corrupted, metric, by_pos=True, batch_size=6,
                                 progress=False)
     assert (fast.values - slow.values).abs().max() < TOL

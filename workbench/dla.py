@@ -41,9 +41,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import checks
-from .lens import decode, final_norm_kind, softcap
+from .lens import decode, final_norm_kind
 from .metrics import LogitDiff
 from .results import Result
+from .runtime import softcap_value
 
 __all__ = [
     "direct_logit_attribution",
@@ -145,7 +146,7 @@ def direct_logit_attribution(
     readout = metric.readout(batch, seq)  # checks the batch size, normalises positions
     pos, ans, wrong = readout.pos, readout.tokens[:, 0], readout.tokens[:, 1]
     rows = torch.arange(batch)
-    cap = softcap(model)
+    cap = softcap_value(model)
     if cap:
         warnings.warn(
             f"This model soft-caps its logits (output_logits_soft_cap={cap}); the attributions "

@@ -43,7 +43,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import checks, models
+from . import checks, models, runtime
 from .components import HeadSet, overlap_table
 from .results import Result
 
@@ -470,12 +470,6 @@ def _check_haystack(h) -> None:
             )
 
 
-def _can_prefill(model) -> bool:
-    from transformer_lens import HookedTransformer
-
-    return isinstance(model, HookedTransformer)
-
-
 def retrieval_hits(model, haystack) -> tuple[Int[Tensor, "layer head"], bool]:
     """Per-head retrieval hits on one haystack, by teacher forcing, and whether the model answers it.
 
@@ -489,7 +483,7 @@ def retrieval_hits(model, haystack) -> tuple[Int[Tensor, "layer head"], bool]:
     outside the hooks: hooks on ``ln_final``/``unembed`` do not reach this check).
 
     On a ``HookedTransformer`` the prompt before the answer queries is run first in chunks
-    (:func:`workbench.models.prefill`, faster on long contexts) and the answer queries then
+    (:func:`workbench.runtime.prefill`, faster on long contexts) and the answer queries then
     read its keys and values from the cache; the patterns are those of one pass.
 
     Returns ``(hits [layer, head] int, answered)``.
@@ -519,11 +513,11 @@ def retrieval_hits(model, haystack) -> tuple[Int[Tensor, "layer head"], bool]:
     hooks = [(_pattern_name(layer), count_hits) for layer in range(model.cfg.n_layers)]
     hooks.append((last, keep_answer_rows))
     with torch.no_grad():
-        if _can_prefill(model) and n - 1 > models.PREFILL_CHUNK:
+        if runtime.supports_fast_path(model) and n - 1 > runtime.PREFILL_CHUNK:
             offset = n - 1  # the prompt before the first answer query goes into the cache
-            cache = models.prefill(model, full[:, :offset])
+            cache = runtime.prefill(model, full[:, :offset])
             with model.hooks(fwd_hooks=hooks):
-                models.run_cached(model, full[:, offset : offset + m], cache, return_type=None)
+                runtime.run_cached(model, full[:, offset : offset + m], cache, return_type=None)
         else:
             offset = 0
             with model.hooks(fwd_hooks=hooks):

@@ -34,8 +34,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import checks
-from .models import resid_to_logits
 from .results import Result
+from .runtime import resid_to_logits
 
 __all__ = [
     "LensResult",
@@ -43,7 +43,6 @@ __all__ = [
     "layer_labels",
     "final_norm_kind",
     "decode",
-    "softcap",
     "token_strings",
 ]
 
@@ -82,11 +81,6 @@ def final_norm_kind(model) -> NormKind:
     if getattr(cfg, "final_rms", False) and kind in ("LN", "LNPre"):
         kind = "RMS" if kind == "LN" else "RMSPre"
     return kind
-
-
-def softcap(model) -> float:
-    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0)
-    return float(cap) if cap is not None and cap > 0 else 0.0
 
 
 def decode(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:

@@ -49,14 +49,14 @@ from functools import partial
 from typing import Literal, Sequence, get_args
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import checks
 from .metrics import Metric, check_scalar, metric_name
-from .models import cache_prefix, resid_to_logits
 from .results import Result
+from .runtime import cache_prefix, readout_logits, resid_to_logits, supports_fast_path
 
 __all__ = [
     "Site",
@@ -239,36 +239,8 @@ def _set_index_hook(act: Tensor, hook, *, clean: Tensor, index: tuple) -> Tensor
 # ------------------------------------------------------------------------------ the engine
 
 
-def _is_hooked_transformer(model) -> bool:
-    """Whether the fast path applies: ``start_at_layer`` and a key/value cache, and no attention
-    mask that a mid-model start would lose (a left-padding tokenizer) or shortformer embedding."""
-    from transformer_lens import HookedTransformer
-
-    tokenizer = getattr(model, "tokenizer", None)
-    return (
-        isinstance(model, HookedTransformer)
-        and model.cfg.positional_embedding_type != "shortformer"
-        and getattr(tokenizer, "padding_side", "right") != "left"
-    )
-
-
 def _has_readout(metric) -> bool:
     return callable(getattr(metric, "readout", None)) and callable(getattr(metric, "from_readout", None))
-
-
-def _softcap(model, logits: Tensor) -> Tensor:
-    cap = getattr(model.cfg, "output_logits_soft_cap", None)
-    return cap * torch.tanh(logits / cap) if cap is not None and cap > 0 else logits
-
-
-def readout_logits(model, final_resid: Float[Tensor, "k batch d_model"],
-                   tokens: Int[Tensor, "batch target"]) -> Float[Tensor, "k batch target"]:
-    """Logits of only ``tokens`` from final residuals (before ``ln_final``), as the model computes
-    them; in float32 whatever the model's dtype (they are few, and metrics reduce in float32)."""
-    x = model.ln_final(final_resid) if model.cfg.normalization_type is not None else final_resid
-    w = model.W_U[:, tokens.to(model.W_U.device)].float()  # [d_model, batch, target]
-    bias = model.b_U[tokens.to(model.b_U.device)].float()
-    return _softcap(model, torch.einsum("kbd,dbt->kbt", x.float(), w) + bias)
 
 
 @dataclass
@@ -427,7 +399,7 @@ def patch(
     _check_options(site, batch_size)
     _, seq = checks.token_pair(model, clean_tokens, corrupted_tokens)
     plan = _make_plan(model, site, by_pos, layers, heads, positions, seq)
-    fast = _is_hooked_transformer(model)
+    fast = supports_fast_path(model)
     ctx, baselines = _prepare(model, plan, clean_tokens, corrupted_tokens, metric, fast)
     indices = plan.indices
     values = torch.empty(len(plan.layers), len(indices))

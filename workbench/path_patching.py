@@ -59,13 +59,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
-from transformer_lens.utilities.activation_functions import apply_softcap
 
 from . import checks
 from .components import Circuit
 from .metrics import Metric, check_scalar, metric_name
-from .models import cache_prefix, resid_to_logits
 from .results import Result
+from .runtime import cache_prefix, readout_logits, resid_to_logits
 
 __all__ = ["ReceiverInput", "kv_head_of", "path_patch", "path_patch_heads"]
 
@@ -152,15 +151,8 @@ def _metric_per_set(model, resid: Tensor, metric: Metric, n_sets: int) -> Float[
     batch, seq = resid.shape[0] // n_sets, resid.shape[1]
     if hasattr(metric, "readout") and hasattr(metric, "from_readout"):
         r = metric.readout(batch, seq)
-        rows = torch.arange(batch).repeat(n_sets)
-        x = resid[torch.arange(n_sets * batch), r.pos.repeat(n_sets)][:, None]  # [P*B, 1, d]
-        if model.cfg.normalization_type is not None:
-            x = model.ln_final(x)
-        tokens = r.tokens[rows]  # [P*B, n]
-        # float32 logits of the few read tokens, whatever the model's dtype
-        logits = torch.einsum("bd,dbn->bn", x[:, 0].float(), model.W_U[:, tokens].float()) + model.b_U[tokens].float()
-        logits = apply_softcap(logits, model.cfg.output_logits_soft_cap)
-        values = metric.from_readout(logits.reshape(n_sets, batch, -1))
+        read = resid.unflatten(0, (n_sets, batch))[:, torch.arange(batch), r.pos]  # [P, B, d]
+        values = metric.from_readout(readout_logits(model, read, r.tokens))  # float32 logits
         if values.shape != (n_sets,):
             raise ValueError(
                 f"The metric must reduce over prompts to a scalar, got shape {tuple(values.shape)} "

@@ -15,7 +15,55 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-__all__ = ["resid_to_logits", "logits_at", "PREFILL_CHUNK", "prefill", "run_cached", "cache_prefix"]
+__all__ = [
+    "PREFILL_CHUNK",
+    "cache_prefix",
+    "logits_at",
+    "prefill",
+    "readout_logits",
+    "resid_to_logits",
+    "run_cached",
+    "softcap",
+    "softcap_value",
+    "supports_fast_path",
+]
+
+
+def softcap_value(model) -> float:
+    """The model's output logit soft cap (Gemma-2 style ``output_logits_soft_cap``), 0.0 when none."""
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    return float(cap) if cap is not None and cap > 0 else 0.0
+
+
+def softcap(model, logits: Tensor) -> Tensor:
+    """``cap * tanh(logits / cap)`` when the model soft-caps its logits, else ``logits`` unchanged."""
+    cap = softcap_value(model)
+    return cap * torch.tanh(logits / cap) if cap else logits
+
+
+def supports_fast_path(model) -> bool:
+    """Whether runs may start mid-model from a cached residual (``start_at_layer``) and reuse a
+    key/value cache: a ``HookedTransformer`` (not a bridge), without shortformer embeddings, whose
+    tokenizer does not pad on the left (a mid-model start would lose the attention mask)."""
+    from transformer_lens import HookedTransformer
+
+    tokenizer = getattr(model, "tokenizer", None)
+    return (
+        isinstance(model, HookedTransformer)
+        and model.cfg.positional_embedding_type != "shortformer"
+        and getattr(tokenizer, "padding_side", "right") != "left"
+    )
+
+
+def readout_logits(
+    model, final_resid: Float[Tensor, "k batch d_model"], tokens: Int[Tensor, "batch target"]
+) -> Float[Tensor, "k batch target"]:
+    """Logits of only ``tokens`` from final residuals (before ``ln_final``), as the model computes
+    them; in float32 whatever the model's dtype (they are few, and metrics reduce in float32)."""
+    x = model.ln_final(final_resid) if model.cfg.normalization_type is not None else final_resid
+    w = model.W_U[:, tokens.to(model.W_U.device)].float()  # [d_model, batch, target]
+    bias = model.b_U[tokens.to(model.b_U.device)].float()
+    return softcap(model, torch.einsum("kbd,dbt->kbt", x.float(), w) + bias)
 
 
 def resid_to_logits(model, resid: Float[Tensor, "... pos d_model"]) -> Float[Tensor, "... pos d_vocab"]:
@@ -25,9 +73,7 @@ def resid_to_logits(model, resid: Float[Tensor, "... pos d_model"]) -> Float[Ten
     cap (Gemma-2 style ``output_logits_soft_cap``, when set).
     """
     x = model.ln_final(resid) if model.cfg.normalization_type is not None else resid
-    logits = model.unembed(x)
-    cap = getattr(model.cfg, "output_logits_soft_cap", None)
-    return cap * torch.tanh(logits / cap) if cap is not None and cap > 0 else logits
+    return softcap(model, model.unembed(x))
 
 
 def logits_at(

@@ -209,7 +209,7 @@ def load_model(
         try:
             loaded = cache.read_entry(key)
         except CacheCorruptedError as e:
-            warnings.warn(f"Cached weights for {source!r} are damaged ({e}); rebuilding them.")
+            warnings.warn(f"Cached weights for {source!r} are damaged ({e}); rebuilding them.", stacklevel=2)
     if loaded is None:
         origin = "converted and cached"
         cfg, state_dict, tokenizer = _convert(source, load_hf)
