@@ -61,6 +61,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from . import fast_attention as _fast_attention  # tiny_model has an argument of that name
+
 __all__ = [
     "DEFAULT_MODEL",
     "ModelNotAvailableError",
@@ -458,8 +460,8 @@ def load_model(name: str = DEFAULT_MODEL, *, refresh: bool = False, verbose: boo
             model = _load_cached(name)
         if verbose:
             print(f"Loaded {name} from {source} in {time.perf_counter() - start:.1f} s")
-        return model
-    return _load_from_hub(name, **kwargs)
+        return _fast_attention.enable(model)  # SDPA unless the pattern is hooked
+    return _fast_attention.enable(_load_from_hub(name, **kwargs))
 
 
 def _load_from_hub(name: str, **kwargs):
@@ -493,12 +495,13 @@ def tiny_model(
     attn_only: bool = False,
     positional: Literal["standard", "rotary"] = "standard",
     post_norm: bool = False,
+    fast_attention: bool = False,
 ):
     """A small randomly initialised ``HookedTransformer``, seeded, built in well under a second.
 
     It has no tokenizer: feed it token ids. ``n_kv_heads`` makes it grouped-query like SmolLM2;
     ``post_norm`` normalises each attention and MLP output again before it joins the residual
-    stream, as Gemma-3 does.
+    stream, as Gemma-3 does. ``fast_attention`` turns on :mod:`workbench.fast_attention`.
     """
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -530,7 +533,7 @@ def tiny_model(
                 p.copy_(0.02 * torch.randn(p.shape, generator=gen))
     model.eval()
     model.requires_grad_(False)
-    return model
+    return _fast_attention.enable(model) if fast_attention else model
 
 
 # --------------------------------------------------------------------------------------------
