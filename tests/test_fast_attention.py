@@ -14,10 +14,10 @@ from workbench import models
 ATOL = 2e-5
 
 CONFIGS = {
-    "ln": dict(),
-    "gqa-rms-rotary": dict(n_kv_heads=2, normalization="RMS", positional="rotary"),
-    "gemma-like": dict(n_kv_heads=1, normalization="RMS", positional="rotary", post_norm=True),
-    "attn-only": dict(attn_only=True, n_layers=3),
+    "ln": {},
+    "gqa-rms-rotary": {"n_kv_heads": 2, "normalization": "RMS", "positional": "rotary"},
+    "gemma-like": {"n_kv_heads": 1, "normalization": "RMS", "positional": "rotary", "post_norm": True},
+    "attn-only": {"attn_only": True, "n_layers": 3},
 }
 
 
@@ -57,8 +57,8 @@ def _assert_same_run(fast, explicit, tokens, **kwargs):
     le, ce = explicit.run_with_cache(tokens, names_filter=_not_pattern, **kwargs)
     assert fa.is_enabled(fast) and not fa.is_enabled(explicit)
     torch.testing.assert_close(lf, le, atol=ATOL, rtol=0)
-    assert set(cf.keys()) == set(ce.keys()) and any("hook_z" in k for k in cf.keys())
-    for name in ce.keys():
+    assert set(cf.keys()) == set(ce.keys()) and any("hook_z" in k for k in cf)
+    for name in ce:
         torch.testing.assert_close(cf[name], ce[name], atol=ATOL, rtol=0, msg=name)
     assert_no_hooks(fast)
 
@@ -200,9 +200,9 @@ def test_gradients_agree():
     tokens = _tokens()
     grads = []
     for model in (fast, explicit):
-        store = {}
+        store: dict = {}
 
-        def keep(z, hook):  # the weights need no gradient: start the graph at layer 0's z
+        def keep(z, hook, store=store):  # the weights need no gradient: start the graph at z
             store["z"] = z.detach().requires_grad_(True)
             return store["z"]
 
@@ -257,7 +257,7 @@ def _hf_logits_diff(model, name, prompts):
 
 
 def _long_prompt(n_words: int) -> str:
-    words = "the quick brown fox jumps over a lazy dog while seven cats watch".split()
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "cats"]
     return " ".join(words[i % len(words)] + str(i % 7) for i in range(n_words))
 
 

@@ -49,7 +49,6 @@ Example
 from __future__ import annotations
 
 import types
-from typing import Optional
 
 import einops
 import torch
@@ -58,11 +57,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 __all__ = [
-    "enable",
     "disable",
+    "enable",
     "is_enabled",
-    "unsupported_reason",
     "pattern_observed",
+    "unsupported_reason",
     "uses_fast_path",
 ]
 
@@ -76,7 +75,7 @@ def _attention_classes() -> tuple[type, ...]:
     return (Attention, GroupedQueryAttention)
 
 
-def unsupported_reason(attn) -> Optional[str]:
+def unsupported_reason(attn) -> str | None:
     """Why the fast path can never run on this attention layer, or ``None`` if it can."""
     cfg = attn.cfg
     if type(attn) not in _attention_classes():
@@ -119,8 +118,8 @@ def uses_fast_path(attn) -> bool:
 
 
 def _key_mask(
-    attn, n_query: int, n_key: int, offset: int, attention_mask: Optional[Tensor]
-) -> tuple[Optional[Tensor], bool]:
+    attn, n_query: int, n_key: int, offset: int, attention_mask: Tensor | None
+) -> tuple[Tensor | None, bool]:
     """The boolean mask ``[batch|1, 1, query, key]`` (True = attend) of the explicit path, or
     ``(None, True)`` when plain causal attention (SDPA's ``is_causal``) is the same thing."""
     causal = (attn._attention_dir_override or attn.cfg.attention_dir) == "causal"
@@ -149,7 +148,7 @@ def _sdpa(
     k: Float[Tensor, "batch key_pos kv_head d_head"],
     v: Float[Tensor, "batch key_pos kv_head d_head"],
     offset: int,
-    attention_mask: Optional[Int[Tensor, "batch key_pos"]],
+    attention_mask: Int[Tensor, "batch key_pos"] | None,
 ) -> Float[Tensor, "batch query_pos head d_head"]:
     n_heads = q.shape[2]
     q_ = q.transpose(1, 2)
