@@ -212,6 +212,31 @@ def test_gradients_agree():
     torch.testing.assert_close(grads[0], grads[1], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("zero_biases", [False, True])
+def test_gated_mlp_and_unembedding_with_and_without_biases(zero_biases):
+    """Llama/Gemma-style gated MLPs (TransformerLens's GatedMLP) and the unembedding: the fast
+    forwards skip biases that are all zero and give the same hook values either way."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    models_ = []
+    for _ in range(2):
+        cfg = HookedTransformerConfig(
+            n_layers=2, d_model=32, d_head=8, n_heads=4, n_key_value_heads=2, d_mlp=64,
+            d_vocab=100, n_ctx=32, act_fn="silu", normalization_type="RMS", gated_mlp=True,
+            positional_embedding_type="rotary", rotary_dim=8, seed=3, device="cpu",
+        )
+        model = HookedTransformer(cfg, move_to_device=False).eval()
+        gen = torch.Generator().manual_seed(4)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.split(".")[-1].startswith("b_"):
+                    p.copy_(0 if zero_biases else 0.05 * torch.randn(p.shape, generator=gen))
+        models_.append(model)
+    fast, explicit = fa.enable(models_[0]), models_[1]
+    assert fast.blocks[0].mlp.forward.__func__ is fa._gated_mlp_forward
+    _assert_same_run(fast, explicit, _tokens())
+
+
 def test_enable_disable_keep_parameters_and_values():
     model = models.tiny_model(**CONFIGS["gemma-like"])
     before = {n: (p, p.detach().clone()) for n, p in model.named_parameters()}

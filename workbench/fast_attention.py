@@ -31,7 +31,10 @@ The two paths agree to float rounding (about 1e-6 in float32; tests/test_fast_at
 free view instead of a copy of the weight (for Gemma-3's unembedding, 670 MB per forward pass).
 Shapes, values, ``Parameter`` objects and gradients are unchanged and these matrix products are
 bitwise the same; only the strides differ, so ``.view`` on such a weight needs ``.reshape``.
-:func:`disable` restores both the explicit forward and contiguous weights.
+Gated MLPs (Llama, Gemma) and the unembedding also get their TransformerLens forward, the same
+hooks in the same order, minus the addition of a bias that is all zero (checked per call): a zero
+``b_U`` would first be copied into the whole ``[pos, d_vocab]`` logits tensor. :func:`disable`
+restores every original forward and contiguous weights.
 
 Example
 -------
@@ -154,13 +157,15 @@ def _sdpa(
     q_ = q.transpose(1, 2)
     k_ = k.transpose(1, 2)
     v_ = v.transpose(1, 2).to(q.dtype)
-    if k_.shape[1] != n_heads:  # grouped-query: query head h reads key/value head h // group
+    mask, is_causal = _key_mask(attn, q.shape[1], k.shape[1], offset, attention_mask)
+    gqa = k_.shape[1] != n_heads  # grouped-query: query head h reads key/value head h // group
+    if gqa and mask is not None:  # SDPA's own GQA is fast only without a mask
         group = n_heads // k_.shape[1]
         k_ = k_.repeat_interleave(group, dim=1)
         v_ = v_.repeat_interleave(group, dim=1)
-    mask, is_causal = _key_mask(attn, q.shape[1], k.shape[1], offset, attention_mask)
     z = F.scaled_dot_product_attention(
-        q_, k_, v_, attn_mask=mask, is_causal=is_causal, scale=1.0 / attn.attn_scale
+        q_, k_, v_, attn_mask=mask, is_causal=is_causal, scale=1.0 / attn.attn_scale,
+        enable_gqa=gqa and mask is None,
     )
     if mask is not None:
         attends = mask.any(-1, keepdim=True)  # [batch|1, 1, query, 1]
@@ -216,6 +221,31 @@ def _forward(
         q = self._apply_logn_scaling(q, offset)
     z = self.hook_z(_sdpa(self, q, k, v, offset, attention_mask))
     return _project_out(self, z)
+
+
+# ---------------------------------------------------------------------------------------------
+# The MLP and the unembedding: TransformerLens's forward, without adding biases that are zero
+
+
+def _gated_mlp_forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    """``GatedMLP.forward`` with the same hooks; ``+ b_in`` only when ``b_in`` is not all zero
+    (Llama and Gemma have none: adding it is a pass over ``[batch, pos, d_mlp]`` for nothing)."""
+    if self.cfg.is_layer_norm_activation():
+        return type(self).forward(self, x)
+    pre_act = self.hook_pre(F.linear(x, self.W_gate.T.contiguous()))
+    pre_linear = self.hook_pre_linear(F.linear(x, self.W_in.T.contiguous()))
+    post = self.act_fn(pre_act) * pre_linear
+    if bool(self.b_in.any()):
+        post = post + self.b_in
+    return F.linear(self.hook_post(post), self.W_out.T.contiguous(), self.b_out)
+
+
+def _unembed_forward(self, residual: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+    """``Unembed.forward`` with the same hooks; the bias only when it is not all zero (a zero
+    ``b_U`` costs a broadcast copy into the whole ``[pos, d_vocab]`` output first)."""
+    residual = self.hook_in(residual)
+    bias = self.b_U if bool(self.b_U.any()) else None
+    return self.hook_out(F.linear(residual, self.W_U.T.contiguous(), bias))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,25 +305,41 @@ def _attention_layers(model) -> list:
     return [m for m in model.modules() if type(m) in _attention_classes()]
 
 
+def _fast_forward_of(module):
+    """The fast forward for ``module``, or ``None`` if it keeps TransformerLens's own."""
+    from transformer_lens.components import Unembed
+    from transformer_lens.components.mlps.gated_mlp import GatedMLP
+
+    if type(module) in _attention_classes():
+        return _forward if unsupported_reason(module) is None else None
+    if type(module) is GatedMLP and not module.cfg.load_in_4bit:
+        return _gated_mlp_forward
+    if type(module) is Unembed:
+        return _unembed_forward
+    return None
+
+
 def enable(model):
     """Give every supported attention layer of ``model`` the per-call fast path; returns ``model``.
 
     Idempotent. Layers that :func:`unsupported_reason` rules out keep the explicit forward.
+    Gated MLPs and the unembedding skip adding biases that are all zero (checked per call).
     """
-    for attn in _attention_layers(model):
-        if unsupported_reason(attn) is None:
-            attn.forward = types.MethodType(_forward, attn)
-            setattr(attn, _MARK, True)
+    for module in model.modules():
+        forward = _fast_forward_of(module)
+        if forward is not None:
+            module.forward = types.MethodType(forward, module)
+            setattr(module, _MARK, True)
     _relayout(model, fast=True)
     return model
 
 
 def disable(model):
-    """Back to TransformerLens's explicit forward on every layer, with contiguous weights."""
-    for attn in _attention_layers(model):
-        if getattr(attn, _MARK, False):
-            del attn.forward
-            delattr(attn, _MARK)
+    """Back to TransformerLens's explicit forward everywhere, with contiguous weights."""
+    for module in model.modules():
+        if getattr(module, _MARK, False):
+            del module.forward
+            delattr(module, _MARK)
     _relayout(model, fast=False)
     return model
 
