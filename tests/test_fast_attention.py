@@ -292,21 +292,21 @@ PROMPTS = ["When Mary and John went to the store, John gave a drink to", "1 2 3 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma-3-270m"])
 def test_offline_model_fast_path_within_1e_4_of_hugging_face(name, smollm2, gemma):
-    """Loaded models have the fast path; logits stay within 1e-4 of Hugging Face, also past
-    Gemma-3's 512-token sliding window."""
+    """Loaded models have the fast path; logits stay within 1e-4 of Hugging Face on short prompts.
+    Past Gemma-3's 512-token sliding window they stay within the project's 1e-3 of Hugging Face
+    (TransformerLens's explicit path itself differs from it by about 2e-4 there) and within 1e-4
+    of the explicit path."""
     model = {"smollm2-135m": smollm2, "gemma-3-270m": gemma}[name]
     assert fa.is_enabled(model)
+    assert _hf_logits_diff(model, name, PROMPTS) < 1e-4
     long = _long_prompt(300)  # about 700-900 tokens
-    assert models.to_tokens(model, long).shape[1] > 600
-    assert _hf_logits_diff(model, name, PROMPTS + [long]) < 1e-4
-
-
-@pytest.mark.slow
-def test_gemma_fast_equals_explicit_past_the_window(gemma):
-    tokens = models.to_tokens(gemma, _long_prompt(300))[:, :600]
+    tokens = models.to_tokens(model, long)
+    assert tokens.shape[1] > 600
+    assert _hf_logits_diff(model, name, [long]) < 1e-3
     with torch.no_grad():
-        fast = gemma(tokens)
-        with gemma.hooks(fwd_hooks=[(lambda n: n.endswith("hook_pattern"), lambda p, hook: p)]):
-            explicit = gemma(tokens)
+        fast = model(tokens)
+        with model.hooks(fwd_hooks=[(lambda n: n.endswith("hook_pattern"), lambda p, hook: p)]):
+            explicit = model(tokens)
     assert (fast - explicit).abs().max() < 1e-4
-    assert_no_hooks(gemma)
+    assert_no_hooks(model)
+
