@@ -102,20 +102,13 @@ def _reduce_patterns(
 # Repeated random tokens: previous-token, duplicate-token and induction scores
 
 
-def _bos_id(model) -> int:
-    tok = getattr(model, "tokenizer", None)
-    if tok is not None and (tok.bos_token_id is not None or tok.eos_token_id is not None):
-        return models.bos_token_id(tok)  # the BOS rule: the EOS token for a tokenizer with no BOS
-    return 0
-
-
 def _ordinary_token_ids(model) -> Tensor:
     """Vocabulary ids that are not special or added tokens (all ids for a model with no tokenizer)."""
     d_vocab = model.cfg.d_vocab
     keep = torch.ones(d_vocab, dtype=torch.bool)
     tok = getattr(model, "tokenizer", None)
     if tok is None:
-        keep[_bos_id(model)] = False
+        keep[models.bos_id(model)] = False
     else:
         special = set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", {}) or {})
         special = [i for i in special if 0 <= i < d_vocab]
@@ -145,7 +138,7 @@ def repeated_tokens(model, seq_len: int = 50, batch: int = 4, seed: int = 0) -> 
     pool = _ordinary_token_ids(model)
     gen = torch.Generator().manual_seed(seed)
     r = pool[torch.randint(0, len(pool), (batch, seq_len), generator=gen)]
-    bos = torch.full((batch, 1), _bos_id(model), dtype=torch.long)
+    bos = torch.full((batch, 1), models.bos_id(model), dtype=torch.long)
     return torch.cat([bos, r, r], dim=1)
 
 

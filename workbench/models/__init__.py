@@ -40,7 +40,7 @@ from .errors import (
 )
 from .load import build_model, list_models, load_model, resolve_device, resolve_dtype
 from .sources import supported_architectures
-from .tokens import bos_token_id, single_token_id, to_str_tokens, to_tokens
+from .tokens import bos_id, bos_token_id, single_token_id, to_str_tokens, to_tokens
 from .zoo import DEFAULT_MODEL, OFFLINE_MODELS, OfflineModel, load_bridge, load_hf_model, tiny_model
 
 __all__ = [
@@ -65,6 +65,7 @@ __all__ = [
     "to_tokens",
     "to_str_tokens",
     "single_token_id",
+    "bos_id",
     "bos_token_id",
     "resid_to_logits",
     "logits_at",

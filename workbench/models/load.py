@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .. import fast_attention
 from . import cache, sources
 from .errors import CacheCorruptedError, ModelNotAvailableError
 from .zoo import DEFAULT_MODEL, OFFLINE_MODELS, load_hf_model, offline_spec
@@ -195,10 +196,10 @@ def load_model(
                 ) from None
             source = str(sources.download_folder(source, offline_names=offline))
         else:
-            return sources.load_from_hub(
+            return fast_attention.enable(sources.load_from_hub(
                 source, offline_names=offline, device=str(dev), dtype=dt, n_devices=n_devices,
                 **kwargs,
-            )
+            ))  # scaled-dot-product attention unless a hook reads the pattern
     if kwargs:
         raise TypeError(f"Model {source!r} is loaded from a local source and takes no extra "
                         f"options, got {sorted(kwargs)}")
@@ -222,7 +223,7 @@ def load_model(
         where = f"{dev}" + (f" x{n_devices}" if n_devices > 1 else "")
         print(f"Loaded {model.cfg.model_name} ({origin}) on {where}, "
               f"{str(dt).removeprefix('torch.')}, in {time.perf_counter() - start:.1f} s")
-    return model
+    return fast_attention.enable(model)  # scaled-dot-product attention unless a hook reads the pattern
 
 
 def list_models() -> pd.DataFrame:

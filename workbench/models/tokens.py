@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["to_tokens", "to_str_tokens", "single_token_id", "bos_token_id"]
+__all__ = ["to_tokens", "to_str_tokens", "single_token_id", "bos_token_id", "bos_id"]
 
 
 def bos_token_id(tokenizer) -> int:
@@ -35,6 +35,15 @@ def bos_token_id(tokenizer) -> int:
         "This tokenizer defines neither a BOS nor an EOS token; call with prepend_bos=False "
         "and put the start token in yourself."
     )
+
+
+def bos_id(model) -> int:
+    """The id at position 0 of every prompt :func:`to_tokens` makes for ``model``.
+
+    A model without a tokenizer (the tiny test models) reads raw ids; its BOS is id 0.
+    """
+    tok = getattr(model, "tokenizer", None)
+    return 0 if tok is None else bos_token_id(tok)
 
 
 def _tokenizer(model):

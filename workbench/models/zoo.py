@@ -173,13 +173,14 @@ def tiny_model(
     attn_only: bool = False,
     positional: Literal["standard", "rotary"] = "standard",
     post_norm: bool = False,
+    fast_attention: bool = False,
     dtype: torch.dtype | str | None = None,
 ):
     """A small randomly initialised ``HookedTransformer``, seeded, built in well under a second.
 
     It has no tokenizer: feed it token ids. ``n_kv_heads`` makes it grouped-query like SmolLM2;
     ``post_norm`` normalises each attention and MLP output again before it joins the residual
-    stream, as Gemma-3 does. ``dtype`` (``bfloat16``, ``float16``) casts the same float32 weights,
+    stream, as Gemma-3 does. ``fast_attention`` turns on :mod:`workbench.fast_attention`. ``dtype`` (``bfloat16``, ``float16``) casts the same float32 weights,
     so the two precisions of one seed can be compared.
     """
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -217,4 +218,8 @@ def tiny_model(
         model.to(model.cfg.dtype)
     model.eval()
     model.requires_grad_(False)
+    if fast_attention:
+        from .. import fast_attention as fast
+
+        fast.enable(model)
     return model

@@ -50,10 +50,6 @@ def load_corpus(split: Literal["train", "heldout", "all"] = "train", *, path: Pa
     return [r["text"] for r in rows if split == "all" or r["split"] == split]
 
 
-def _bos_id(model) -> int:
-    return int(models.to_tokens(model, "")[0, 0])  # the workbench rule: exactly one BOS first
-
-
 def corpus_tokens(model, corpus: Corpus, *, context: int = 128) -> Int[Tensor, "batch pos"]:
     """Token rows of ``context`` tokens, each starting with BOS, cut from the concatenated corpus.
 
@@ -89,7 +85,7 @@ def corpus_tokens(model, corpus: Corpus, *, context: int = 128) -> Int[Tensor, "
             "pass more text or a smaller context."
         )
     body = torch.tensor(stream[: rows * width], dtype=torch.long).view(rows, width)
-    return torch.cat([torch.full((rows, 1), _bos_id(model), dtype=torch.long), body], dim=1)
+    return torch.cat([torch.full((rows, 1), models.bos_id(model), dtype=torch.long), body], dim=1)
 
 
 def _stop_layer(model, hook_name: str) -> int | None:

@@ -44,14 +44,9 @@ def _edit_hook(act: Tensor, hook, *, sae, edit: Callable[[Tensor], Tensor]) -> T
 
 
 def _position_mask(sae, seq: int, positions) -> Tensor:
-    mask = torch.zeros(seq, dtype=torch.bool)
-    if positions is None:
-        mask[:] = True
-    else:
-        pos = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
-        if ((pos < -seq) | (pos >= seq)).any():
-            raise ValueError(f"positions {pos.tolist()} are out of range for sequences of {seq} tokens.")
-        mask[pos % seq] = True
+    if isinstance(positions, Tensor) and positions.dtype != torch.bool:
+        positions = positions.reshape(-1).tolist()  # the same positions in every prompt
+    mask = checks.position_mask(positions, 1, seq)[0].clone()
     if skip_bos(sae):
         mask[0] = False
     return mask
