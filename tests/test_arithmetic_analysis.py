@@ -94,3 +94,74 @@ def test_no_hooks_left_after_error(tiny, problems):
     with pytest.raises(RuntimeError):
         answer_accuracy(tiny, _Problems(**bad), heads=[(0, 0)], kind="zero")
     assert_no_hooks(tiny)
+
+
+# ------------------------------------------------------------------------- whole answers, many sets
+
+
+@dataclass
+class _Sums:
+    clean_tokens: torch.Tensor
+    full_tokens: torch.Tensor
+    answer_ids: torch.Tensor
+    pos: dict = field(default_factory=dict)
+
+
+@pytest.fixture
+def sums(tiny):
+    torch.manual_seed(1)
+    full = torch.randint(0, 100, (10, 8))
+    answers = tiny(full)[:, 6:8].argmax(-1)  # the model's own two-token answers: all right unablated
+    full[:, 7] = answers[:, 0]  # teacher forcing: the first answer token is the input at END + 1
+    answers = tiny(full)[:, 6:8].argmax(-1)
+    answers[:3, 1] = (answers[:3, 1] + 1) % 100  # three wrong in the second token only
+    return _Sums(full[:, :7], full, answers, {"A_START": torch.full((10,), 1), "A": torch.full((10,), 2),
+                                              "B_START": torch.full((10,), 4), "B": torch.full((10,), 5),
+                                              "END": torch.full((10,), 6)})
+
+
+def test_sum_correct_matches_mean_ablation_per_set(tiny, sums):
+    from workbench.arithmetic import head_means, sum_correct
+
+    sets = [[], [(0, 1)], [(1, 0), (1, 3)], [(0, 0), (0, 2), (1, 1)], [(1, 2), (0, 3)]]
+    got = sum_correct(tiny, sums, sets, means=head_means(tiny, sums.full_tokens), sets_per_pass=2)
+    want = []
+    for s in sets:
+        with ablate(tiny, heads=s, kind="mean", reference=sums.full_tokens):
+            logits = tiny(sums.full_tokens)[:, 6:8]
+        want.append((logits.argmax(-1) == sums.answer_ids).all(-1).float())
+    assert torch.equal(got, torch.stack(want))
+    assert got[0].tolist() == [0.0] * 3 + [1.0] * 7  # the second token counts
+    assert_no_hooks(tiny)
+    with pytest.raises(ValueError, match="head_sets is empty"):
+        sum_correct(tiny, sums, [], means=head_means(tiny, sums.full_tokens))
+    with pytest.raises(ValueError, match="means have shape"):
+        sum_correct(tiny, sums, [[]], means=head_means(tiny, sums.clean_tokens))
+
+
+def test_operand_attention_per_problem_by_hand(tiny, sums):
+    from workbench.arithmetic import operand_attention_per_problem
+
+    got = operand_attention_per_problem(tiny, sums)
+    _, cache = tiny.run_with_cache(sums.clean_tokens)
+    for layer in range(tiny.cfg.n_layers):
+        p = cache[f"blocks.{layer}.attn.hook_pattern"][:, :, 6]  # [batch, head, key]
+        torch.testing.assert_close(got[:, layer], p[..., 1:3].sum(-1) + p[..., 4:6].sum(-1))
+
+
+def test_sum_problems_give_nothing_away(smollm2):
+    from workbench.datasets.arithmetic import sum_problems
+
+    ds = sum_problems(smollm2, n=40, seed=3)
+    assert len(set(ds.prompts)) == 40 and ds.full_tokens.shape[1] == ds.clean_tokens.shape[1] + 1
+    for prompt, bad, result in zip(ds.prompts, ds.corrupted_prompts, ds.results.tolist()):
+        lines = prompt.split("\n")
+        a, b = map(int, lines[-1].rstrip("=").split("+"))
+        assert a + b == result and 10 <= result <= 99
+        for shot in lines[:-1]:  # no digit of a worked result sits where the answer has it
+            r = shot.split("=")[1]
+            assert r[0] != str(result)[0] and r[1] != str(result)[1]
+        c, d = map(int, bad.split("\n")[-1].rstrip("=").split("+"))
+        assert str(c + d)[0] != str(result)[0] and str(c + d)[1] != str(result)[1]
+    digits = [[smollm2.tokenizer.decode([t]) for t in row] for row in ds.answer_ids.tolist()]
+    assert ["".join(d) for d in digits] == [str(r) for r in ds.results.tolist()]

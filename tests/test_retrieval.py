@@ -386,3 +386,51 @@ def test_k_sweep():
         retrieval.k_sweep(tiny, max_fraction=0)
     with pytest.raises(ValueError, match="steps"):
         retrieval.k_sweep(tiny, steps=0)
+
+
+# ------------------------------------------------------------------------- answer_masking
+
+
+@torch.no_grad()
+def answer_masking_reference(model, h, masked):
+    """One full pass per haystack, the heads' queries zeroed at the answer queries only."""
+    n, m = h.tokens.shape[1], len(h.answer_ids)
+    by_layer = {}
+    for layer, head in masked:
+        by_layer.setdefault(layer, []).append(head)
+
+    def zero(q, hook):
+        q = q.clone()
+        q[:, n - 1 : n - 1 + m, by_layer[int(hook.name.split(".")[1])]] = 0.0
+        return q
+
+    with tiny_hooks(model, [(f"blocks.{layer}.attn.hook_q", zero) for layer in by_layer]):
+        logits = model(h.full_tokens)[0]
+    return float((logits[n - 1 : n - 1 + m].argmax(-1) == h.answer_ids).all())
+
+
+def tiny_hooks(model, hooks):
+    return model.hooks(fwd_hooks=hooks)
+
+
+def test_answer_masking_matches_full_passes(tiny):
+    hs = fixed_point_haystacks(tiny, 3) + [random_haystack(s) for s in range(3)]
+    sets = [[], [(0, 1)], [(1, 0), (1, 3)], [(0, 0), (0, 2), (1, 1)], [(1, 2)]]
+    got = retrieval.answer_masking(tiny, hs, sets, sets_per_pass=2)
+    want = torch.tensor([[answer_masking_reference(tiny, h, s) for h in hs] for s in sets])
+    assert torch.equal(got, want)
+    assert got[0].sum() >= 3  # the fixed-point haystacks are answered unmasked
+    assert_no_hooks(tiny)
+
+
+def test_answer_masking_single_heads_change_answers(tiny):
+    hs = fixed_point_haystacks(tiny, 4)
+    sets = [[]] + [[(a, b)] for a in range(tiny.cfg.n_layers) for b in range(tiny.cfg.n_heads)]
+    got = retrieval.answer_masking(tiny, hs, sets, sets_per_pass=3)
+    want = torch.tensor([[answer_masking_reference(tiny, h, s) for h in hs] for s in sets])
+    assert torch.equal(got, want)
+    assert got[0].tolist() == [1.0] * 4 and got[1:].min() == 0.0  # some single head breaks an answer
+    with pytest.raises(ValueError, match="head_sets is empty"):
+        retrieval.answer_masking(tiny, hs, [])
+    with pytest.raises(ValueError, match="sets_per_pass"):
+        retrieval.answer_masking(tiny, hs, [[]], sets_per_pass=0)

@@ -159,3 +159,21 @@ def test_edit_table_matches_edit_heads(tiny):
         diff = tp.edit_heads(tiny, ds, sets[row.heads], scale=row.scale)
         assert row.logit_diff == pytest.approx(diff.mean().item(), abs=1e-5)
         assert row.flipped == pytest.approx((diff < 0).float().mean().item())
+
+
+@pytest.mark.parametrize("kind", ["mean", "zero"])
+def test_ablated_diffs_per_prompt_match_ablate(tiny, kind):
+    ds = make_ds(end=torch.tensor([7, 7, 5, 7, 7, 5]))
+    sets = [[], [(1, 1)], [(0, 2), (1, 3)]]
+    got = tp.ablated_diffs(tiny, ds, sets, kind=kind, batch_size=4)
+    assert got.shape == (3, 6)
+    torch.testing.assert_close(got[0], tp.score(tiny, ds)["diff"])
+    for row, heads in zip(got[1:], sets[1:]):
+        ref = None if kind == "zero" else ds.corrupted_tokens
+        ids = None if kind == "zero" else tp.group_ids(ds)
+        with ablate(tiny, heads=heads, kind=kind, reference=ref, template_ids=ids):
+            want = tp.score(tiny, ds)["diff"]
+        torch.testing.assert_close(row, want)
+        assert not torch.allclose(row, got[0])  # the ablation changes something
+    with pytest.raises(ValueError, match="kind must be"):
+        tp.ablated_diffs(tiny, ds, sets, kind="resample")

@@ -41,11 +41,11 @@ from tqdm.auto import tqdm
 
 from .ablation import AblationKind, ablate
 from .heads import attention_to
-from .models import logits_at
+from .models import logits_at, resid_to_logits
 from .results import Result
 
 __all__ = ["answer_accuracy", "random_heads", "top_heads", "TopVsRandom", "top_vs_random",
-           "operand_attention"]
+           "operand_attention", "head_means", "sum_correct", "operand_attention_per_problem"]
 
 Head = tuple[int, int]
 
@@ -238,3 +238,90 @@ def operand_attention(model, ds, roles: Sequence[str] | None = None) -> Result:
     ])
     return Result(values, ("key_pos", "layer", "head"), "attention from END to the role's tokens",
                   {"key_pos": roles}, {"model": model.cfg.model_name})
+
+
+# --------------------------------------------------------------------------------------------
+# Whole answers under mean ablation of many head sets; attention to the operands per problem
+
+
+@torch.no_grad()
+def head_means(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer pos head d_head"]:
+    """Each head's output ``z`` averaged over ``tokens``, position by position (mean ablation's means)."""
+    kept: dict[int, Tensor] = {}
+
+    def keep(z: Tensor, hook) -> None:
+        kept[int(hook.name.split(".")[1])] = z.mean(0)
+
+    hooks = [(f"blocks.{layer}.attn.hook_z", keep) for layer in range(model.cfg.n_layers)]
+    with model.hooks(fwd_hooks=hooks):
+        model(tokens, return_type=None)
+    return torch.stack([kept[layer] for layer in range(model.cfg.n_layers)])
+
+
+@torch.no_grad()
+def sum_correct(
+    model, ds, head_sets: Sequence[Sequence[Head]], *, means: Tensor, sets_per_pass: int = 8,
+) -> Float[Tensor, "head_set batch"]:
+    """Whether each problem's whole answer (both digits) is the top prediction, ``[set, problem]``,
+    with each set's heads mean-ablated (outputs replaced by ``means``, from :func:`head_means`).
+
+    One teacher-forced pass over ``ds.full_tokens`` (:func:`workbench.datasets.arithmetic.sum_problems`)
+    per set, started at the lowest ablated layer from the unablated residual stream; ``sets_per_pass``
+    sets share one batch. An empty set gives the plain correctness.
+    """
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    sets = [sorted({(int(a), int(b)) for a, b in s}) for s in head_sets]
+    if not sets:
+        raise ValueError("head_sets is empty; give at least one set (an empty set is the plain run).")
+    if isinstance(sets_per_pass, bool) or not isinstance(sets_per_pass, int) or sets_per_pass < 1:
+        raise ValueError(f"sets_per_pass must be a positive int, got {sets_per_pass!r}.")
+    bad = [h for s in sets for h in s if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
+    if bad:
+        raise ValueError(f"Heads outside the model's {n_layers} x {n_heads} grid: {bad[:3]}.")
+    full, answer = ds.full_tokens, ds.answer_ids
+    if tuple(means.shape[:3]) != (n_layers, full.shape[1], n_heads):
+        raise ValueError(f"means have shape {tuple(means.shape)}; take them with head_means on tokens of "
+                         f"length {full.shape[1]} (ds.full_tokens).")
+    end = ds.clean_tokens.shape[1] - 1
+    low = min((layer for s in sets for layer, _ in s), default=n_layers - 1)
+    _, cache = model.run_with_cache(full, names_filter=f"blocks.{low}.hook_resid_pre")
+    resid = cache[f"blocks.{low}.hook_resid_pre"]
+    out = torch.zeros(len(sets), len(full))
+    for s0 in range(0, len(sets), sets_per_pass):
+        chunk = sets[s0 : s0 + sets_per_pass]
+        drop = torch.zeros(len(chunk) * len(full), n_layers, n_heads)
+        for j, s in enumerate(chunk):
+            for layer, h in s:
+                drop[j * len(full) : (j + 1) * len(full), layer, h] = 1.0
+
+        def mean_ablate(z: Tensor, hook, drop=drop) -> Tensor:  # [rows, pos, head, d_head]
+            layer = int(hook.name.split(".")[1])
+            d = drop[:, layer][:, None, :, None].to(z.dtype)
+            return z * (1 - d) + means[layer][None].to(z.dtype) * d
+
+        hooks = [(f"blocks.{layer}.attn.hook_z", mean_ablate) for layer in range(low, n_layers)]
+        with model.hooks(fwd_hooks=hooks):
+            final = model(resid.repeat(len(chunk), 1, 1), start_at_layer=low, stop_at_layer=n_layers)
+        logits = resid_to_logits(model, final[:, end : end + 2])
+        right = (logits.argmax(-1) == answer.repeat(len(chunk), 1)).all(-1)
+        out[s0 : s0 + len(chunk)] = right.float().view(len(chunk), len(full))
+    return out
+
+
+@torch.no_grad()
+def operand_attention_per_problem(model, ds) -> Float[Tensor, "batch layer head"]:
+    """Attention from ``pos["END"]`` to both operands' tokens (``A_START..A`` and ``B_START..B``), per problem."""
+    _check_dataset(ds)
+    tokens = ds.clean_tokens
+    keys = _role_mask(ds, "A", tokens.shape[1]) | _role_mask(ds, "B", tokens.shape[1])  # [batch, pos]
+    rows = torch.arange(len(tokens))
+    out = []
+
+    def read(pattern: Tensor, hook) -> None:  # [batch, head, query, key]
+        q = pattern[rows, :, ds.pos["END"]]  # [batch, head, key]
+        out.append((q * keys[:, None].to(q.dtype)).sum(-1))
+
+    hooks = [(f"blocks.{layer}.attn.hook_pattern", read) for layer in range(model.cfg.n_layers)]
+    with model.hooks(fwd_hooks=hooks):
+        model(tokens, return_type=None)
+    return torch.stack(out, 1)

@@ -44,6 +44,7 @@ __all__ = [
     "Scorecard",
     "bootstrap_ci",
     "evaluate",
+    "not_measured",
     "null_percentile",
     "verdict",
 ]
@@ -257,3 +258,11 @@ class Scorecard:
         payload = {"model": self.model, "notebook": self.notebook, "findings": [f.to_dict() for f in self.findings]}
         path.write_text(json.dumps(payload, indent=2) + "\n")
         return path
+
+
+def not_measured(claim: Claim, *, n_select: int, n_eval: int, note: str) -> Finding:
+    """A finding that could not be measured on this model (e.g. it solves no evaluation item):
+    no value, no interval, verdict ``not replicated``, and ``note`` saying why."""
+    nan = float("nan")
+    return Finding(claim=claim, value=nan, ci_low=nan, ci_high=nan, null_percentile=None, n_null=0,
+                   n_select=int(n_select), n_eval=int(n_eval), verdict="not replicated", note=note)

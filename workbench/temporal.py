@@ -60,6 +60,7 @@ __all__ = [
     "random_head_sets",
     "ablation_table",
     "edit_table",
+    "ablated_diffs",
 ]
 
 
@@ -341,3 +342,26 @@ def edit_table(model, ds, head_sets: dict, scales: Sequence[float], *, batch_siz
             rows.append(dict(heads=name, scale=float(scale), logit_diff=diff.mean().item(),
                              flipped=(diff < 0).float().mean().item()))
     return pd.DataFrame(rows)
+
+
+def ablated_diffs(model, ds, head_sets: Sequence[Sequence[tuple[int, int]]], *, kind: AblationKind = "mean",
+                  batch_size: int = 64) -> Float[Tensor, "head_set batch"]:
+    """Per-prompt logit difference with each head set ablated, ``[set, prompt]`` (an empty set: none).
+
+    The ablation of :func:`ablation_table` (mean: the head's mean over the same prompt at other
+    times, :func:`group_ids`; zero: nothing written), kept per prompt for intervals and nulls.
+    """
+    if kind not in ("mean", "zero"):
+        raise ValueError(f"kind must be 'mean' or 'zero', got {kind!r}.")
+    out = []
+    for heads in head_sets:
+        heads = _check_heads(model, heads) if heads else []
+        if not heads:
+            out.append(score(model, ds, batch_size=batch_size)["diff"])
+            continue
+        ref = None if kind == "zero" else ds.corrupted_tokens
+        ids = None if kind == "zero" else group_ids(ds)
+        size = batch_size if kind == "zero" else len(ds.clean_tokens)
+        with ablate(model, heads=heads, kind=kind, reference=ref, template_ids=ids):
+            out.append(score(model, ds, batch_size=size)["diff"])
+    return torch.stack(out)

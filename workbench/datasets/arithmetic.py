@@ -50,6 +50,8 @@ __all__ = [
     "arithmetic_problems",
     "answer_correct",
     "keep_correct",
+    "SumProblems",
+    "sum_problems",
 ]
 
 OPS = ("+", "-", "*")
@@ -347,3 +349,93 @@ def _assemble(model, rows, template, digits, corruption, seed) -> ArithmeticProb
         corruption=corruption,
         meta=dict(seed=seed),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Two-digit sums scored on every digit
+
+
+@dataclass
+class SumProblems:
+    """Few-shot two-digit additions whose results have two digits, scored on both digits.
+
+    Attributes (n problems):
+        prompts: texts ``"a+b=r\\nc+d=s\\ne+f="``; corrupted_prompts: other operands, same shots.
+        clean_tokens [n, P]: the prompts; full_tokens [n, P + 1]: prompt + the result's first
+            digit, so one teacher-forced pass predicts both digits (at ``P - 1`` and ``P``);
+            corrupted_full [n, P + 1]: the corrupted prompt + the clean result's first digit.
+        answer_ids [n, 2]: the result's two digit tokens; results, operands: the values.
+        pos: ``A_START, A, OP, B_START, B, END`` of the final problem (``END = P - 1``).
+    """
+
+    prompts: list[str]
+    corrupted_prompts: list[str]
+    clean_tokens: Tensor
+    full_tokens: Tensor
+    corrupted_full: Tensor
+    answer_ids: Tensor
+    results: Tensor
+    operands: Tensor
+    pos: dict[str, Tensor]
+    seed: int
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def subset(self, index: Sequence[int] | Tensor) -> "SumProblems":
+        idx = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+        pick = idx.tolist()
+        return SumProblems(
+            prompts=[self.prompts[i] for i in pick], corrupted_prompts=[self.corrupted_prompts[i] for i in pick],
+            clean_tokens=self.clean_tokens[idx], full_tokens=self.full_tokens[idx],
+            corrupted_full=self.corrupted_full[idx], answer_ids=self.answer_ids[idx],
+            results=self.results[idx], operands=self.operands[idx],
+            pos={k: v[idx] for k, v in self.pos.items()}, seed=self.seed,
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(dict(prompt=self.prompts, result=self.results.tolist(),
+                                 corrupted_prompt=self.corrupted_prompts))
+
+
+def _differs(r: int, s: int) -> bool:
+    """No digit of ``s`` sits where the same digit sits in ``r`` (two-digit numbers)."""
+    return str(r)[0] != str(s)[0] and str(r)[1] != str(s)[1]
+
+
+def sum_problems(model, *, n: int = 200, seed: int = 0, lo: int = 10, hi: int = 49) -> SumProblems:
+    """``n`` distinct seeded problems ``a+b=`` with ``lo <= a, b <= hi`` (results of two digits),
+    after two solved examples whose results share no digit position with the answer (so neither
+    digit can be copied from them); the counterfactual has other operands whose result differs in
+    both digits. Every prompt has the same token length (checked).
+    """
+    if not 10 <= lo <= hi or 2 * hi > 99:
+        raise ValueError(f"Need 10 <= lo <= hi and 2 * hi <= 99 (two-digit operands and results), got {lo}, {hi}.")
+    pairs = [(a, b) for a in range(lo, hi + 1) for b in range(lo, hi + 1)]
+    if not 1 <= n <= len(pairs):
+        raise ValueError(f"n must be between 1 and {len(pairs)} (distinct problems), got {n}.")
+    if getattr(model, "tokenizer", None) is None:
+        raise ValueError("sum_problems needs a model with a tokenizer.")
+    rng = random.Random(f"sums-{lo}-{hi}-{seed}")
+    rows = []
+    for a, b in rng.sample(pairs, n):
+        r = a + b
+        shots = rng.sample([p for p in pairs if _differs(r, sum(p))], 2)
+        c, d = rng.choice([p for p in pairs if _differs(r, sum(p))])
+        head = "".join(f"{x}+{y}={x + y}\n" for x, y in shots)
+        rows.append((a, b, r, head + f"{a}+{b}=", head + f"{c}+{d}="))
+    prompts = [x[3] for x in rows]
+    corrupted = [x[4] for x in rows]
+    clean, bad = to_tokens(model, prompts, padding="right"), to_tokens(model, corrupted, padding="right")
+    answers = torch.tensor([[_encode(model, d)[-1] for d in str(x[2])] for x in rows])
+    full = to_tokens(model, [p + str(x[2])[0] for p, x in zip(prompts, rows)], padding="right")
+    lengths = {len(_encode(model, t)) for t in prompts + corrupted}
+    if len(lengths) > 1 or full.shape[1] != clean.shape[1] + 1 or not torch.equal(full[:, -1], answers[:, 0]):
+        raise ValueError("This tokenizer does not write every digit as its own token; sum_problems needs one that does.")
+    cf = torch.cat([bad, answers[:, :1]], dim=1)
+    p = clean.shape[1]
+    # the final problem is the last 6 tokens: a1 a2 + b1 b2 =
+    pos = {key: torch.full((n,), p - 6 + k) for k, key in enumerate(("A_START", "A", "OP", "B_START", "B", "END"))}
+    return SumProblems(prompts=prompts, corrupted_prompts=corrupted, clean_tokens=clean, full_tokens=full,
+                       corrupted_full=cf, answer_ids=answers, results=torch.tensor([x[2] for x in rows]),
+                       operands=torch.tensor([[x[0], x[1]] for x in rows]), pos=pos, seed=seed)
