@@ -4,12 +4,17 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from hooks import assert_no_hooks
 
 from workbench.ablation import ablate
-from workbench.arithmetic import (answer_accuracy, operand_attention, random_heads, top_heads,
-                                  top_vs_random)
+from workbench.arithmetic import (
+    answer_accuracy,
+    operand_attention,
+    random_heads,
+    top_heads,
+    top_vs_random,
+)
 from workbench.results import Result
-from hooks import assert_no_hooks
 
 
 @dataclass

@@ -3,14 +3,12 @@
 import matplotlib.pyplot as plt
 import pytest
 import torch
+from hooks import assert_no_hooks
 
 from workbench import heads, models, retrieval
 from workbench.ablation import mask_attention
 from workbench.datasets.needles import Haystack
-from workbench.heads import HeadSet
 from workbench.results import Result
-from hooks import assert_no_hooks
-
 
 # ------------------------------------------------------------------------- references (slow)
 
@@ -263,7 +261,8 @@ def test_masking_plot(tiny):
 def test_masking_errors(tiny):
     hs = [random_haystack(0)]
     scores = Result(torch.tensor([[0.9, 0.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.3]]), ("layer", "head"))
-    run = lambda ks, **kw: retrieval.masking_experiment(tiny, hs, kw.pop("scores", scores), ks, progress=False, **kw)
+    def run(ks, **kw):
+        return retrieval.masking_experiment(tiny, hs, kw.pop("scores", scores), ks, progress=False, **kw)
     with pytest.raises(ValueError, match="only 5 heads are non-retrieval"):
         run([6])
     with pytest.raises(ValueError, match=r"K must lie in 0..8"):

@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+from hooks import assert_no_hooks
 
 from workbench.datasets import temporal as T
 from workbench.datasets.temporal import (
@@ -18,7 +19,6 @@ from workbench.datasets.temporal import (
     temporal_facts,
 )
 from workbench.models import tiny_model, to_tokens
-from hooks import assert_no_hooks
 
 
 class WordTokenizer:

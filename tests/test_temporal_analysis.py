@@ -4,12 +4,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hooks import assert_no_hooks
 
 from workbench import temporal as tp
 from workbench.ablation import ablate
 from workbench.metrics import LogitDiff, normalise
 from workbench.patching import patch_heads
-from hooks import assert_no_hooks
 
 
 def make_ds(batch=6, seq=8, seed=0, end=None):

@@ -29,7 +29,6 @@ dataset with ``clean_tokens``, ``answer_ids`` and ``pos["END"]`` (the text datas
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Literal, Sequence, get_args
 
@@ -40,6 +39,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .ablation import AblationKind, ablate
+from .components import random_head_sets, top_k_heads
 from .heads import attention_to
 from .models import logits_at, resid_to_logits
 from .results import Result
@@ -106,22 +106,12 @@ def top_heads(scores: Result, k: int) -> list[Head]:
     """The ``k`` heads with the largest score, best first (ties: lower index first)."""
     if tuple(scores.dims) != ("layer", "head"):
         raise ValueError(f"scores must have dims ('layer', 'head'), got {scores.dims}.")
-    n_heads = scores.values.shape[1]
-    if not 0 <= k <= scores.values.numel():
-        raise ValueError(f"k must be between 0 and {scores.values.numel()}, got {k}.")
-    flat = scores.values.flatten().nan_to_num(nan=-float("inf"))
-    order = sorted(range(len(flat)), key=lambda i: (-flat[i].item(), i))[:k]
-    return [divmod(i, n_heads) for i in order]
+    return top_k_heads(scores.values, k)
 
 
 def random_heads(model, k: int, *, seed: int, exclude: Sequence[Head] = ()) -> list[Head]:
     """``k`` distinct heads drawn uniformly (seeded) from all heads not in ``exclude``."""
-    excluded = {tuple(h) for h in exclude}
-    pool = [(layer, h) for layer in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)
-            if (layer, h) not in excluded]
-    if not 0 <= k <= len(pool):
-        raise ValueError(f"Cannot draw {k} heads: only {len(pool)} are not excluded.")
-    return sorted(random.Random(seed).sample(pool, k))
+    return random_head_sets(model.cfg.n_layers, model.cfg.n_heads, k=k, n_draws=1, seed=seed, exclude=exclude)[0]
 
 
 @dataclass

@@ -48,7 +48,13 @@ import pandas as pd
 import torch
 
 from . import heads as head_scores
-from .datasets import arithmetic_problems, ioi_dataset, keep_correct, needle_haystacks, temporal_facts
+from .datasets import (
+    arithmetic_problems,
+    ioi_dataset,
+    keep_correct,
+    needle_haystacks,
+    temporal_facts,
+)
 from .heads import HeadSet, overlap_table
 from .metrics import normalise
 from .results import Result

@@ -45,7 +45,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
-
 from transformer_lens import HookedTransformer
 
 from .ablation import mask_attention

@@ -45,6 +45,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import checks, components
 from .ablation import AblationKind, ablate
 from .heads import attention_to
 from .models import logits_at, resid_to_logits
@@ -67,22 +68,6 @@ __all__ = [
 def _check_batch_size(batch_size: int) -> None:
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
-
-
-def _check_heads(model, heads) -> list[tuple[int, int]]:
-    out = []
-    for x in heads:
-        try:
-            layer, head = (int(v) for v in x)
-        except (TypeError, ValueError):
-            raise TypeError(f"heads must be (layer, head) pairs, got {x!r}.") from None
-        if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
-            raise ValueError(
-                f"Head {(layer, head)} is out of range for a model with {model.cfg.n_layers} "
-                f"layers and {model.cfg.n_heads} heads."
-            )
-        out.append((layer, head))
-    return out
 
 
 @torch.no_grad()
@@ -240,7 +225,7 @@ def patch_each_head(
     Returns a Result ``[layer, head]``, NaN for heads that were not patched; ``meta`` holds the
     clean and corrupted logit differences.
     """
-    heads = _check_heads(model, heads)
+    heads = checks.heads(model, heads)
     if not heads:
         raise ValueError("heads is empty: give the (layer, head) pairs to patch.")
     end = ds.pos["END"]
@@ -273,7 +258,7 @@ def edit_heads(model, ds, heads: Sequence[tuple[int, int]], *, scale: float = 1.
     ``logit[answer] - logit[counterfactual]`` per prompt: below 0 the answer has moved to the
     other year's object.
     """
-    heads = _check_heads(model, heads)
+    heads = checks.heads(model, heads)
     source = _z_cache(model, ds.corrupted_tokens, sorted({l for l, _ in heads}), batch_size)
     last = _edited_logits(model, ds.clean_tokens, ds.pos["END"], source, heads, float(scale),
                           batch_size)
@@ -282,14 +267,12 @@ def edit_heads(model, ds, heads: Sequence[tuple[int, int]], *, scale: float = 1.
 
 def random_head_sets(model, k: int, n: int, *, seed: int = 0,
                      exclude: Sequence[tuple[int, int]] = ()) -> list[list[tuple[int, int]]]:
-    """``n`` seeded draws of ``k`` distinct heads each, none in ``exclude``."""
-    pool = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)
-            if (l, h) not in set(map(tuple, exclude))]
-    if not 0 < k <= len(pool):
-        raise ValueError(f"k must be between 1 and {len(pool)} (heads available), got {k}.")
-    gen = torch.Generator().manual_seed(seed)
-    return [sorted(pool[i] for i in torch.randperm(len(pool), generator=gen)[:k].tolist())
-            for _ in range(n)]
+    """``n`` seeded draws of ``k`` distinct heads each, none in ``exclude``
+    (:func:`workbench.components.random_head_sets` over the model's heads)."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}.")
+    return components.random_head_sets(model.cfg.n_layers, model.cfg.n_heads, k=k, n_draws=n, seed=seed,
+                                       exclude=exclude)
 
 
 def ablation_table(
@@ -332,7 +315,7 @@ def edit_table(model, ds, head_sets: dict, scales: Sequence[float], *, batch_siz
     fraction of prompts whose answer moved to the other year's object (difference below 0)."""
     rows = []
     for name in tqdm(list(head_sets), desc="editing", disable=not progress):
-        heads = _check_heads(model, head_sets[name])
+        heads = checks.heads(model, head_sets[name])
         # the other-year head outputs, cached once for every scale
         source = _z_cache(model, ds.corrupted_tokens, sorted({l for l, _ in heads}), batch_size)
         for scale in scales:
@@ -355,7 +338,7 @@ def ablated_diffs(model, ds, head_sets: Sequence[Sequence[tuple[int, int]]], *, 
         raise ValueError(f"kind must be 'mean' or 'zero', got {kind!r}.")
     out = []
     for heads in head_sets:
-        heads = _check_heads(model, heads) if heads else []
+        heads = checks.heads(model, heads) if heads else []
         if not heads:
             out.append(score(model, ds, batch_size=batch_size)["diff"])
             continue

@@ -26,7 +26,8 @@ Example (needs a model with a tokenizer; the tiny model has none)::
     >>> model = load_model("smollm2-135m", verbose=False)
     >>> ds = arithmetic_problems(model, ops=("+",), digits=1, template="few_shot", n=40)
     >>> ds.prompts[0], ds.answer_strs[0]                                 # doctest: +SKIP
-    >>> kept = keep_correct(model, ds, criterion="argmax")            # prints the share kept
+    >>> kept = keep_correct(model, ds, criterion="argmax")  # doctest: +ELLIPSIS
+    keep_correct (argmax): kept ... of 40 (...%)
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from torch import Tensor
 
 from ..metrics import LogitDiff
 from ..models import to_tokens
-from .temporal import _encode, _span, answer_correct, first_answer_token, keep_correct
+from .temporal import encode_text, token_span, answer_correct, first_answer_token, keep_correct
 
 __all__ = [
     "OPS",
@@ -274,13 +275,13 @@ def _problem(model, rng, ops, template, digits, a, op, b):
     result = _apply(a, op, b)
     full_prompt, first = first_answer_token(model, prompt, space + str(result), absorb_space=True)
     answer_str = _check_answer_token(model, result, first)
-    n_tok = len(_encode(model, full_prompt))
+    n_tok = len(encode_text(model, full_prompt))
 
     def variant(a2, op2, b2):
         text, _ = _render(template, a2, op2, b2, shots)
         text = text + full_prompt[len(prompt):]  # the same absorbed space, if any
         r2 = _apply(a2, op2, b2)
-        if r2 < 0 or len(_encode(model, text)) != n_tok:
+        if r2 < 0 or len(encode_text(model, text)) != n_tok:
             return None
         cf = _first_after(model, full_prompt, r2)  # read in the CLEAN prompt's context
         if cf == first:
@@ -309,7 +310,7 @@ def _first_after(model, prompt: str, result: int) -> int:
 def _assemble(model, rows, template, digits, corruption, seed) -> ArithmeticProblems:
     prompts = [r["prompt"] for r in rows]
     corrupted = [r[corruption][0] for r in rows]
-    lengths = {len(_encode(model, p)) for p in prompts + corrupted}
+    lengths = {len(encode_text(model, p)) for p in prompts + corrupted}
     if len(lengths) > 1:
         raise ValueError(
             f"These prompts tokenize to different lengths ({sorted(lengths)}) for this tokenizer "
@@ -320,7 +321,7 @@ def _assemble(model, rows, template, digits, corruption, seed) -> ArithmeticProb
     pos = {k: [] for k in ("A_START", "A", "OP", "B_START", "B")}
     for r in rows:
         for key in ("A", "OP", "B"):
-            first, last = _span(model, r["prompt"], *r["spans"][key])
+            first, last = token_span(model, r["prompt"], *r["spans"][key])
             if key == "OP":
                 pos["OP"].append(last)
             else:
@@ -427,9 +428,9 @@ def sum_problems(model, *, n: int = 200, seed: int = 0, lo: int = 10, hi: int = 
     prompts = [x[3] for x in rows]
     corrupted = [x[4] for x in rows]
     clean, bad = to_tokens(model, prompts, padding="right"), to_tokens(model, corrupted, padding="right")
-    answers = torch.tensor([[_encode(model, d)[-1] for d in str(x[2])] for x in rows])
+    answers = torch.tensor([[encode_text(model, d)[-1] for d in str(x[2])] for x in rows])
     full = to_tokens(model, [p + str(x[2])[0] for p, x in zip(prompts, rows)], padding="right")
-    lengths = {len(_encode(model, t)) for t in prompts + corrupted}
+    lengths = {len(encode_text(model, t)) for t in prompts + corrupted}
     if len(lengths) > 1 or full.shape[1] != clean.shape[1] + 1 or not torch.equal(full[:, -1], answers[:, 0]):
         raise ValueError("This tokenizer does not write every digit as its own token; sum_problems needs one that does.")
     cf = torch.cat([bad, answers[:, :1]], dim=1)

@@ -245,7 +245,7 @@ def _one_haystack(model, length, depth, rng, needle, snap, bos, filler_ids, deco
     if n_filler > len(filler_ids):
         warnings.warn(
             f"context_length={length} needs {n_filler} filler tokens but the filler has only "
-            f"{len(filler_ids)}: it repeats, which induction heads can exploit. Pass a longer filler."
+            f"{len(filler_ids)}: it repeats, which induction heads can exploit. Pass a longer filler.", stacklevel=2
         )
     # Filler: start at a seeded sentence, read on cyclically until n_filler tokens are taken.
     offset = rng.choice(starts)

@@ -32,7 +32,8 @@ Example (needs a model with a tokenizer; the tiny model has none)::
     >>> model = load_model("smollm2-135m", verbose=False)
     >>> ds = temporal_facts(model, kind="temporal", seed=0)
     >>> ds.prompts[0], ds.answers[0], ds.counterfactual_answers[0]    # doctest: +SKIP
-    >>> kept = keep_correct(model, ds)                                # prints how many are kept
+    >>> kept = keep_correct(model, ds)  # doctest: +ELLIPSIS
+    keep_correct (logit_diff): kept ... of 273 (...%)
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def facts_frame(path: str | Path = FACTS_PATH) -> pd.DataFrame:
 # Tokenization helpers (shared with the arithmetic generator)
 
 
-def _encode(model, text: str) -> list[int]:
+def encode_text(model, text: str) -> list[int]:
     return model.tokenizer.encode(text, add_special_tokens=False)
 
 
@@ -135,8 +136,8 @@ def first_answer_token(
     """
     if model.tokenizer is None:
         raise ValueError("The model has no tokenizer: text datasets need one.")
-    p_ids = _encode(model, prompt)
-    full = _encode(model, prompt + answer)
+    p_ids = encode_text(model, prompt)
+    full = encode_text(model, prompt + answer)
     if full[: len(p_ids)] != p_ids or len(full) == len(p_ids):
         raise ValueError(
             f"The tokenizer merges the end of {prompt!r} with the answer {answer!r}, so the "
@@ -159,12 +160,12 @@ def first_answer_token(
     return prompt, first
 
 
-def _span(model, text: str, start: int, end: int) -> tuple[int, int]:
+def token_span(model, text: str, start: int, end: int) -> tuple[int, int]:
     """Token positions (with BOS at 0) of the characters ``text[start:end]``: first and last."""
-    full = _encode(model, text)
+    full = encode_text(model, text)
 
     def count(prefix: str) -> int | None:
-        ids = _encode(model, prefix)
+        ids = encode_text(model, prefix)
         return len(ids) if full[: len(ids)] == ids else None
 
     first = count(text[:start])
@@ -374,7 +375,7 @@ def _temporal_rows(model, facts, aliases, time_format, rng):
     def length(fact, time_text):
         key = (fact.relation, fact.subject, time_text)
         if key not in n_tokens:
-            n_tokens[key] = len(_encode(model, _fill(fact, time_text)))
+            n_tokens[key] = len(encode_text(model, _fill(fact, time_text)))
         return n_tokens[key]
 
     # Every (fact, time expression) pair, with its first answer token.
@@ -408,9 +409,9 @@ def _invariant_rows(model, facts, aliases, time_format, rng):
     for f in facts:
         time_text, year = rng.choice(pool)
         answer, first = _answer(model, f, time_text)
-        n_tok = len(_encode(model, _fill(f, time_text)))
+        n_tok = len(encode_text(model, _fill(f, time_text)))
         others = [t for t in pool if t[1] != year
-                  and len(_encode(model, _fill(f, t[0]))) == n_tok]
+                  and len(encode_text(model, _fill(f, t[0]))) == n_tok]
         prompt = _fill(f, time_text)
         rivals = sorted({" " + g.object for g in facts
                          if g.relation == f.relation and g.object != f.object})
@@ -429,17 +430,17 @@ def _invariant_rows(model, facts, aliases, time_format, rng):
 def _assemble(model, rows: list[_Row], kind: str, time_format: str, meta: dict) -> TemporalFacts:
     prompts = [_fill(r.fact, r.time) for r in rows]
     corrupted = [_fill(r.fact, r.other_time) for r in rows]
-    lengths = [len(_encode(model, p)) for p in prompts]
+    lengths = [len(encode_text(model, p)) for p in prompts]
     padding = "right" if len(set(lengths)) > 1 else "error"
     clean_tokens = to_tokens(model, prompts, padding=padding)
     corrupted_tokens = to_tokens(model, corrupted, padding=padding)
     for p, c, n in zip(prompts, corrupted, lengths):
-        if len(_encode(model, c)) != n:
+        if len(encode_text(model, c)) != n:
             raise RuntimeError(f"{p!r} and {c!r} tokenize to different lengths.")
     spans = []
-    for r, p, n in zip(rows, prompts, lengths):
+    for r, p in zip(rows, prompts):
         start, end = _time_span(r.fact, r.time)
-        spans.append(_span(model, p, start, end))
+        spans.append(token_span(model, p, start, end))
     pos = {
         "TIME_START": torch.tensor([s[0] for s in spans]),
         "TIME": torch.tensor([s[1] for s in spans]),
