@@ -45,6 +45,7 @@ __all__ = [
     "bootstrap_ci",
     "evaluate",
     "null_percentile",
+    "random_init_model",
     "verdict",
 ]
 
@@ -257,3 +258,34 @@ class Scorecard:
         payload = {"model": self.model, "notebook": self.notebook, "findings": [f.to_dict() for f in self.findings]}
         path.write_text(json.dumps(payload, indent=2) + "\n")
         return path
+
+
+def random_init_model(name: str = "smollm2-135m", *, seed: int = 0, n_layers: int | None = None):
+    """The negative control: ``name``'s architecture and real tokenizer, randomly initialised weights.
+
+    The configuration (width, heads, key/value heads, norms, rotary embedding, vocabulary) is the
+    trained model's, so every notebook runs on it unchanged; the weights come from
+    TransformerLens's seeded initialisation, so no head has learnt anything and no finding may be
+    ``replicated`` on it. ``n_layers`` builds a shallower version of the same architecture (for a
+    faster control); the default keeps the full depth.
+    """
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from .models import load_model
+
+    trained = load_model(name, verbose=False)
+    cfg_dict = trained.cfg.to_dict()
+    tokenizer = trained.tokenizer
+    del trained
+    if n_layers is not None:
+        if not (isinstance(n_layers, int) and 1 <= n_layers):
+            raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
+        cfg_dict["n_layers"] = n_layers
+    cfg_dict.update(init_weights=True, seed=seed, model_name=f"{cfg_dict['model_name']}-random-init")
+    for key in ("n_params",):  # derived by the config itself
+        cfg_dict.pop(key, None)
+    cfg = HookedTransformerConfig.from_dict(cfg_dict)
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model.eval()
+    model.requires_grad_(False)
+    return model
