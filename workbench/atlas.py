@@ -16,17 +16,28 @@ name mover    IOI: path patching head -> logits at END (ABC corruption), drop of
 S-inhibition  IOI: path patching head -> queries of the name movers at END (step (b))
 induction     attention from a repeated token to the token after its first copy
               (:func:`workbench.heads.induction_scores`)
-retrieval     retrieval score on needle-in-a-haystack prompts (:func:`~workbench.heads.retrieval_scores`)
+retrieval     retrieval score on needle-in-a-haystack prompts (:func:`~workbench.heads.retrieval_scores`),
+              with the needle form ``needle`` (see below)
 temporal      exact activation patching of each candidate head between prompts that differ only
               in the year (candidates: the best heads by attribution patching), on kept facts
 arithmetic    direct effect (path patching head -> logits) of other operands plus another
               operator, on kept few-shot addition problems
 ============  =================================================================================
 
+**Needle form.** With the ``"verbatim"`` needle the question ends with the needle's own prefix
+("... The secret code is" -> " 4821"), so copying the code is an induction task by construction: a
+head that attends to the token after an earlier copy of the current token retrieves it. The
+``"paraphrased"`` needle (the default) asks in other words: the needle says "The code to open the
+safe is 4821." and the question ends "To open the safe, type the number", so the token before the
+answer differs from the one before the code in the needle and the induction shortcut is not
+available. The retrieval/induction overlap is only evidence with the paraphrased form.
+
 **Selection rule**, the same for every role: the ``k`` heads with the largest score, counting only
 scores above zero; ``k`` defaults to 3% of the model's heads (at least 3). A fixed ``k`` keeps the
-overlaps comparable across roles and models; each overlap is printed next to what two random sets
-of the same sizes would share by chance (``|A| |B| / n_heads``).
+overlaps comparable across roles and models. Each overlap is printed next to what two random sets
+of the same sizes would share (``|A| |B| / n_heads``) and, with ``overlaps(null_draws=...)``, next
+to a **layer-matched** null: random sets with as many heads in each layer as each role, which is
+the right chance when roles sit in the same band of layers.
 
 Usage::
 
@@ -42,18 +53,30 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence, get_args
 
 import pandas as pd
 import torch
 
 from . import heads as head_scores
+from .components import random_head_sets
 from .datasets import arithmetic_problems, ioi_dataset, keep_correct, needle_haystacks, temporal_facts
+from .datasets.needles import Needle
 from .heads import HeadSet, overlap_table
 from .metrics import normalise
 from .results import Result
 
-__all__ = ["ROLES", "HeadAtlas", "head_atlas", "default_k", "top_positive"]
+__all__ = ["ROLES", "NEEDLES", "NeedleForm", "HeadAtlas", "head_atlas", "default_k", "top_positive",
+           "layer_matched_overlap_null"]
+
+NeedleForm = Literal["verbatim", "paraphrased"]
+#: The needle forms: "verbatim" repeats the needle's prefix in the question (an induction task by
+#: construction); "paraphrased" asks in other words (the token before the answer differs).
+NEEDLES: dict[str, Needle] = {
+    "verbatim": Needle(),
+    "paraphrased": Needle(sentence=" The code to open the safe is {code}.",
+                          question="\n\nTo open the safe, type the number"),
+}
 
 #: Every role the atlas knows, in the order of the map's legend.
 ROLES = ("name mover", "S-inhibition", "induction", "retrieval", "temporal", "arithmetic")
@@ -105,9 +128,12 @@ def induction_scores(model, *, k: int, seed: int = 0) -> dict[str, Result]:
 
 def retrieval_scores(
     model, *, k: int, lengths: Sequence[int] = (300, 800), depths: Sequence[float] = (0.1, 0.5, 0.9),
-    seed: int = 0,
+    seed: int = 0, needle: NeedleForm = "paraphrased",
 ) -> dict[str, Result]:
-    haystacks = needle_haystacks(model, context_lengths=lengths, depths=depths, n_per=1, seed=seed)
+    if needle not in NEEDLES:
+        raise ValueError(f"needle must be one of {list(NEEDLES)}, got {needle!r}.")
+    haystacks = needle_haystacks(model, context_lengths=lengths, depths=depths, n_per=1, seed=seed,
+                                 needle=NEEDLES[needle])
     return {"retrieval": head_scores.retrieval_scores(model, haystacks, progress=False)}
 
 
@@ -186,9 +212,15 @@ class HeadAtlas:
         columns = ["layer", "head", "label", "n_roles", "roles", *self.scores]
         return pd.DataFrame(rows, columns=columns)
 
-    def overlaps(self) -> pd.DataFrame:
+    def overlaps(self, *, null_draws: int = 0, seed: int = 0) -> pd.DataFrame:
         """One row per pair of roles: shared heads, Jaccard, the share of each set in the other,
-        and the number of shared heads two random sets of the same sizes would have on average."""
+        and the number of shared heads two random sets of the same sizes would have on average.
+
+        With ``null_draws > 0``, also the layer-matched null (:func:`layer_matched_overlap_null`):
+        ``null_shared`` (its mean) and ``null_percentile`` (of the observed count, ties half).
+        """
+        from .experiment import null_percentile
+
         rows = []
         names = list(self.sets)
         for i, a in enumerate(names):
@@ -202,6 +234,10 @@ class HeadAtlas:
                     "chance_shared": len(sa) * len(sb) / self.n_heads,
                     "heads": " ".join(f"L{l}H{h}" for l, h in shared),
                 })
+                if null_draws > 0:
+                    null = layer_matched_overlap_null(sa, sb, self.shape, n_draws=null_draws, seed=seed)
+                    rows[-1]["null_shared"] = float(null.mean())
+                    rows[-1]["null_percentile"] = null_percentile(len(shared), null)
         return pd.DataFrame(rows)
 
     def overlap_matrix(self, measure: str = "jaccard") -> pd.DataFrame:
@@ -238,6 +274,20 @@ class HeadAtlas:
         return final
 
 
+def layer_matched_overlap_null(a, b, shape: tuple[int, int], *, n_draws: int, seed: int = 0) -> torch.Tensor:
+    """Shared heads of random sets drawn like ``a`` and like ``b`` (same heads per layer): ``[n_draws]``.
+
+    Two roles that both sit in layers 17-23 share more heads by chance than two sets spread over
+    every layer; this null keeps each set's layers and redraws the heads within them.
+    """
+    a, b = [tuple(map(int, h)) for h in a], [tuple(map(int, h)) for h in b]
+    if not a or not b:
+        return torch.zeros(n_draws)
+    draws_a = random_head_sets(*shape, like=a, n_draws=n_draws, seed=seed)
+    draws_b = random_head_sets(*shape, like=b, n_draws=n_draws, seed=seed + 1)
+    return torch.tensor([float(len(set(x) & set(y))) for x, y in zip(draws_a, draws_b)])
+
+
 def head_atlas(
     model,
     *,
@@ -246,6 +296,7 @@ def head_atlas(
     seed: int = 0,
     model_name: str | None = None,
     verbose: bool = True,
+    needle: NeedleForm = "paraphrased",
 ) -> HeadAtlas:
     """Run the head-finding step of each phenomenon on ``model`` and pick the top-``k`` heads per role.
 
@@ -255,9 +306,13 @@ def head_atlas(
         seed: every dataset's seed.
         model_name: label for plots and files (default ``model.cfg.model_name``).
         verbose: print each phenomenon's time and heads as it finishes.
+        needle: the retrieval role's needle form, ``"paraphrased"`` or ``"verbatim"`` (see the
+            module docstring: the verbatim form makes retrieval an induction task).
     """
     import time
 
+    if needle not in get_args(NeedleForm):
+        raise ValueError(f"needle must be one of {get_args(NeedleForm)}, got {needle!r}.")
     unknown = [p for p in phenomena if p not in FINDERS]
     if unknown or not phenomena:
         raise ValueError(f"Unknown phenomena {unknown or list(phenomena)}; choose from {list(FINDERS)}.")
@@ -271,7 +326,8 @@ def head_atlas(
     with torch.no_grad():
         for p in phenomena:
             start = time.perf_counter()
-            found = FINDERS[p](model, k=k, seed=seed)
+            extra = {"needle": needle} if p == "retrieval" else {}
+            found = FINDERS[p](model, k=k, seed=seed, **extra)
             seconds[p] = time.perf_counter() - start
             for role, sc in found.items():
                 scores[role] = sc

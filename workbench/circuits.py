@@ -458,3 +458,4 @@ def attention_by_prompt(
         p = cache[f"blocks.{layer}.attn.hook_pattern"][rows, :, torch.as_tensor(query_pos)]  # [batch, head, key]
         out.append(sum(p[rows, :, torch.as_tensor(k)] for k in key_pos))
     return torch.stack(out, 1)
+

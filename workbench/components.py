@@ -20,9 +20,10 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["Head", "random_head_sets", "top_k_heads"]
+__all__ = ["Head", "head_set_mean", "random_head_sets", "top_k_heads"]
 
 Head = tuple[int, int]
 
@@ -100,3 +101,16 @@ def random_head_sets(
             chosen.extend(candidates[i] for i in idx)
         draws.append(sorted(chosen))
     return draws
+
+
+def head_set_mean(per_item: Float[Tensor, "batch layer head"], heads) -> Float[Tensor, "batch"]:
+    """The mean over ``heads`` of a per-item ``[batch, layer, head]`` score; NaN for an empty set.
+
+    >>> head_set_mean(torch.arange(8.).reshape(2, 2, 2), [(0, 1), (1, 1)]).tolist()
+    [2.0, 6.0]
+    """
+    pairs = [tuple(int(i) for i in h) for h in heads]
+    if not pairs:
+        return torch.full((per_item.shape[0],), float("nan"))
+    layers, hs = zip(*pairs)
+    return per_item[:, list(layers), list(hs)].float().mean(1)
