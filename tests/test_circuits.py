@@ -224,3 +224,21 @@ def test_ioi_splits_are_disjoint(smollm2):
     assert not names_sel & names_ev
     assert not set(sel.template_ids.tolist()) & set(ev.template_ids.tolist())
     assert not set(sel.prompts) & set(ev.prompts)
+
+
+def test_ablated_metric_readout_path_matches_full_logits(tiny_gqa):
+    from workbench.circuits import ablated_metric
+
+    gen = torch.Generator().manual_seed(5)
+    tokens, reference = torch.randint(0, 100, (2, 4, 6), generator=gen).unbind(0)
+    templates = torch.tensor([0, 0, 1, 1])
+    metric = LogitDiff(answers=[1, 2, 3, 4], wrong=[5, 6, 7, 8], pos=torch.tensor([5, 4, 5, 3]), per_prompt=True)
+
+    class NoReadout:  # the same metric without a readout: full logits
+        def __call__(self, logits):
+            return metric(logits)
+
+    sets = [[(0, 1)], [(1, 2), (1, 3)], []]
+    fast = ablated_metric(tiny_gqa, tokens, reference, metric, sets, template_ids=templates, chunk=2)
+    slow = ablated_metric(tiny_gqa, tokens, reference, NoReadout(), sets, template_ids=templates, chunk=3)
+    assert torch.allclose(fast, slow, atol=1e-5)

@@ -67,7 +67,7 @@ from .metrics import normalise
 from .results import Result
 
 __all__ = ["ROLES", "NEEDLES", "NeedleForm", "HeadAtlas", "head_atlas", "default_k", "top_positive",
-           "layer_matched_overlap_null"]
+           "layer_matched_overlap_null", "top_share"]
 
 NeedleForm = Literal["verbatim", "paraphrased"]
 #: The needle forms: "verbatim" repeats the needle's prefix in the question (an induction task by
@@ -344,3 +344,18 @@ def head_atlas(
         sets=ordered,
         seconds=seconds,
     )
+
+
+def top_share(scores: torch.Tensor, k: int, other) -> float:
+    """The share of the top-``k`` heads of a ``[layer, head]`` score (positive scores only, ranked
+    with :func:`workbench.components.top_k_heads` at 3 decimals) that are in ``other``, out of ``k``.
+
+    >>> top_share(torch.tensor([[0.9, 0.0], [0.5, 0.2]]), 2, [(1, 0)])
+    0.5
+    """
+    from .components import top_k_heads
+
+    scores = torch.as_tensor(scores).float().nan_to_num(nan=-math.inf)
+    chosen = [h for h in top_k_heads(scores, k, decimals=3) if scores[h] > 0]
+    other = {tuple(map(int, h)) for h in other}
+    return sum(h in other for h in chosen) / k

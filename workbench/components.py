@@ -103,7 +103,7 @@ def random_head_sets(
     return draws
 
 
-def head_set_mean(per_item: Float[Tensor, "batch layer head"], heads) -> Float[Tensor, "batch"]:
+def head_set_mean(per_item: Float[Tensor, "batch layer head"], heads) -> Float[Tensor, " batch"]:
     """The mean over ``heads`` of a per-item ``[batch, layer, head]`` score; NaN for an empty set.
 
     >>> head_set_mean(torch.arange(8.).reshape(2, 2, 2), [(0, 1), (1, 1)]).tolist()

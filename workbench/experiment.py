@@ -45,6 +45,7 @@ __all__ = [
     "bootstrap_ci",
     "evaluate",
     "null_percentile",
+    "model_label",
     "random_init_model",
     "verdict",
 ]
@@ -289,3 +290,11 @@ def random_init_model(name: str = "smollm2-135m", *, seed: int = 0, n_layers: in
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def model_label(model, name: str) -> str:
+    """``name``, marked ``-random-init`` when ``model`` is the negative control of :func:`random_init_model`.
+
+    Notebooks label their scorecard and files with it, so a control run never passes for the model.
+    """
+    return name + ("-random-init" if str(model.cfg.model_name).endswith("-random-init") else "")
