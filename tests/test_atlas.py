@@ -161,3 +161,16 @@ def test_overlaps_with_a_layer_matched_null():
 def test_needle_form_is_checked(tiny):
     with pytest.raises(ValueError, match="needle must be one of"):
         head_atlas(tiny, phenomena=["induction"], needle="copy")
+
+
+def test_an_absent_phenomenon_gives_an_empty_role_not_an_error(tiny, monkeypatch):
+    from workbench import atlas as atlas_mod
+
+    def absent(model, **kw):
+        raise atlas_mod.PhenomenonAbsent("answers none of the facts")
+
+    monkeypatch.setitem(atlas_mod.FINDERS, "temporal", absent)
+    a = head_atlas(tiny, phenomena=["induction", "temporal"], k=2, verbose=False)
+    assert len(a.sets["temporal"]) == 0 and torch.isnan(a.scores["temporal"].values).all()
+    assert len(a.sets["induction"]) == 2
+    assert a.overlaps()["shared"].tolist() == [0]

@@ -66,7 +66,7 @@ from .heads import HeadSet, overlap_table
 from .metrics import normalise
 from .results import Result
 
-__all__ = ["ROLES", "NEEDLES", "NeedleForm", "HeadAtlas", "head_atlas", "default_k", "top_positive",
+__all__ = ["ROLES", "NEEDLES", "PhenomenonAbsent", "NeedleForm", "HeadAtlas", "head_atlas", "default_k", "top_positive",
            "layer_matched_overlap_null", "top_share"]
 
 NeedleForm = Literal["verbatim", "paraphrased"]
@@ -80,6 +80,11 @@ NEEDLES: dict[str, Needle] = {
 
 #: Every role the atlas knows, in the order of the map's legend.
 ROLES = ("name mover", "S-inhibition", "induction", "retrieval", "temporal", "arithmetic")
+
+
+class PhenomenonAbsent(ValueError):
+    """A finder found nothing to score on: the model does not show the phenomenon at all (e.g. it
+    answers none of the facts). :func:`head_atlas` records the role with NaN scores and no heads."""
 
 
 def default_k(model) -> int:
@@ -145,7 +150,7 @@ def temporal_scores(model, *, k: int, seed: int = 0) -> dict[str, Result]:
     facts = keep_correct(model, temporal_facts(model, kind="temporal", seed=seed), criterion="candidates",
                          verbose=False)
     if len(facts) == 0:
-        raise ValueError("The model answers none of the temporal facts; the temporal role cannot be found.")
+        raise PhenomenonAbsent("The model answers none of the temporal facts; the temporal role cannot be found.")
     clean = score(model, facts)["logit_diff"]
     corrupted = score(model, facts, facts.corrupted_tokens)["logit_diff"]
     metric = Normalised(facts.logit_diff(), clean, corrupted)
@@ -163,8 +168,8 @@ def arithmetic_scores(model, *, k: int, n: int = 60, seed: int = 0) -> dict[str,
         ds = keep_correct(model, arithmetic_problems(model, corruption=corruption, **main),
                           criterion="argmax", verbose=False)
         if len(ds) == 0:
-            raise ValueError("The model answers none of the arithmetic problems; the arithmetic role "
-                             "cannot be found.")
+            raise PhenomenonAbsent("The model answers none of the arithmetic problems; the arithmetic "
+                                   "role cannot be found.")
         metric = normalise(model, ds.clean_tokens, ds.corrupted_tokens, ds.logit_diff())
         effect = _path_effect(model, ds.clean_tokens, ds.corrupted_tokens, metric)
         total = effect.values if total is None else total + effect.values
@@ -178,6 +183,13 @@ FINDERS: dict[str, Callable[..., dict[str, Result]]] = {
     "retrieval": retrieval_scores,
     "temporal": temporal_scores,
     "arithmetic": arithmetic_scores,
+}
+
+
+#: Phenomenon -> the roles its finder scores.
+FINDER_ROLES: dict[str, tuple[str, ...]] = {
+    "ioi": ("name mover", "S-inhibition"), "induction": ("induction",), "retrieval": ("retrieval",),
+    "temporal": ("temporal",), "arithmetic": ("arithmetic",),
 }
 
 
@@ -327,7 +339,11 @@ def head_atlas(
         for p in phenomena:
             start = time.perf_counter()
             extra = {"needle": needle} if p == "retrieval" else {}
-            found = FINDERS[p](model, k=k, seed=seed, **extra)
+            try:
+                found = FINDERS[p](model, k=k, seed=seed, **extra)
+            except PhenomenonAbsent as e:
+                nan = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
+                found = {role: Result(nan.clone(), ("layer", "head"), f"absent: {e}") for role in FINDER_ROLES[p]}
             seconds[p] = time.perf_counter() - start
             for role, sc in found.items():
                 scores[role] = sc

@@ -185,12 +185,16 @@ def evaluate(
     n_select: int,
     note: str = "",
     seed: int = 0,
+    requires: Sequence[Finding] = (),
 ) -> Finding:
     """Measure ``claim`` from per-evaluation-item values: value, bootstrap interval, null, verdict.
 
     ``per_item`` has one row per evaluation item (its first axis is resampled); ``statistic`` turns
     rows into the claim's scalar (default: the mean). ``null`` holds the same statistic for each
     random draw (random head sets, permutations); ``None`` when the claim has no null.
+    ``requires``: findings this claim presupposes (e.g. that the model shows the behaviour at
+    all); unless each of them is ``replicated``, a ``replicated`` or ``partial`` verdict becomes
+    ``inconclusive`` (a circuit of a behaviour the model lacks says nothing), with a note.
     """
     per_item = torch.as_tensor(per_item).detach()
     stat = statistic or (lambda x: x.float().mean())
@@ -198,6 +202,11 @@ def evaluate(
     low, high = bootstrap_ci(per_item, stat, seed=seed)
     pct = None if null is None else null_percentile(value, null)
     n_null = 0 if null is None else int(torch.as_tensor(null).numel())
+    result = verdict(claim, low, high, pct)
+    missing = [f.claim.name for f in requires if f.verdict != "replicated"]
+    if missing and result in ("replicated", "partial"):
+        result = "inconclusive"
+        note = "; ".join(filter(None, [note, f"presupposes {', '.join(missing)}, which is not replicated"]))
     return Finding(
         claim=claim,
         value=value,
@@ -207,7 +216,7 @@ def evaluate(
         n_null=n_null,
         n_select=int(n_select),
         n_eval=int(per_item.shape[0]),
-        verdict=verdict(claim, low, high, pct),
+        verdict=result,
         note=note,
     )
 
