@@ -136,3 +136,41 @@ def test_ioi_finder_on_smollm2(smollm2):
         assert any(values[l, h] == best for l, h in s), role  # the best head is always in
     # S-inhibition heads act on the name movers' queries, so they sit below the lowest name mover.
     assert max(l for l, _ in sets["S-inhibition"]) < min(l for l, _ in sets["name mover"])
+
+
+def test_layer_matched_overlap_null_keeps_layers_and_matches_the_expected_count():
+    from workbench.atlas import layer_matched_overlap_null
+
+    whole = [(1, 0), (1, 1), (1, 2)]  # a whole layer: every draw is the same set
+    assert layer_matched_overlap_null(whole, whole, (4, 3), n_draws=50).tolist() == [3.0] * 50
+    a, b = [(1, 0), (2, 1), (2, 2)], [(2, 0), (3, 1)]
+    null = layer_matched_overlap_null(a, b, (4, 3), n_draws=4000, seed=1)
+    # only layer 2 is shared: E[shared] = |a in L2| * |b in L2| / heads per layer = 2 * 1 / 3
+    assert null.max() <= 1 and abs(null.mean().item() - 2 / 3) < 0.03
+    assert layer_matched_overlap_null(a, [], (4, 3), n_draws=5).tolist() == [0.0] * 5
+
+
+def test_overlaps_with_a_layer_matched_null():
+    o = _atlas().overlaps(null_draws=200).set_index(["role_a", "role_b"])
+    row = o.loc[("name mover", "induction")]
+    assert 0 <= row["null_shared"] <= 3 and 0 <= row["null_percentile"] <= 100
+    assert o.loc[("name mover", "temporal")]["null_percentile"] == 50.0  # 0 shared, a null of zeros
+    assert "null_shared" not in _atlas().overlaps().columns
+
+
+def test_needle_form_is_checked(tiny):
+    with pytest.raises(ValueError, match="needle must be one of"):
+        head_atlas(tiny, phenomena=["induction"], needle="copy")
+
+
+def test_an_absent_phenomenon_gives_an_empty_role_not_an_error(tiny, monkeypatch):
+    from workbench import atlas as atlas_mod
+
+    def absent(model, **kw):
+        raise atlas_mod.PhenomenonAbsent("answers none of the facts")
+
+    monkeypatch.setitem(atlas_mod.FINDERS, "temporal", absent)
+    a = head_atlas(tiny, phenomena=["induction", "temporal"], k=2, verbose=False)
+    assert len(a.sets["temporal"]) == 0 and torch.isnan(a.scores["temporal"].values).all()
+    assert len(a.sets["induction"]) == 2
+    assert a.overlaps()["shared"].tolist() == [0]

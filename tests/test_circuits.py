@@ -175,3 +175,70 @@ def test_percentile_rank():
     assert torch.allclose(r.values, torch.tensor([[50.0, 100.0, 50.0], [80.0, 0.0, 20.0]]))
     with pytest.raises(ValueError, match="two heads"):
         percentile_rank(grid([[1.0]]))
+
+
+def test_ablated_metric_matches_faithfulness_per_set(tiny_gqa):
+    from workbench import ablation
+    from workbench.circuits import ablated_metric
+
+    gen = torch.Generator().manual_seed(3)
+    tokens, reference = torch.randint(0, 100, (2, 6, 7), generator=gen).unbind(0)
+    templates = torch.tensor([0, 1, 0, 1, 2, 2])
+    per_prompt = LogitDiff(answers=[1, 2, 3, 4, 5, 6], wrong=[7, 8, 9, 10, 11, 12], per_prompt=True)
+    mean = LogitDiff(answers=[1, 2, 3, 4, 5, 6], wrong=[7, 8, 9, 10, 11, 12])
+    sets = [[(0, 1), (1, 2)], [], [(1, 0), (1, 1), (1, 3)], [(layer, h) for layer in range(2) for h in range(4)],
+            [(0, 0)]]
+    fast = ablated_metric(tiny_gqa, tokens, reference, per_prompt, sets, template_ids=templates, chunk=2)
+    assert fast.shape == (5, 6)
+    for heads, row in zip(sets, fast):
+        ref = ablation.faithfulness(tiny_gqa, tokens, mean, ablation.Circuit(heads), reference=reference,
+                                    template_ids=templates, keep_mlps=True)
+        assert abs(row.mean().item() - ref.circuit_value) < 1e-4
+    # every head kept: the model itself
+    assert torch.allclose(fast[3], per_prompt(tiny_gqa(tokens)), atol=1e-4)
+    with pytest.raises(ValueError, match="outside"):
+        ablated_metric(tiny_gqa, tokens, reference, per_prompt, [[(2, 0)]], template_ids=templates)
+
+
+def test_attention_by_prompt_averages_to_attention_to(tiny):
+    from workbench.circuits import attention_by_prompt, position_mask
+    from workbench.heads import attention_to
+
+    gen = torch.Generator().manual_seed(4)
+    tokens = torch.randint(0, 100, (4, 9), generator=gen)
+    query, key1, key2 = torch.tensor([8, 7, 8, 6]), torch.tensor([1, 2, 0, 3]), torch.tensor([4, 4, 5, 1])
+    per = attention_by_prompt(tiny, tokens, query, [key1, key2])
+    ref = attention_to(tiny, tokens, position_mask(key1, 9) | position_mask(key2, 9), position_mask(query, 9))
+    assert per.shape == (4, 2, 4)
+    assert torch.allclose(per.mean(0), ref.values, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_ioi_splits_are_disjoint(smollm2):
+    from workbench.circuits import ioi_splits
+
+    sel, ev = ioi_splits(smollm2, 8, 24, seed=0)
+    assert len(sel) == 8 and len(ev) == 24
+    names_sel = {n for pair in sel.names for n in pair}
+    names_ev = {n for pair in ev.names for n in pair}
+    assert not names_sel & names_ev
+    assert not set(sel.template_ids.tolist()) & set(ev.template_ids.tolist())
+    assert not set(sel.prompts) & set(ev.prompts)
+
+
+def test_ablated_metric_readout_path_matches_full_logits(tiny_gqa):
+    from workbench.circuits import ablated_metric
+
+    gen = torch.Generator().manual_seed(5)
+    tokens, reference = torch.randint(0, 100, (2, 4, 6), generator=gen).unbind(0)
+    templates = torch.tensor([0, 0, 1, 1])
+    metric = LogitDiff(answers=[1, 2, 3, 4], wrong=[5, 6, 7, 8], pos=torch.tensor([5, 4, 5, 3]), per_prompt=True)
+
+    class NoReadout:  # the same metric without a readout: full logits
+        def __call__(self, logits):
+            return metric(logits)
+
+    sets = [[(0, 1)], [(1, 2), (1, 3)], []]
+    fast = ablated_metric(tiny_gqa, tokens, reference, metric, sets, template_ids=templates, chunk=2)
+    slow = ablated_metric(tiny_gqa, tokens, reference, NoReadout(), sets, template_ids=templates, chunk=3)
+    assert torch.allclose(fast, slow, atol=1e-5)

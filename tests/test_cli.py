@@ -163,3 +163,40 @@ def test_device_and_dtype_are_injected_as_parameters(tmp_path):
     old = _notebook(tmp_path / "old.ipynb", parameters="MODEL = 'x'")
     with pytest.raises(SystemExit, match=r"Unknown parameter\(s\) \['DEVICE'\]"):
         cli._inject(cli._read_notebook(old), {"MODEL": "m", "DEVICE": "cpu"})
+
+
+SAVE = ("import json, pathlib\n"
+        "if FINDINGS_PATH:\n"
+        "    pathlib.Path(FINDINGS_PATH).write_text(json.dumps([{'claim': 'c', 'value': N}]))")
+
+
+def test_run_writes_findings_json_when_the_notebook_takes_findings_path(tmp_path):
+    import json
+
+    nb = _notebook(tmp_path / "demo.ipynb", (SAVE, ["findings"]), parameters="MODEL = 'x'\nN = 2\nFINDINGS_PATH = None")
+    report = cli.run_notebook(nb, "m", {"N": 5}, tmp_path / "reports")
+    assert json.loads((report / "demo.findings.json").read_text()) == [{"claim": "c", "value": 5}]
+    executed = nbformat.read(report / "demo.ipynb", as_version=4)
+    assert "demo.findings.json" in executed.cells[1].source
+    # A failing run removes the findings of the earlier complete run.
+    _notebook(tmp_path / "demo.ipynb", (SAVE, []), ("raise ValueError('broken')", []),
+              parameters="MODEL = 'x'\nN = 2\nFINDINGS_PATH = None")
+    with pytest.raises(SystemExit, match="broken"):
+        cli.run_notebook(nb, "m", {}, tmp_path / "reports")
+    assert not (report / "demo.findings.json").exists()
+
+
+def test_run_fails_when_a_findings_notebook_writes_none(tmp_path):
+    nb = _notebook(tmp_path / "demo.ipynb", ("print('no save')", []), parameters="MODEL = 'x'\nFINDINGS_PATH = None")
+    with pytest.raises(SystemExit, match="wrote no demo.findings.json"):
+        cli.run_notebook(nb, "m", {}, tmp_path / "reports")
+    assert not (tmp_path / "reports" / "m" / "demo.ipynb").exists()
+
+
+def test_random_init_injects_the_control_after_the_parameters(tmp_path):
+    # The control cell needs a real model name; check the injection without executing it
+    # (tests/test_negative_control.py runs it).
+    cell = cli._random_init_cell("smollm2-135m", 3)
+    assert "random_init_model('smollm2-135m', seed=3)" in cell.source
+    assert "_wb.load_model = " in cell.source
+

@@ -110,3 +110,15 @@ def test_random_head_sets_are_seeded_sized_and_layer_matched():
         random_head_sets(6, 4, n_draws=1, seed=0)
     with pytest.raises(ValueError, match="heads to draw from"):
         random_head_sets(2, 2, like=[(0, 0), (0, 1)], n_draws=1, seed=0, exclude=[(0, 0)])
+
+
+def test_a_claim_that_presupposes_an_unreplicated_finding_cannot_replicate():
+    strong = torch.linspace(0.9, 1.1, 40)
+    behaviour = evaluate(CLAIM, torch.zeros(40), n_select=0)
+    assert behaviour.verdict == "not replicated"
+    f = evaluate(CLAIM, strong, null=torch.zeros(200), n_select=10, requires=[behaviour])
+    assert f.verdict == "inconclusive" and "presupposes c" in f.note
+    ok = evaluate(CLAIM, strong, n_select=0)
+    assert evaluate(CLAIM, strong, null=torch.zeros(200), n_select=10, requires=[ok]).verdict == "replicated"
+    # a negative verdict stays what it is
+    assert evaluate(CLAIM, torch.zeros(40), n_select=10, requires=[behaviour]).verdict == "not replicated"

@@ -16,17 +16,28 @@ name mover    IOI: path patching head -> logits at END (ABC corruption), drop of
 S-inhibition  IOI: path patching head -> queries of the name movers at END (step (b))
 induction     attention from a repeated token to the token after its first copy
               (:func:`workbench.heads.induction_scores`)
-retrieval     retrieval score on needle-in-a-haystack prompts (:func:`~workbench.heads.retrieval_scores`)
+retrieval     retrieval score on needle-in-a-haystack prompts (:func:`~workbench.heads.retrieval_scores`),
+              with the needle form ``needle`` (see below)
 temporal      exact activation patching of each candidate head between prompts that differ only
               in the year (candidates: the best heads by attribution patching), on kept facts
 arithmetic    direct effect (path patching head -> logits) of other operands plus another
               operator, on kept few-shot addition problems
 ============  =================================================================================
 
+**Needle form.** With the ``"verbatim"`` needle the question ends with the needle's own prefix
+("... The secret code is" -> " 4821"), so copying the code is an induction task by construction: a
+head that attends to the token after an earlier copy of the current token retrieves it. The
+``"paraphrased"`` needle (the default) asks in other words: the needle says "The code to open the
+safe is 4821." and the question ends "To open the safe, type the number", so the token before the
+answer differs from the one before the code in the needle and the induction shortcut is not
+available. The retrieval/induction overlap is only evidence with the paraphrased form.
+
 **Selection rule**, the same for every role: the ``k`` heads with the largest score, counting only
 scores above zero; ``k`` defaults to 3% of the model's heads (at least 3). A fixed ``k`` keeps the
-overlaps comparable across roles and models; each overlap is printed next to what two random sets
-of the same sizes would share by chance (``|A| |B| / n_heads``).
+overlaps comparable across roles and models. Each overlap is printed next to what two random sets
+of the same sizes would share (``|A| |B| / n_heads``) and, with ``overlaps(null_draws=...)``, next
+to a **layer-matched** null: random sets with as many heads in each layer as each role, which is
+the right chance when roles sit in the same band of layers.
 
 Usage::
 
@@ -42,12 +53,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence, get_args
 
 import pandas as pd
 import torch
 
 from . import heads as head_scores
+from .components import HeadSet, overlap_table, random_head_sets
 from .datasets import (
     arithmetic_problems,
     ioi_dataset,
@@ -55,14 +67,29 @@ from .datasets import (
     needle_haystacks,
     temporal_facts,
 )
-from .heads import HeadSet, overlap_table
+from .datasets.needles import Needle
 from .metrics import normalise
 from .results import Result
 
-__all__ = ["ROLES", "HeadAtlas", "head_atlas", "default_k", "top_positive"]
+__all__ = ["ROLES", "NEEDLES", "PhenomenonAbsent", "NeedleForm", "HeadAtlas", "head_atlas", "default_k", "top_positive",
+           "layer_matched_overlap_null", "top_share"]
+
+NeedleForm = Literal["verbatim", "paraphrased"]
+#: The needle forms: "verbatim" repeats the needle's prefix in the question (an induction task by
+#: construction); "paraphrased" asks in other words (the token before the answer differs).
+NEEDLES: dict[str, Needle] = {
+    "verbatim": Needle(),
+    "paraphrased": Needle(sentence=" The code to open the safe is {code}.",
+                          question="\n\nTo open the safe, type the number"),
+}
 
 #: Every role the atlas knows, in the order of the map's legend.
 ROLES = ("name mover", "S-inhibition", "induction", "retrieval", "temporal", "arithmetic")
+
+
+class PhenomenonAbsent(ValueError):
+    """A finder found nothing to score on: the model does not show the phenomenon at all (e.g. it
+    answers none of the facts). :func:`head_atlas` records the role with NaN scores and no heads."""
 
 
 def default_k(model) -> int:
@@ -111,9 +138,12 @@ def induction_scores(model, *, k: int, seed: int = 0) -> dict[str, Result]:
 
 def retrieval_scores(
     model, *, k: int, lengths: Sequence[int] = (300, 800), depths: Sequence[float] = (0.1, 0.5, 0.9),
-    seed: int = 0,
+    seed: int = 0, needle: NeedleForm = "paraphrased",
 ) -> dict[str, Result]:
-    haystacks = needle_haystacks(model, context_lengths=lengths, depths=depths, n_per=1, seed=seed)
+    if needle not in NEEDLES:
+        raise ValueError(f"needle must be one of {list(NEEDLES)}, got {needle!r}.")
+    haystacks = needle_haystacks(model, context_lengths=lengths, depths=depths, n_per=1, seed=seed,
+                                 needle=NEEDLES[needle])
     return {"retrieval": head_scores.retrieval_scores(model, haystacks, progress=False)}
 
 
@@ -125,7 +155,7 @@ def temporal_scores(model, *, k: int, seed: int = 0) -> dict[str, Result]:
     facts = keep_correct(model, temporal_facts(model, kind="temporal", seed=seed), criterion="candidates",
                          verbose=False)
     if len(facts) == 0:
-        raise ValueError("The model answers none of the temporal facts; the temporal role cannot be found.")
+        raise PhenomenonAbsent("The model answers none of the temporal facts; the temporal role cannot be found.")
     clean = score(model, facts)["logit_diff"]
     corrupted = score(model, facts, facts.corrupted_tokens)["logit_diff"]
     metric = Normalised(facts.logit_diff(), clean, corrupted)
@@ -143,8 +173,8 @@ def arithmetic_scores(model, *, k: int, n: int = 60, seed: int = 0) -> dict[str,
         ds = keep_correct(model, arithmetic_problems(model, corruption=corruption, **main),
                           criterion="argmax", verbose=False)
         if len(ds) == 0:
-            raise ValueError("The model answers none of the arithmetic problems; the arithmetic role "
-                             "cannot be found.")
+            raise PhenomenonAbsent("The model answers none of the arithmetic problems; the arithmetic "
+                                   "role cannot be found.")
         metric = normalise(model, ds.clean_tokens, ds.corrupted_tokens, ds.logit_diff())
         effect = _path_effect(model, ds.clean_tokens, ds.corrupted_tokens, metric)
         total = effect.values if total is None else total + effect.values
@@ -158,6 +188,13 @@ FINDERS: dict[str, Callable[..., dict[str, Result]]] = {
     "retrieval": retrieval_scores,
     "temporal": temporal_scores,
     "arithmetic": arithmetic_scores,
+}
+
+
+#: Phenomenon -> the roles its finder scores.
+FINDER_ROLES: dict[str, tuple[str, ...]] = {
+    "ioi": ("name mover", "S-inhibition"), "induction": ("induction",), "retrieval": ("retrieval",),
+    "temporal": ("temporal",), "arithmetic": ("arithmetic",),
 }
 
 
@@ -192,9 +229,15 @@ class HeadAtlas:
         columns = ["layer", "head", "label", "n_roles", "roles", *self.scores]
         return pd.DataFrame(rows, columns=columns)
 
-    def overlaps(self) -> pd.DataFrame:
+    def overlaps(self, *, null_draws: int = 0, seed: int = 0) -> pd.DataFrame:
         """One row per pair of roles: shared heads, Jaccard, the share of each set in the other,
-        and the number of shared heads two random sets of the same sizes would have on average."""
+        and the number of shared heads two random sets of the same sizes would have on average.
+
+        With ``null_draws > 0``, also the layer-matched null (:func:`layer_matched_overlap_null`):
+        ``null_shared`` (its mean) and ``null_percentile`` (of the observed count, ties half).
+        """
+        from .experiment import null_percentile
+
         rows = []
         names = list(self.sets)
         for i, a in enumerate(names):
@@ -208,6 +251,10 @@ class HeadAtlas:
                     "chance_shared": len(sa) * len(sb) / self.n_heads,
                     "heads": " ".join(f"L{l}H{h}" for l, h in shared),
                 })
+                if null_draws > 0:
+                    null = layer_matched_overlap_null(sa, sb, self.shape, n_draws=null_draws, seed=seed)
+                    rows[-1]["null_shared"] = float(null.mean())
+                    rows[-1]["null_percentile"] = null_percentile(len(shared), null)
         return pd.DataFrame(rows)
 
     def overlap_matrix(self, measure: str = "jaccard") -> pd.DataFrame:
@@ -244,6 +291,20 @@ class HeadAtlas:
         return final
 
 
+def layer_matched_overlap_null(a, b, shape: tuple[int, int], *, n_draws: int, seed: int = 0) -> torch.Tensor:
+    """Shared heads of random sets drawn like ``a`` and like ``b`` (same heads per layer): ``[n_draws]``.
+
+    Two roles that both sit in layers 17-23 share more heads by chance than two sets spread over
+    every layer; this null keeps each set's layers and redraws the heads within them.
+    """
+    a, b = [tuple(map(int, h)) for h in a], [tuple(map(int, h)) for h in b]
+    if not a or not b:
+        return torch.zeros(n_draws)
+    draws_a = random_head_sets(*shape, like=a, n_draws=n_draws, seed=seed)
+    draws_b = random_head_sets(*shape, like=b, n_draws=n_draws, seed=seed + 1)
+    return torch.tensor([float(len(set(x) & set(y))) for x, y in zip(draws_a, draws_b)])
+
+
 def head_atlas(
     model,
     *,
@@ -252,6 +313,7 @@ def head_atlas(
     seed: int = 0,
     model_name: str | None = None,
     verbose: bool = True,
+    needle: NeedleForm = "paraphrased",
 ) -> HeadAtlas:
     """Run the head-finding step of each phenomenon on ``model`` and pick the top-``k`` heads per role.
 
@@ -261,9 +323,13 @@ def head_atlas(
         seed: every dataset's seed.
         model_name: label for plots and files (default ``model.cfg.model_name``).
         verbose: print each phenomenon's time and heads as it finishes.
+        needle: the retrieval role's needle form, ``"paraphrased"`` or ``"verbatim"`` (see the
+            module docstring: the verbatim form makes retrieval an induction task).
     """
     import time
 
+    if needle not in get_args(NeedleForm):
+        raise ValueError(f"needle must be one of {get_args(NeedleForm)}, got {needle!r}.")
     unknown = [p for p in phenomena if p not in FINDERS]
     if unknown or not phenomena:
         raise ValueError(f"Unknown phenomena {unknown or list(phenomena)}; choose from {list(FINDERS)}.")
@@ -277,7 +343,12 @@ def head_atlas(
     with torch.no_grad():
         for p in phenomena:
             start = time.perf_counter()
-            found = FINDERS[p](model, k=k, seed=seed)
+            extra = {"needle": needle} if p == "retrieval" else {}
+            try:
+                found = FINDERS[p](model, k=k, seed=seed, **extra)
+            except PhenomenonAbsent as e:
+                nan = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
+                found = {role: Result(nan.clone(), ("layer", "head"), f"absent: {e}") for role in FINDER_ROLES[p]}
             seconds[p] = time.perf_counter() - start
             for role, sc in found.items():
                 scores[role] = sc
@@ -294,3 +365,18 @@ def head_atlas(
         sets=ordered,
         seconds=seconds,
     )
+
+
+def top_share(scores: torch.Tensor, k: int, other) -> float:
+    """The share of the top-``k`` heads of a ``[layer, head]`` score (positive scores only, ranked
+    with :func:`workbench.components.top_k_heads` at 3 decimals) that are in ``other``, out of ``k``.
+
+    >>> top_share(torch.tensor([[0.9, 0.0], [0.5, 0.2]]), 2, [(1, 0)])
+    0.5
+    """
+    from .components import top_k_heads
+
+    scores = torch.as_tensor(scores).float().nan_to_num(nan=-math.inf)
+    chosen = [h for h in top_k_heads(scores, k, decimals=3) if scores[h] > 0]
+    other = {tuple(map(int, h)) for h in other}
+    return sum(h in other for h in chosen) / k

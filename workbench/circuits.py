@@ -42,6 +42,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from .heads import HeadSet
+from .models import logits_at
 from .results import Result
 
 __all__ = [
@@ -55,6 +56,12 @@ __all__ = [
     "build_circuit",
     "head_table",
     "percentile_rank",
+    "ioi_splits",
+    "ablated_metric",
+    "attention_by_prompt",
+    "IOIClasses",
+    "find_ioi_classes",
+    "threshold_margin",
 ]
 
 Sign = Literal["positive", "negative"]
@@ -336,3 +343,200 @@ def percentile_rank(scores: Result) -> Result:
     return Result(pct.float().reshape(scores.shape), ("layer", "head"),
                   f"percentile among heads ({scores.metric})", dict(scores.labels),
                   dict(scores.meta))
+
+
+# --------------------------------------------------------------------------------------------
+# Held-out evaluation: disjoint splits, batched mean ablation, per-prompt attention
+
+
+def ioi_splits(
+    model,
+    n_select: int,
+    n_eval: int,
+    *,
+    seed: int = 0,
+    select_templates: Sequence[int] = (0, 1, 2, 3, 4, 5, 6, 7),
+    eval_templates: Sequence[int] = (8, 9, 10, 11, 12, 13, 14, 15),
+):
+    """A selection and an evaluation split of IOI prompts with different names and templates.
+
+    The model's single-token names are split in two halves by a seeded permutation; a selection
+    prompt has its IO and S from the first half and a selection template, an evaluation prompt
+    from the second half and an evaluation template. Returns ``(select, evaluate)`` IOIDatasets.
+    """
+    from .datasets.ioi import NAMES, ioi_dataset, single_token_words
+
+    if set(select_templates) & set(eval_templates):
+        raise ValueError(f"select_templates {list(select_templates)} and eval_templates "
+                         f"{list(eval_templates)} share templates; the splits must be disjoint.")
+    names = sorted(single_token_words(model, NAMES))
+    perm = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    halves = ({names[i] for i in perm[: len(names) // 2]}, {names[i] for i in perm[len(names) // 2:]})
+    out = []
+    for k, (n, templates, half) in enumerate(((n_select, select_templates, halves[0]),
+                                              (n_eval, eval_templates, halves[1]))):
+        ds = ioi_dataset(model, n=12 * n, seed=seed + 1000 * k, templates=list(templates))
+        keep = [i for i, (io, s) in enumerate(ds.names) if io in half and s in half][:n]
+        if len(keep) < n:
+            raise RuntimeError(f"Only {len(keep)} of {n} prompts with names from one half; lower n.")
+        out.append(ds.subset(keep))
+    return out[0], out[1]
+
+
+def _head_means(model, reference: Tensor, template_ids: Tensor) -> dict[int, Tensor]:
+    """Per layer, the mean ``hook_z`` over reference prompts of each prompt's template ``[batch, pos, head, d]``."""
+    names = {f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)}
+    _, cache = model.run_with_cache(reference, names_filter=lambda n: n in names, return_type=None)
+    ids = torch.as_tensor(template_ids)
+    out = {}
+    for layer in range(model.cfg.n_layers):
+        z = cache[f"blocks.{layer}.attn.hook_z"]
+        means = torch.stack([z[ids == t].mean(0) for t in ids.tolist()])
+        out[layer] = means
+    return out
+
+
+@torch.no_grad()
+def ablated_metric(
+    model,
+    tokens: Int[Tensor, "batch pos"],
+    reference: Int[Tensor, "batch pos"],
+    metric,
+    kept: Sequence[Sequence[tuple[int, int]]],
+    *,
+    template_ids: Tensor,
+    chunk: int = 4,
+) -> Tensor:
+    """``metric`` per prompt with every head outside each kept set mean-ablated: ``[set, batch]``.
+
+    The IOI paper's evaluation: a head outside the circuit has its output (``hook_z``) replaced
+    by its mean over the ``reference`` prompts (the ABC distribution) of the same template,
+    position by position; MLPs are kept. ``metric`` maps logits to one value per prompt (e.g.
+    ``ds.logit_diff(per_prompt=True)``; a metric with a ``readout``, like that one, has only the
+    logits it reads unembedded). ``chunk`` kept sets run in one batched forward pass.
+    The reference is :func:`workbench.ablation.faithfulness` with ``keep_mlps=True`` (tested).
+    """
+    if tokens.shape != reference.shape:
+        raise ValueError(f"tokens {tuple(tokens.shape)} and reference {tuple(reference.shape)} differ in shape.")
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    masks = torch.ones(len(kept), n_layers, n_heads, dtype=torch.bool)  # True: ablated
+    for i, heads in enumerate(kept):
+        for layer, h in heads:
+            if not (0 <= layer < n_layers and 0 <= h < n_heads):
+                raise ValueError(f"Head L{layer}H{h} is outside the {n_layers} x {n_heads} grid.")
+            masks[i, layer, h] = False
+    means = _head_means(model, reference, template_ids)
+    batch = tokens.shape[0]
+    readout = metric.readout(batch, tokens.shape[1]) if hasattr(metric, "readout") else None
+    values = []
+    for start in range(0, len(kept), chunk):
+        m = masks[start:start + chunk]  # [c, layer, head]
+        c = m.shape[0]
+
+        def hook(z, hook, m=m, c=c):
+            layer = int(hook.name.split(".")[1])
+            ablate = m[:, layer].repeat_interleave(batch, 0)[:, None, :, None]  # [c*batch, 1, head, 1]
+            return torch.where(ablate, means[layer].repeat(c, 1, 1, 1), z)
+
+        hooks = [(f"blocks.{layer}.attn.hook_z", hook) for layer in range(n_layers)]
+        with model.hooks(fwd_hooks=hooks):
+            if readout is None:
+                logits = model(tokens.repeat(c, 1))
+                values += [torch.as_tensor(metric(logits[i * batch:(i + 1) * batch])).float() for i in range(c)]
+            else:  # unembed only the position and tokens the metric reads
+                read = logits_at(model, tokens.repeat(c, 1), readout.pos.repeat(c))
+                rows = torch.arange(c * batch)[:, None]
+                x = read[rows, readout.tokens.repeat(c, 1)].reshape(c, batch, -1)
+                values += [torch.as_tensor(metric.from_readout(x[i])).float() for i in range(c)]
+    return torch.stack(values)
+
+
+@torch.no_grad()
+def attention_by_prompt(
+    model, tokens: Int[Tensor, "batch pos"], query_pos: Tensor, key_pos: Sequence[Tensor]
+) -> Tensor:
+    """Attention from one query position to a set of key positions, per prompt: ``[batch, layer, head]``.
+
+    ``query_pos`` and each entry of ``key_pos`` hold one position per prompt; the attention to
+    the keys is summed. :func:`workbench.heads.attention_to` is the mean over prompts (tested).
+    """
+    rows = torch.arange(tokens.shape[0])
+    names = {f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)}
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, return_type=None)
+    out = []
+    for layer in range(model.cfg.n_layers):
+        p = cache[f"blocks.{layer}.attn.hook_pattern"][rows, :, torch.as_tensor(query_pos)]  # [batch, head, key]
+        out.append(sum(p[rows, :, torch.as_tensor(k)] for k in key_pos))
+    return torch.stack(out, 1)
+
+
+
+@dataclass
+class IOIClasses:
+    """The head classes of the IOI circuit and the path patching sweeps that found them."""
+
+    classes: dict[str, HeadSet]  # name mover, negative name mover, S-inhibition, duplicate-token, induction, other S2, previous-token
+    effects: dict[str, Result]  # the sweep behind each class (for build_circuit's priority)
+    sweeps: dict[str, Result]  # "a" .. "d"
+    s2_heads: HeadSet
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([{"class": k, "heads": " ".join(f"L{l}H{h}" for l, h in v)} for k, v in self.classes.items()])
+
+
+def find_ioi_classes(model, ds, *, rel: float = 0.1, min_effect: float = 0.01) -> IOIClasses:
+    """The paper's four path patching steps on ``ds`` (clean vs its ABC prompts), as in ``01_ioi_circuit``.
+
+    (a) head -> logits at END: name movers (positive) and negative name movers; (b) head -> queries
+    of the name movers at END: S-inhibition heads; (c) head -> values of the S-inhibition heads at
+    S2: S2 heads, split by attention into duplicate-token (S2 -> S1), induction (S2 -> S1+1) and
+    other; (d) head -> keys of the induction heads (or all S2 heads if none) at S1+1:
+    previous-token heads. Each class by :func:`select_heads` with ``rel`` and ``min_effect``.
+    """
+    from .heads import attention_to
+    from .metrics import normalise
+    from .path_patching import path_patch_heads
+
+    clean, abc = ds.clean_tokens, ds.abc_tokens
+    metric = normalise(model, clean, abc, ds.logit_diff())
+
+    def sweep(**kw):
+        return path_effect(path_patch_heads(model, clean, abc, metric, progress=False, **kw))
+
+    def select(effect, sign="positive", name=None):
+        return select_heads(effect, sign=sign, rel=rel, min_effect=min_effect, name=name)
+
+    a = sweep(receiver_pos=ds.pos["END"])
+    movers, negative = select(a, name="name mover"), select(a, "negative", name="negative name mover")
+    zero = Result(torch.zeros_like(a.values), ("layer", "head"), "not run: the step before found no head")
+    b = sweep(receivers=list(movers), receiver_input="q", receiver_pos=ds.pos["END"]) if len(movers) else zero
+    inhibition = select(b, name="S-inhibition")
+    c = (sweep(receivers=kv_receivers(model, inhibition), receiver_input="v", receiver_pos=ds.pos["S2"])
+         if len(inhibition) else zero)
+    s2 = select(c, name="S2 heads")
+    mask = {k: position_mask(ds.pos[k], clean.shape[1]) for k in ("S1", "S1+1", "S2")}
+    split = split_by_attention(s2, {"duplicate-token": attention_to(model, clean, mask["S1"], mask["S2"]),
+                                    "induction": attention_to(model, clean, mask["S1+1"], mask["S2"])},
+                               rest="other S2")
+    induction = split["induction"] if len(split["induction"]) else s2
+    d = (sweep(receivers=kv_receivers(model, induction), receiver_input="k", receiver_pos=ds.pos["S1+1"])
+         if len(induction) else zero)
+    previous = select(d, name="previous-token")
+    classes = {"name mover": movers, "negative name mover": negative, "S-inhibition": inhibition, **split,
+               "previous-token": previous}
+    effects = {"name mover": a, "negative name mover": a, "S-inhibition": b, **{k: c for k in split},
+               "previous-token": d}
+    return IOIClasses(classes, effects, {"a": a, "b": b, "c": c, "d": d}, s2)
+
+
+def threshold_margin(effect: Result, *, rel: float, min_effect: float) -> float:
+    """The smallest distance of any head's ``|effect|`` from the :func:`select_heads` bar of its sweep.
+
+    A head closer to the bar than the differences between CPUs could join or leave a class on
+    another machine; the notebook reports whether any head is that close.
+    """
+    v = effect.values.float().nan_to_num(0.0)
+    bar = max(rel * v.abs().max().item(), min_effect)
+    return (v.abs() - bar).abs().min().item()

@@ -5,6 +5,7 @@
     workbench run 02 --model ~/models/my-llama [--device cuda] [--dtype bfloat16]
     workbench run 02 --model ./SmolLM2.Q8_0.gguf
     workbench run all --model smollm2-135m
+    workbench run 01 --random-init            (negative control: the same architecture, random weights)
     workbench atlas --model gemma-3-270m      (the head atlas: PNG + CSV under reports/<model>/atlas)
     python -m workbench run ...               (the same)
 
@@ -18,6 +19,12 @@ every figure as PNG. Outputs are written to a temporary folder and moved into pl
 whole notebook succeeded; a failing run leaves ``<name>.FAILED.ipynb`` (and removes any older
 complete report of that notebook), so a half-run report never looks complete. The printed summary
 is the text output of the cells tagged ``findings``.
+
+A notebook whose parameters cell defines ``FINDINGS_PATH`` gets it set (unless ``--param`` sets
+it) so that its scorecard is written as ``reports/<model>/<notebook>.findings.json``, moved into
+place with the rest of the report. ``--random-init`` runs the notebook on the negative control
+(:func:`workbench.experiment.random_init_model`: the model's architecture and tokenizer with
+random weights) and reports under ``reports/<model>-random-init/``.
 """
 
 from __future__ import annotations
@@ -168,6 +175,23 @@ def _inject(nb, params: dict[str, object]) -> None:
     nb.cells.insert(index + 1, cell)
 
 
+RANDOM_INIT_SUFFIX = "-random-init"
+
+
+def _random_init_cell(model: str, seed: int):
+    """A cell that makes ``wb.load_model`` return the randomly initialised control model."""
+    import nbformat
+
+    source = (
+        "# Negative control injected by `workbench run --random-init`: random weights, same architecture\n"
+        "import workbench as _wb\n"
+        "from workbench.experiment import random_init_model as _random_init_model\n"
+        f"_control = _random_init_model({model!r}, seed={seed!r})\n"
+        "_wb.load_model = lambda *args, **kwargs: _control\n"
+    )
+    return nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-random-init"]})
+
+
 def _read_notebook(path: Path):
     import nbformat
 
@@ -200,9 +224,20 @@ def _findings(nb) -> str:
 
 
 def run_notebook(
-    notebook: Path, model: str, params: dict[str, object], out_root: Path, timeout: int = 3600
+    notebook: Path,
+    model: str,
+    params: dict[str, object],
+    out_root: Path,
+    timeout: int = 3600,
+    *,
+    random_init: bool = False,
+    random_seed: int = 0,
 ) -> Path:
-    """Execute one notebook; return the report folder. Raises SystemExit naming a failing cell."""
+    """Execute one notebook; return the report folder. Raises SystemExit naming a failing cell.
+
+    ``random_init``: run on :func:`workbench.experiment.random_init_model` of ``model`` (seeded by
+    ``random_seed``); the report goes to ``<model>-random-init``.
+    """
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -210,13 +245,23 @@ def run_notebook(
 
     stem = notebook.stem
     nb = nbformat.read(notebook, as_version=4)
-    _inject(nb, {"MODEL": model, **params})
-    report = out_root / report_name(model)
+    report = out_root / (report_name(model) + (RANDOM_INIT_SUFFIX if random_init else ""))
     report.mkdir(parents=True, exist_ok=True)
     tmp = report / f".{stem}.partial"
+    findings_name = f"{stem}.findings.json"
+    index = next((i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    injected = {"MODEL": model, **params}
+    wants_findings = index is not None and "FINDINGS_PATH" in _parameter_names(nb.cells[index].source)
+    wants_findings = wants_findings and "FINDINGS_PATH" not in params
+    if wants_findings:  # written by the notebook's last cell; removed again if the run fails
+        injected["FINDINGS_PATH"] = str((report / findings_name).resolve())
+    _inject(nb, injected)
+    if random_init:
+        nb.cells.insert(index + 2, _random_init_cell(model, random_seed))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    for stale in [report / f"{stem}.ipynb", report / f"{stem}.html", report / f"{stem}.FAILED.ipynb"]:
+    for stale in [report / f"{stem}.ipynb", report / f"{stem}.html", report / f"{stem}.FAILED.ipynb",
+                  report / findings_name]:
         stale.unlink(missing_ok=True)
     for stale in (report / "figures").glob(f"{stem}-cell*.png"):
         stale.unlink()
@@ -235,6 +280,7 @@ def run_notebook(
             None,
         )
         nbformat.write(nb, report / f"{stem}.FAILED.ipynb")
+        (report / findings_name).unlink(missing_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         first_line = nb.cells[failed].source.splitlines()[0] if failed is not None else "?"
         raise SystemExit(
@@ -257,6 +303,10 @@ def run_notebook(
     for fig in (tmp / "figures").iterdir():
         fig.replace(report / "figures" / fig.name)
     (tmp / f"{stem}.html").replace(report / f"{stem}.html")
+    if wants_findings and not (report / findings_name).exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SystemExit(f"{notebook.name} ran on {model} but wrote no {findings_name} (does its last "
+                         "cell call card.save(FINDINGS_PATH)?)")
     (tmp / f"{stem}.ipynb").replace(report / f"{stem}.ipynb")  # last: marks the report complete
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"== {stem} on {model}: {elapsed:.0f} s -> {report / (stem + '.ipynb')}")
@@ -321,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--dtype", default=None, help=DTYPE_HELP)
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--out", default="reports", help="report folder (default: reports/)")
+    run.add_argument("--random-init", action="store_true",
+                     help="negative control: the model's architecture and tokenizer with random weights")
+    run.add_argument("--random-seed", type=int, default=0, help="seed of the random weights (default 0)")
     at = sub.add_parser("atlas", help="map the heads of every phenomenon on a model (PNG + CSV)")
     at.add_argument("--model", default=None, help=MODEL_HELP)
     at.add_argument("--device", default=None, help=DEVICE_HELP)
@@ -362,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for nb in targets:
         try:
-            run_notebook(nb, model, params, Path(args.out))
+            run_notebook(nb, model, params, Path(args.out), random_init=args.random_init,
+                         random_seed=args.random_seed)
         except SystemExit as e:
             if len(targets) == 1:
                 raise

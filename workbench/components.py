@@ -23,13 +23,22 @@ from typing import Iterable, Iterator, Literal, Sequence
 
 import pandas as pd
 import torch
-from jaxtyping import Bool
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from . import checks
 from .results import Result
 
-__all__ = ["Circuit", "Head", "HeadSet", "component_label", "overlap_table", "random_head_sets", "top_k_heads"]
+__all__ = [
+    "Circuit",
+    "Head",
+    "HeadSet",
+    "component_label",
+    "head_set_mean",
+    "overlap_table",
+    "random_head_sets",
+    "top_k_heads",
+]
 
 Head = tuple[int, int]
 
@@ -107,6 +116,19 @@ def random_head_sets(
             chosen.extend(candidates[i] for i in idx)
         draws.append(sorted(chosen))
     return draws
+
+
+def head_set_mean(per_item: Float[Tensor, "batch layer head"], heads) -> Float[Tensor, " batch"]:
+    """The mean over ``heads`` of a per-item ``[batch, layer, head]`` score; NaN for an empty set.
+
+    >>> head_set_mean(torch.arange(8.).reshape(2, 2, 2), [(0, 1), (1, 1)]).tolist()
+    [2.0, 6.0]
+    """
+    pairs = [tuple(int(i) for i in h) for h in heads]
+    if not pairs:
+        return torch.full((per_item.shape[0],), float("nan"))
+    layers, hs = zip(*pairs)
+    return per_item[:, list(layers), list(hs)].float().mean(1)
 
 
 @dataclass(frozen=True)

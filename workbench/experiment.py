@@ -46,6 +46,8 @@ __all__ = [
     "evaluate",
     "not_measured",
     "null_percentile",
+    "model_label",
+    "random_init_model",
     "verdict",
 ]
 
@@ -184,12 +186,16 @@ def evaluate(
     n_select: int,
     note: str = "",
     seed: int = 0,
+    requires: Sequence[Finding] = (),
 ) -> Finding:
     """Measure ``claim`` from per-evaluation-item values: value, bootstrap interval, null, verdict.
 
     ``per_item`` has one row per evaluation item (its first axis is resampled); ``statistic`` turns
     rows into the claim's scalar (default: the mean). ``null`` holds the same statistic for each
     random draw (random head sets, permutations); ``None`` when the claim has no null.
+    ``requires``: findings this claim presupposes (e.g. that the model shows the behaviour at
+    all); unless each of them is ``replicated``, a ``replicated`` or ``partial`` verdict becomes
+    ``inconclusive`` (a circuit of a behaviour the model lacks says nothing), with a note.
     """
     per_item = torch.as_tensor(per_item).detach()
     stat = statistic or (lambda x: x.float().mean())
@@ -197,6 +203,11 @@ def evaluate(
     low, high = bootstrap_ci(per_item, stat, seed=seed)
     pct = None if null is None else null_percentile(value, null)
     n_null = 0 if null is None else int(torch.as_tensor(null).numel())
+    result = verdict(claim, low, high, pct)
+    missing = [f.claim.name for f in requires if f.verdict != "replicated"]
+    if missing and result in ("replicated", "partial"):
+        result = "inconclusive"
+        note = "; ".join(filter(None, [note, f"presupposes {', '.join(missing)}, which is not replicated"]))
     return Finding(
         claim=claim,
         value=value,
@@ -206,7 +217,7 @@ def evaluate(
         n_null=n_null,
         n_select=int(n_select),
         n_eval=int(per_item.shape[0]),
-        verdict=verdict(claim, low, high, pct),
+        verdict=result,
         note=note,
     )
 
@@ -266,3 +277,42 @@ def not_measured(claim: Claim, *, n_select: int, n_eval: int, note: str) -> Find
     nan = float("nan")
     return Finding(claim=claim, value=nan, ci_low=nan, ci_high=nan, null_percentile=None, n_null=0,
                    n_select=int(n_select), n_eval=int(n_eval), verdict="not replicated", note=note)
+
+
+def random_init_model(name: str = "smollm2-135m", *, seed: int = 0, n_layers: int | None = None):
+    """The negative control: ``name``'s architecture and real tokenizer, randomly initialised weights.
+
+    The configuration (width, heads, key/value heads, norms, rotary embedding, vocabulary) is the
+    trained model's, so every notebook runs on it unchanged; the weights come from
+    TransformerLens's seeded initialisation, so no head has learnt anything and no finding may be
+    ``replicated`` on it. ``n_layers`` builds a shallower version of the same architecture (for a
+    faster control); the default keeps the full depth.
+    """
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from .models import load_model
+
+    trained = load_model(name, verbose=False)
+    cfg_dict = trained.cfg.to_dict()
+    tokenizer = trained.tokenizer
+    del trained
+    if n_layers is not None:
+        if not (isinstance(n_layers, int) and 1 <= n_layers):
+            raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
+        cfg_dict["n_layers"] = n_layers
+    cfg_dict.update(init_weights=True, seed=seed, model_name=f"{cfg_dict['model_name']}-random-init")
+    for key in ("n_params",):  # derived by the config itself
+        cfg_dict.pop(key, None)
+    cfg = HookedTransformerConfig.from_dict(cfg_dict)
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def model_label(model, name: str) -> str:
+    """``name``, marked ``-random-init`` when ``model`` is the negative control of :func:`random_init_model`.
+
+    Notebooks label their scorecard and files with it, so a control run never passes for the model.
+    """
+    return name + ("-random-init" if str(model.cfg.model_name).endswith("-random-init") else "")

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from ..metrics import LogitDiff
 from ..models import to_tokens
-from .temporal import encode_text, token_span, answer_correct, first_answer_token, keep_correct
+from .temporal import answer_correct, encode_text, first_answer_token, keep_correct, token_span
 
 __all__ = [
     "OPS",

@@ -1,0 +1,79 @@
+"""Stored findings are compared, not hidden: nbval's sanitiser leaves scorecard lines intact.
+
+nbval re-executes each notebook and compares its outputs with the stored ones after applying the
+regexes of notebooks/sanitize.cfg. A finding's number (value, interval, null percentile, verdict)
+must survive that sanitisation, so that a changed finding fails CI. Each phenomenon notebook ends
+in a scorecard printed by a cell tagged ``findings``, which this file checks is stored.
+"""
+
+import configparser
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench.experiment import Claim, Scorecard, evaluate
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+SUMMARY = re.compile(
+    r"^(?P<name>[\w\-]+): (?P<value>-?\d+\.\d+) \[(?P<lo>-?\d+\.\d+), (?P<hi>-?\d+\.\d+)\] vs \S+ \| "
+    r"null (?:-|\d+th pct of \d+) \| n \d+/\d+ \| (replicated|partial|not replicated|inconclusive)$"
+)
+# Notebooks whose scorecard this branch delivers; the others are checked once they have one.
+WITH_SCORECARD = ("01_ioi_circuit", "06_head_atlas")
+
+
+def _sanitise(text: str) -> str:
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(NOTEBOOKS / "sanitize.cfg")
+    for section in cfg.sections():
+        text = re.sub(cfg[section]["regex"], cfg[section]["replace"], text)
+    return text
+
+
+def _summary() -> str:
+    card = Scorecard("m", "nb")
+    claim = Claim("faithfulness", "c", paper="p", statistic="s", threshold=0.5)
+    card.add(evaluate(claim, torch.linspace(0.3, 1.2, 40), null=torch.linspace(0, 1, 200), n_select=16))
+    claim = Claim("overlap-z", "c", paper="p", statistic="s", threshold=2.0, direction="below")
+    card.add(evaluate(claim, -torch.linspace(0.1, 3.3, 64), n_select=0))
+    return card.summary()
+
+
+def test_sanitiser_leaves_scorecard_lines_unchanged():
+    summary = _summary()
+    assert all(SUMMARY.match(line) for line in summary.splitlines()), summary
+    assert _sanitise(summary) == summary
+
+
+def test_a_changed_finding_is_a_changed_output():
+    summary = _summary()
+    changed = summary.replace(summary.split(": ", 1)[1].split(" ", 1)[0], "0.99", 1)
+    assert changed != summary and _sanitise(changed) != _sanitise(summary)
+
+
+def _findings_output(path: Path) -> str:
+    nb = json.loads(path.read_text())
+    text = []
+    for cell in nb["cells"]:
+        if "findings" in cell.get("metadata", {}).get("tags", []):
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "stream":
+                    text.append("".join(out["text"]))
+    return "".join(text)
+
+
+@pytest.mark.parametrize("stem", WITH_SCORECARD)
+def test_stored_notebook_ends_in_a_compared_scorecard(stem):
+    path = NOTEBOOKS / f"{stem}.ipynb"
+    nb = json.loads(path.read_text())
+    params = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    assert "FINDINGS_PATH" in "".join(params["source"])  # so that `workbench run` writes findings.json
+    lines = [line for line in _findings_output(path).splitlines() if SUMMARY.match(line)]
+    assert len(lines) >= 2, f"{stem}: no scorecard summary stored in a cell tagged 'findings'"
+    assert _sanitise("\n".join(lines)) == "\n".join(lines)
+    for line in lines:  # an interval holds its value
+        m = SUMMARY.match(line)
+        assert float(m["lo"]) <= float(m["value"]) + 0.01 and float(m["value"]) <= float(m["hi"]) + 0.01, line
