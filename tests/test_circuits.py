@@ -87,7 +87,7 @@ def test_position_mask():
     m = position_mask(torch.tensor([2, 0]), 4)
     assert m.dtype == torch.bool
     assert m.tolist() == [[False, False, True, False], [True, False, False, False]]
-    with pytest.raises(ValueError, match="0..3"):
+    with pytest.raises(ValueError, match="out of range for 4 positions"):
         position_mask(torch.tensor([4]), 4)
     with pytest.raises(ValueError, match="one position per prompt"):
         position_mask(torch.tensor([[1]]), 4)

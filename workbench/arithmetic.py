@@ -41,8 +41,8 @@ from tqdm.auto import tqdm
 from .ablation import AblationKind, ablate
 from .components import random_head_sets, top_k_heads
 from .heads import attention_to
-from .models import logits_at, resid_to_logits
 from .results import Result
+from .runtime import logits_at, resid_to_logits
 
 __all__ = ["answer_accuracy", "random_heads", "top_heads", "TopVsRandom", "top_vs_random",
            "operand_attention", "head_means", "sum_correct", "operand_attention_per_problem"]

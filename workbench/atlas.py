@@ -107,10 +107,11 @@ def top_positive(scores: Result, k: int, name: str) -> HeadSet:
 
 
 def _path_effect(model, clean, corrupted, metric, **kw) -> Result:
+    """Each sender head's path effect on the logits (:func:`workbench.circuits.path_effect`)."""
+    from .circuits import path_effect
     from .path_patching import path_patch_heads
 
-    r = path_patch_heads(model, clean, corrupted, metric, progress=False, **kw)
-    return Result(r.meta["clean"] - r.values, ("layer", "head"), f"path effect ({r.metric})")
+    return path_effect(path_patch_heads(model, clean, corrupted, metric, progress=False, **kw))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,9 +41,10 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from . import checks
 from .heads import HeadSet
-from .models import logits_at
 from .results import Result
+from .runtime import logits_at
 
 __all__ = [
     "Sign",
@@ -142,13 +143,10 @@ def kv_receivers(model, heads) -> list[tuple[int, int]]:
 
 
 def position_mask(positions: Int[Tensor, "batch"], seq: int) -> Bool[Tensor, "batch pos"]:
-    """One position per prompt (e.g. ``ds.pos["S2"]``) as a boolean mask ``[batch, pos]``."""
+    """One position per prompt (e.g. ``ds.pos["S2"]``) as a boolean mask ``[batch, pos]``
+    (:func:`workbench.checks.position_mask` with a per-prompt tensor)."""
     p = torch.as_tensor(positions, dtype=torch.long)
-    if p.ndim != 1:
-        raise ValueError(f"positions must be one position per prompt [batch], got {tuple(p.shape)}.")
-    if len(p) and (int(p.min()) < 0 or int(p.max()) >= seq):
-        raise ValueError(f"positions must lie in 0..{seq - 1}, got {p.min()}..{p.max()}.")
-    return torch.nn.functional.one_hot(p, seq).bool()
+    return checks.position_mask(p, len(p) if p.ndim == 1 else -1, seq)
 
 
 def split_by_attention(

@@ -45,12 +45,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from . import runtime
 from .ablation import mask_attention
 from .heads import HeadSet
-from .models import PREFILL_CHUNK, cache_prefix, prefill, resid_to_logits, run_cached
 from .results import Result
+from .runtime import cache_prefix, prefill, resid_to_logits, run_cached, supports_fast_path
 
 __all__ = [
     "needle_correct",
@@ -138,7 +138,7 @@ def _answer_logits(model, full: Tensor, n_prompt: int, n_answer: int) -> Float[T
     :func:`workbench.heads.retrieval_hits` does); the answer queries then read it from the cache.
     """
     first = n_prompt - 1  # the query that predicts the first answer token
-    if isinstance(model, HookedTransformer) and first > PREFILL_CHUNK:
+    if supports_fast_path(model) and first > runtime.PREFILL_CHUNK:
         cache = prefill(model, full[:, :first])
         final = run_cached(model, full[:, first : first + n_answer], cache,
                            stop_at_layer=model.cfg.n_layers)
@@ -561,8 +561,9 @@ def answer_masking(
         raise ValueError("head_sets is empty; give at least one set (an empty set is the unmasked run).")
     if isinstance(sets_per_pass, bool) or not isinstance(sets_per_pass, int) or sets_per_pass < 1:
         raise ValueError(f"sets_per_pass must be a positive int, got {sets_per_pass!r}.")
-    if not isinstance(model, HookedTransformer):
-        raise TypeError("answer_masking needs a HookedTransformer (key/value cache and start_at_layer).")
+    if not supports_fast_path(model):
+        raise TypeError("answer_masking needs a HookedTransformer that can start mid-model (key/value cache "
+                        "and start_at_layer; no left padding).")
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     low = min((layer for s in sets for layer, _ in s), default=n_layers - 1)
     out = torch.zeros(len(sets), len(haystacks))

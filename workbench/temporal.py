@@ -48,8 +48,8 @@ from tqdm.auto import tqdm
 from . import checks, components
 from .ablation import AblationKind, ablate
 from .heads import attention_to
-from .models import logits_at, resid_to_logits
 from .results import Result
+from .runtime import logits_at, resid_to_logits, supports_fast_path
 
 __all__ = [
     "final_logits",
@@ -203,13 +203,6 @@ def _edited_logits(model, tokens, end, source_z: dict[int, Tensor], heads, scale
     return torch.cat(out)
 
 
-def _starts_mid_model(model) -> bool:
-    """Whether runs may start at a layer from a cached residual (``start_at_layer``)."""
-    from transformer_lens import HookedTransformer
-
-    return isinstance(model, HookedTransformer)
-
-
 def patch_each_head(
     model, ds, heads: Sequence[tuple[int, int]], *, batch_size: int = 64, progress: bool = True
 ) -> Result:
@@ -240,7 +233,7 @@ def patch_each_head(
     values = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
     for layer, h in tqdm(heads, desc="patching heads", disable=not progress):
         last = _edited_logits(model, ds.corrupted_tokens, end, source, [(layer, h)], 1.0, batch_size,
-                              resid_pre=resid[layer] if _starts_mid_model(model) else None)
+                              resid_pre=resid[layer] if supports_fast_path(model) else None)
         ld = _scores_from_logits(ds, last)["logit_diff"]
         values[layer, h] = (ld - corrupted) / (clean - corrupted)
     return Result(values, ("layer", "head"), "normalised logit difference after patching",
