@@ -35,7 +35,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from ..patching import check_tokens, metric_name
+from ..patching import check_tokens, metric_name, shared_prefix
 from .engine import InputSite, input_sites, node_outputs, run_metric, split_inputs
 from .graph import Graph, Layout
 
@@ -51,14 +51,17 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
-def _accumulate(grad: Tensor, *, site: InputSite, delta: Tensor, matrix: Tensor, weight: float) -> None:
-    """The tensor hook: ``matrix[writers, inputs] += delta[writers] @ grad[inputs]``."""
-    g = grad.detach().float()
+def _accumulate(grad: Tensor, *, site: InputSite, delta: Tensor, matrix: Tensor, weight: float,
+                pos0: int) -> None:
+    """The tensor hook: ``matrix[writers, inputs] += delta[writers] @ grad[inputs]`` (positions
+    from ``pos0`` on: before it the two runs agree and the differences are zero)."""
+    g = grad.detach()[:, pos0:].float()
     g = g.permute(2, 0, 1, 3).reshape(g.shape[2], -1) if site.per_head else g.reshape(1, -1)
     matrix[: site.n_upstream, site.columns] += weight * (delta[: site.n_upstream] @ g.T)
 
 
-def _grad_hooks(sites: list[InputSite], delta: Tensor, matrix: Tensor, weight: float, *, replace=None):
+def _grad_hooks(sites: list[InputSite], delta: Tensor, matrix: Tensor, weight: float, pos0: int, *,
+                replace=None):
     """Forward hooks that register the accumulating tensor hook on each input site's value.
     ``replace`` maps a site name to a function giving the value to use instead (a leaf)."""
     hooks = []
@@ -66,7 +69,8 @@ def _grad_hooks(sites: list[InputSite], delta: Tensor, matrix: Tensor, weight: f
         def hook(act, hook, *, site=site):
             if replace is not None and site.name in replace:
                 act = replace[site.name](act)
-            act.register_hook(partial(_accumulate, site=site, delta=delta, matrix=matrix, weight=weight))
+            act.register_hook(partial(_accumulate, site=site, delta=delta, matrix=matrix, weight=weight,
+                                             pos0=pos0))
             return act
 
         hooks.append((site.name, hook))
@@ -118,13 +122,14 @@ def attribute(
         corr, corr_value, _ = node_outputs(model, layout, corrupted_tokens, metric)
         delta, clean_value, _ = node_outputs(model, layout, clean_tokens, metric)
         emb_clean, emb_corr = delta[0].clone(), corr[0].clone()
-        delta.sub_(corr)  # in place: one buffer of clean - corrupted differences
-        del corr
-        flat = delta.reshape(layout.n_forward, -1)
+        # Positions before the first one where the prompts differ give equal outputs in both runs.
+        pos0 = shared_prefix(clean_tokens, corrupted_tokens)
+        flat = (delta[:, :, pos0:] - corr[:, :, pos0:]).reshape(layout.n_forward, -1)
+        del corr, delta
         matrix = torch.zeros(layout.n_forward, layout.n_backward)
         if method == "eap-ig-activations":
             _ig_activations(model, layout, sites, clean_tokens, corrupted_tokens, metric, flat, matrix,
-                            steps, progress)
+                            steps, progress, pos0)
         else:
             n = 1 if method == "eap" else steps
             bar = _progress(n, f"{method} gradients", progress)
@@ -132,7 +137,7 @@ def attribute(
                 alpha = k / n
                 start = _leaf(emb_corr + alpha * (emb_clean - emb_corr))
                 hooks = [("blocks.0.hook_resid_pre", lambda act, hook, start=start: start)]
-                hooks += _grad_hooks(sites, flat, matrix, 1.0 / n)
+                hooks += _grad_hooks(sites, flat, matrix, 1.0 / n, pos0)
                 with torch.enable_grad():
                     value, _ = run_metric(model, clean_tokens, metric, hooks)
                     torch.autograd.grad(value, start)
@@ -158,7 +163,7 @@ def _layer_inputs(model, tokens: Tensor) -> dict[str, Tensor]:
 
 
 def _ig_activations(model, layout, sites, clean_tokens, corrupted_tokens, metric, flat, matrix,
-                    steps, progress) -> None:
+                    steps, progress, pos0) -> None:
     clean = _layer_inputs(model, clean_tokens)
     corr = _layer_inputs(model, corrupted_tokens)
     last = layout.n_layers - 1
@@ -185,7 +190,7 @@ def _ig_activations(model, layout, sites, clean_tokens, corrupted_tokens, metric
                 return leaf
 
             replace = {s.name: interpolate for s in group}
-            hooks = _grad_hooks(group, flat, matrix, 1.0 / steps, replace=replace)
+            hooks = _grad_hooks(group, flat, matrix, 1.0 / steps, pos0, replace=replace)
             with torch.enable_grad():
                 value, _ = run_metric(model, clean_tokens, metric, hooks, start=(start, clean[
                     f"blocks.{start}.hook_resid_pre"]))

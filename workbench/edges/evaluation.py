@@ -35,7 +35,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from ..patching import check_tokens, metric_name
+from ..patching import check_tokens, metric_name, shared_prefix
 from .engine import input_sites, node_outputs, output_hooks, run_metric, split_inputs
 from .graph import Graph, Layout, SelectBy
 
@@ -81,6 +81,10 @@ class EdgePatcher:
         self.sites = input_sites(self.layout)
         with split_inputs(model):
             corr, corr_value, _ = node_outputs(model, self.layout, corrupted_tokens, metric)
+        # With patching, positions before the first one where the prompts differ hold the same
+        # outputs in every run (the model is causal): nothing to patch there.
+        self.pos0 = shared_prefix(clean_tokens, corrupted_tokens) if ablation == "patch" else 0
+        corr = corr[:, :, self.pos0:]
         self.ablated = corr if ablation == "patch" else corr.mean(1, keepdim=True).expand_as(corr).contiguous()
         self.corrupted_value = float(corr_value)
         with torch.no_grad():
@@ -90,28 +94,50 @@ class EdgePatcher:
 
     @torch.no_grad()
     def run(self, in_circuit: Bool[Tensor, " edge"]) -> tuple[float, Tensor | None]:
-        """The metric with only ``in_circuit``'s edges clean: its value and per-prompt values."""
+        """The metric with only ``in_circuit``'s edges clean: its value and per-prompt values.
+
+        Each input's correction is the sum of its ablated writers' differences, computed from
+        whichever side is smaller: the ablated writers directly, or the running sum of every
+        writer's difference minus the circuit's writers.
+        """
         in_circuit = torch.as_tensor(in_circuit, dtype=torch.bool)
         if in_circuit.shape != (self.layout.n_edges,):
             raise ValueError(f"in_circuit needs {self.layout.n_edges} entries, got {tuple(in_circuit.shape)}.")
-        out = torch.zeros(self.layout.n_forward, self.layout.n_backward)
-        out[self._valid] = (~in_circuit).float()  # 1 where an edge is ablated
+        keep = torch.zeros(self.layout.n_forward, self.layout.n_backward, dtype=torch.bool)
+        keep[self._valid] = in_circuit
         diff = torch.empty_like(self.ablated)
-        ablated = self.ablated
+        total = torch.zeros(self.ablated.shape[1:])
+        written = [0]
+        ablated, pos0 = self.ablated, self.pos0
 
         def sink(s, value):
-            diff[s] = value.permute(2, 0, 1, 3) - ablated[s]
+            diff[s] = value[:, pos0:].permute(2, 0, 1, 3) - ablated[s]
+            total.add_(diff[s].sum(0))
+            written[0] = s.stop
 
         hooks = output_hooks(self.model, self.layout, sink)
         for site in self.sites:
-            weights = out[: site.n_upstream, site.columns]
-            if not weights.any():
+            kept = keep[: site.n_upstream, site.columns]  # [writers, inputs]
+            if kept.all():
                 continue
+            rows_in, rows_out = kept.any(1).nonzero().flatten(), (~kept).any(1).nonzero().flatten()
+            from_total = len(rows_in) < len(rows_out)
+            rows = rows_in if from_total else rows_out
+            weights = (kept if from_total else ~kept)[rows].float()  # [rows, inputs]
 
-            def patch(act, hook, *, site=site, weights=weights):
-                d = diff[: site.n_upstream].reshape(site.n_upstream, -1)
-                fix = (weights.T @ d).reshape(-1, *act.shape[:2], act.shape[-1])  # [n, batch, pos, d]
-                return act - (fix.permute(1, 2, 0, 3) if site.per_head else fix[0])
+            def patch(act, hook, *, site=site, rows=rows, weights=weights, from_total=from_total):
+                if written[0] != site.n_upstream:
+                    raise RuntimeError(f"{site.name}: {written[0]} writers ran, expected {site.n_upstream}.")
+                if len(rows):
+                    d = diff[rows].reshape(len(rows), total.numel())
+                    fix = (weights.T @ d).reshape(weights.shape[1], *total.shape)  # [inputs, batch, pos, d]
+                    if from_total:
+                        fix = total[None] - fix
+                else:  # every writer kept (handled above) or none: the whole running sum
+                    fix = total[None].expand(weights.shape[1], *total.shape)
+                act = act.clone()
+                act[:, pos0:] -= fix.permute(1, 2, 0, 3) if site.per_head else fix[0]
+                return act
 
             hooks.append((site.name, patch))
         with split_inputs(self.model):
