@@ -24,21 +24,34 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from workbench import edges, models  # noqa: E402
-from workbench.datasets import ioi_dataset  # noqa: E402
-from workbench.metrics import normalise  # noqa: E402
+from workbench import edges, models
+from workbench.datasets import ioi_dataset
+from workbench.metrics import normalise
 
 
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+class Clock:
+    """Wall time and this process's CPU time (on a shared machine the two part ways)."""
+
+    def __init__(self, wall: float, cpu: float):
+        self.wall, self.cpu = wall, cpu
+
+    def __add__(self, other: Clock) -> Clock:
+        return Clock(self.wall + other.wall, self.cpu + other.cpu)
+
+    def __str__(self) -> str:
+        return f"{self.wall:.1f} s (CPU {self.cpu:.1f} s)"
+
+
 def timed(fn):
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn()
-    return out, time.perf_counter() - start
+    return out, Clock(time.perf_counter() - start, time.process_time() - cpu)
 
 
 def bench(name: str, n: int, steps: int, progress: bool) -> None:
@@ -49,13 +62,13 @@ def bench(name: str, n: int, steps: int, progress: bool) -> None:
     print(f"\n== {name}: {n} IOI prompts of {clean.shape[1]} tokens, torch threads {torch.get_num_threads()}")
     ig, t_ig = timed(lambda: edges.attribute(model, clean, corrupted, metric, method="eap-ig", steps=steps,
                                              progress=progress))
-    eap, t_eap = timed(lambda: edges.attribute(model, clean, corrupted, metric, method="eap", progress=progress))
+    _eap, t_eap = timed(lambda: edges.attribute(model, clean, corrupted, metric, method="eap", progress=progress))
     curve, t_curve = timed(lambda: edges.faithfulness_curve(model, ig, clean, corrupted, metric, n_random=1,
                                                             progress=progress))
     print(f"edges: {ig.n_edges} ({ig.layout.n_forward} writers x {ig.layout.n_backward} inputs, upstream only)")
-    print(f"EAP-IG ({steps} steps): {t_ig:.1f} s | EAP: {t_eap:.1f} s | faithfulness curve "
-          f"({len(curve.fractions)} sizes, EAP-IG and random): {t_curve:.1f} s")
-    print(f"EAP-IG + curve: {t_ig + t_curve:.1f} s (goal: <= 600 s)")
+    print(f"EAP-IG ({steps} steps): {t_ig} | EAP: {t_eap} | faithfulness curve "
+          f"({len(curve.fractions)} sizes, EAP-IG and random): {t_curve}")
+    print(f"EAP-IG + curve: {t_ig + t_curve} (goal: <= 600 s); load average {os.getloadavg()[0]:.1f}")
     print(f"EAP-IG on its own prompts: CPR {curve.cpr:.3f}, CMD {curve.cmd:.3f}; random CPR {curve.random.cpr:.3f}, "
           f"CMD {curve.random.cmd:.3f}")
     print("faithfulness by fraction: " + ", ".join(

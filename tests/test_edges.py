@@ -218,9 +218,9 @@ def test_eap_ig_equals_the_mean_of_linearised_effects(model, pair, metric):
 
 
 @pytest.mark.parametrize("method", ["eap-ig", "eap-ig-activations"])
-def test_one_step_ig_is_eap(tiny, pair, metric, method):
-    eap = edges.attribute(tiny, *pair, metric, method="eap")
-    one = edges.attribute(tiny, *pair, metric, method=method, steps=1)
+def test_one_step_ig_is_eap(model, pair, metric, method):
+    eap = edges.attribute(model, *pair, metric, method="eap")
+    one = edges.attribute(model, *pair, metric, method=method, steps=1)
     assert (eap.matrix - one.matrix).abs().max() < 1e-5
 
 
