@@ -302,6 +302,10 @@ def test_areas_follow_the_trapezoid_rule():
     assert cpr == pytest.approx(0.75) and cmd == pytest.approx(0.25)
     cpr, cmd = areas([0.1, 1.0], [1.5, 0.5])
     assert cpr == pytest.approx(0.9) and cmd == pytest.approx(0.45)
+    # on a log axis each decade weighs the same: 0.01-0.1 at 0, 0.1-1 at 1
+    cpr, cmd = areas([0.01, 0.1, 1.0], [0.0, 0.0, 1.0], log_x=True)
+    assert cpr == pytest.approx(0.25) and cmd == pytest.approx(0.75)
+    assert areas([0.001, 0.5, 1.0], [1.0, 1.0, 1.0], log_x=True) == pytest.approx((1.0, 0.0))
 
 
 # ------------------------------------------------------------------ circuits

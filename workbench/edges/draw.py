@@ -39,7 +39,7 @@ def draw_circuit(graph, *, ax=None, max_edges: int = 300, title: str | None = No
     owner = lay.owner()
     bnames = lay.backward_names()
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(
-        figsize=(max(4.0, 0.5 * lay.per_layer_forward + 2), max(4.0, 0.32 * lay.n_layers + 2)))
+        figsize=(max(4.0, 0.5 * lay.per_layer_forward + 2), max(4.0, 0.2 * lay.n_layers + 2)))
     top = float(lay.n_layers)
     wmax = float(w.max()) if len(w) and float(w.max()) > 0 else 1.0
     used = set()

@@ -146,12 +146,24 @@ class EdgePatcher:
         return float(value), per
 
 
-def areas(fractions: Sequence[float], faithfulness: Sequence[float] | Tensor) -> tuple[float, float]:
-    """``(CPR, CMD)``: trapezoid areas under the curve and between it and 1, over ``fractions``."""
+def areas(fractions: Sequence[float], faithfulness: Sequence[float] | Tensor, *,
+          log_x: bool = False) -> tuple[float, float]:
+    """``(CPR, CMD)``: trapezoid areas under the curve and between it and 1, over ``fractions``.
+
+    ``log_x=True`` integrates over ``log(fraction)`` instead and divides by the log range, so a
+    curve at 1 everywhere still has CPR 1: every decade of circuit sizes weighs the same (MIB's
+    code offers a log axis too, without the division). The default is the linear axis.
+    """
     x = torch.as_tensor(fractions, dtype=torch.float64)
     y = torch.as_tensor(faithfulness, dtype=torch.float64)
     if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
         raise ValueError(f"Need matching 1-d fractions and faithfulness (at least 2), got {tuple(x.shape)}, {tuple(y.shape)}.")
+    if log_x:
+        if not (x > 0).all():
+            raise ValueError("A log axis needs positive fractions.")
+        x = x.log()
+        span = float(x[-1] - x[0])
+        return float(torch.trapezoid(y, x)) / span, float(torch.trapezoid((1 - y).abs(), x)) / span
     return float(torch.trapezoid(y, x)), float(torch.trapezoid((1 - y).abs(), x))
 
 
@@ -180,6 +192,10 @@ class FaithfulnessCurve:
     random: FaithfulnessCurve | None = None
     per_prompt: Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def log_areas(self) -> tuple[float, float]:
+        """``(CPR, CMD)`` over the log of the fraction of edges (see :func:`areas`)."""
+        return areas(self.x, self.faithfulness, log_x=True)
 
     def to_frame(self) -> pd.DataFrame:
         rows = [pd.DataFrame({"circuit": self.label, "fraction": list(self.fractions), "n_edges": self.n_edges,
