@@ -146,7 +146,8 @@ def slow_circuit_run(model, clean, corrupted, metric, in_circuit_matrix) -> floa
     ablated = ref_outputs(model, kc)
     cfg = model.cfg
     current: dict[str, torch.Tensor] = {}
-    keep = lambda act, hook: current.__setitem__(hook.name, act)
+    def keep(act, hook):
+        return current.__setitem__(hook.name, act)
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{L}.{s}" for L in range(cfg.n_layers)
                                            for s in ("attn.hook_z", "ln1_post.hook_scale", "hook_mlp_out")]
     hooks = [(n, keep) for n in names if n in model.hook_dict]
@@ -322,7 +323,7 @@ def test_top_n_and_greedy(tiny, pair, metric):
     owner = g.layout.owner()
     sources = set(m.any(1).nonzero().flatten().tolist())
     readers = g.layout.readers_of()
-    for u, v in m.nonzero().tolist():  # every edge feeds the logits or a node already in the circuit
+    for _u, v in m.nonzero().tolist():  # every edge feeds the logits or a node already in the circuit
         o = int(owner[v])
         assert o < 0 or any(v in readers[s] for s in sources)
     assert int(g.greedy(g.n_edges).in_circuit.sum()) == g.n_edges
