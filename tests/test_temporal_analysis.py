@@ -137,7 +137,7 @@ def test_bad_input_and_no_hooks_left(tiny):
     ds = make_ds()
     with pytest.raises(ValueError, match="out of range"):
         tp.edit_heads(tiny, ds, [(0, 99)])
-    with pytest.raises(TypeError, match="pairs"):
+    with pytest.raises(TypeError, match="pair"):
         tp.patch_each_head(tiny, ds, [3])
     with pytest.raises(ValueError, match="empty"):
         tp.patch_each_head(tiny, ds, [])

@@ -35,7 +35,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from ..patching import check_tokens, metric_name, shared_prefix
+from .. import checks
+from ..metrics import metric_name
+from ..patching import shared_prefix
 from .engine import InputSite, input_sites, node_outputs, run_metric, split_inputs
 from .graph import Graph, Layout
 
@@ -115,7 +117,7 @@ def attribute(
         corrupted runs.
     """
     _check(method, steps)
-    check_tokens(clean_tokens, corrupted_tokens)
+    checks.token_pair(model, clean_tokens, corrupted_tokens)
     layout = Layout.from_model(model)
     sites = input_sites(layout)
     with split_inputs(model):

@@ -35,7 +35,9 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from ..patching import check_tokens, metric_name, shared_prefix
+from .. import checks
+from ..metrics import metric_name
+from ..patching import shared_prefix
 from .engine import input_sites, node_outputs, output_hooks, run_metric, split_inputs
 from .graph import Graph, Layout, SelectBy
 
@@ -74,7 +76,7 @@ class EdgePatcher:
                  metric, *, ablation: Ablation = "patch") -> None:
         if ablation not in ABLATIONS:
             raise ValueError(f"Unknown ablation {ablation!r}; choose from {list(ABLATIONS)}.")
-        check_tokens(clean_tokens, corrupted_tokens)
+        checks.token_pair(model, clean_tokens, corrupted_tokens)
         self.model, self.metric, self.ablation = model, metric, ablation
         self.clean_tokens = clean_tokens
         self.layout = Layout.from_model(model)
