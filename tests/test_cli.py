@@ -56,7 +56,7 @@ def test_param_values_are_python_literals_or_strings():
 
 
 def test_unknown_param_lists_the_notebooks_parameters(tmp_path):
-    with pytest.raises(SystemExit, match=r"Unknown parameter\(s\) \['NOPE'\].*\['MODEL', 'PROMPT'\]"):
+    with pytest.raises(SystemExit, match=r"Unknown parameter\(s\) \['NOPE'\].*\['DEVICE', 'DTYPE', 'MODEL', 'PROMPT'\]"):
         cli.main(["run", "00", "--param", "NOPE=1", "--out", str(tmp_path)])
     assert not any(tmp_path.iterdir())
 

