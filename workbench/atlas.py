@@ -68,6 +68,7 @@ from .datasets import (
     temporal_facts,
 )
 from .datasets.needles import Needle
+from .datasets.temporal import NothingCorrect
 from .metrics import normalise
 from .results import Result
 
@@ -114,6 +115,14 @@ def _path_effect(model, clean, corrupted, metric, **kw) -> Result:
     return path_effect(path_patch_heads(model, clean, corrupted, metric, progress=False, **kw))
 
 
+def _kept(model, ds, *, criterion: str, role: str):
+    """The items ``model`` answers correctly; none at all means the role is absent, not an error."""
+    try:
+        return keep_correct(model, ds, criterion=criterion, verbose=False)
+    except NothingCorrect as e:
+        raise PhenomenonAbsent(f"{e} The {role} role cannot be found.") from None
+
+
 # ----------------------------------------------------------------------------------------------
 # One finder per phenomenon: model -> {role: scores}. Each runs the phenomenon's finding step only.
 
@@ -153,10 +162,7 @@ def temporal_scores(model, *, k: int, seed: int = 0) -> dict[str, Result]:
     from .metrics import Normalised
     from .temporal import patch_each_head, score
 
-    facts = keep_correct(model, temporal_facts(model, kind="temporal", seed=seed), criterion="candidates",
-                         verbose=False)
-    if len(facts) == 0:
-        raise PhenomenonAbsent("The model answers none of the temporal facts; the temporal role cannot be found.")
+    facts = _kept(model, temporal_facts(model, kind="temporal", seed=seed), criterion="candidates", role="temporal")
     clean = score(model, facts)["logit_diff"]
     corrupted = score(model, facts, facts.corrupted_tokens)["logit_diff"]
     metric = Normalised(facts.logit_diff(), clean, corrupted)
@@ -171,11 +177,8 @@ def arithmetic_scores(model, *, k: int, n: int = 60, seed: int = 0) -> dict[str,
     main = dict(ops=("+",), digits=1, template="few_shot", n=n, seed=seed)
     total = None
     for corruption in ("operands", "operator"):
-        ds = keep_correct(model, arithmetic_problems(model, corruption=corruption, **main),
-                          criterion="argmax", verbose=False)
-        if len(ds) == 0:
-            raise PhenomenonAbsent("The model answers none of the arithmetic problems; the arithmetic "
-                                   "role cannot be found.")
+        ds = _kept(model, arithmetic_problems(model, corruption=corruption, **main), criterion="argmax",
+                   role="arithmetic")
         metric = normalise(model, ds.clean_tokens, ds.corrupted_tokens, ds.logit_diff())
         effect = _path_effect(model, ds.clean_tokens, ds.corrupted_tokens, metric)
         total = effect.values if total is None else total + effect.values

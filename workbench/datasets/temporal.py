@@ -56,6 +56,7 @@ from ..models import logits_at, to_tokens
 from ..resources import data_path
 
 __all__ = [
+    "NothingCorrect",
     "FACTS_PATH",
     "Fact",
     "TemporalFacts",
@@ -533,6 +534,10 @@ def answer_correct(
     return _judge(model, ds, batch_size=batch_size, progress=progress)[criterion]
 
 
+class NothingCorrect(ValueError):
+    """:func:`keep_correct` found no item that the model answers correctly."""
+
+
 def keep_correct(
     model, ds, *, criterion: Criterion = "logit_diff", batch_size: int = 64,
     progress: bool = False, verbose: bool = True,
@@ -556,7 +561,7 @@ def keep_correct(
         print(f"keep_correct ({criterion}): kept {len(index)} of {len(ok)} "
               f"({100 * len(index) / max(len(ok), 1):.0f}%)")
     if len(index) == 0:
-        raise ValueError(
+        raise NothingCorrect(
             f"The model answers none of the {len(ok)} prompts correctly ({criterion}); there is "
             "nothing to keep. Try criterion='logit_diff', other relations, or a bigger model."
         )
