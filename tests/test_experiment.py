@@ -112,6 +112,25 @@ def test_random_head_sets_are_seeded_sized_and_layer_matched():
         random_head_sets(2, 2, like=[(0, 0), (0, 1)], n_draws=1, seed=0, exclude=[(0, 0)])
 
 
+def test_random_head_sets_borrow_from_the_nearest_layers_only_when_short():
+    like = [(2, 0), (2, 1), (2, 2), (4, 3)]  # layer 2 has one head left once `like` is excluded
+    sets = random_head_sets(6, 4, like=like, n_draws=200, seed=0, exclude=like, nearest=True)
+    for s in sets:
+        layers = sorted(h[0] for h in s)
+        assert len(set(s)) == 4 and not set(s) & set(like)
+        assert layers.count(2) == 1 and layers.count(4) == 1  # all layer 2 has left, and layer 4's own head
+        assert sum(layer in (1, 3) for layer in layers) == 2  # layer 2's shortfall, from distance 1
+    assert {h for s in sets for h in s if h[0] in (1, 3)} == {(1, h) for h in range(4)} | {(3, h) for h in range(4)}
+    # without a shortfall, nearest= changes nothing
+    easy = [(2, 0), (4, 3)]
+    assert (random_head_sets(6, 4, like=easy, n_draws=20, seed=1, exclude=easy, nearest=True)
+            == random_head_sets(6, 4, like=easy, n_draws=20, seed=1, exclude=easy))
+    with pytest.raises(ValueError, match="nearest=True"):
+        random_head_sets(6, 4, like=like, n_draws=1, seed=0, exclude=like)
+    with pytest.raises(ValueError, match="only 2 can be drawn"):
+        random_head_sets(1, 4, like=[(0, 0), (0, 1), (0, 2)], n_draws=1, seed=0, exclude=[(0, 0), (0, 1)], nearest=True)
+
+
 def test_a_claim_that_presupposes_an_unreplicated_finding_cannot_replicate():
     strong = torch.linspace(0.9, 1.1, 40)
     behaviour = evaluate(CLAIM, torch.zeros(40), n_select=0)

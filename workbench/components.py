@@ -75,12 +75,19 @@ def random_head_sets(
     seed: int,
     layers: Sequence[int] | None = None,
     exclude: Iterable[Head] = (),
+    nearest: bool = False,
 ) -> list[list[Head]]:
     """``n_draws`` random head sets, each sorted, from a seeded generator of their own.
 
     Give either ``k`` (sets of ``k`` heads from ``layers``, default every layer) or ``like`` (sets
     with as many heads in each layer as ``like`` has: layer-matched). ``exclude`` heads are never
     drawn (e.g. the heads being tested, for a "random other heads" null).
+
+    A layer with fewer heads left to draw than ``like`` has there is an error, unless
+    ``nearest=True``: then that layer gives all it has and the rest come from the nearest layers
+    (distance 1 first, then 2, ...), drawn at random among the heads left at that distance, so
+    the sets stay as close to layer-matched as the grid allows (on small grids, e.g. 4 heads per
+    layer, a set that fills a layer). Without a shortfall the draws are the same either way.
     """
     if (k is None) == (like is None):
         raise ValueError("random_head_sets takes exactly one of k= (a size) or like= (a set to match by layer)")
@@ -105,17 +112,36 @@ def random_head_sets(
             raise ValueError(f"Head L{layer}H{h} is outside a {n_layers} x {n_heads} grid")
         per_layer[layer] = per_layer.get(layer, 0) + 1
     pools = {layer: pool([layer]) for layer in sorted(per_layer)}
-    for layer, count in per_layer.items():
-        if count > len(pools[layer]):
-            raise ValueError(f"Layer {layer} has {len(pools[layer])} heads to draw from, {count} needed")
+    short = {layer: count - len(pools[layer]) for layer, count in per_layer.items() if count > len(pools[layer])}
+    if short and not nearest:
+        layer = min(short)
+        raise ValueError(f"Layer {layer} has {len(pools[layer])} heads to draw from, {per_layer[layer]} needed "
+                         "(pass nearest=True to take the shortfall from the nearest layers)")
+    if sum(per_layer.values()) > len(pool(range(n_layers))):
+        raise ValueError(f"{sum(per_layer.values())} heads needed, only {len(pool(range(n_layers)))} can be drawn")
     draws = []
     for _ in range(n_draws):
         chosen: list[Head] = []
         for layer, candidates in pools.items():
             idx = torch.randperm(len(candidates), generator=gen)[: per_layer[layer]].tolist()
             chosen.extend(candidates[i] for i in idx)
+        for layer, missing in sorted(short.items()):
+            chosen.extend(_from_nearest(layer, missing, pool, set(chosen), n_layers, gen))
         draws.append(sorted(chosen))
     return draws
+
+
+def _from_nearest(layer: int, missing: int, pool, taken: set, n_layers: int, gen: torch.Generator) -> list[Head]:
+    """``missing`` heads not in ``taken``, from the layers nearest ``layer`` (random within a distance)."""
+    out: list[Head] = []
+    for d in range(1, n_layers):
+        if len(out) == missing:
+            break
+        ring = [h for h in pool([x for x in (layer - d, layer + d) if 0 <= x < n_layers]) if h not in taken]
+        idx = torch.randperm(len(ring), generator=gen)[: missing - len(out)].tolist()
+        out.extend(ring[i] for i in idx)
+        taken.update(ring[i] for i in idx)
+    return out
 
 
 def head_set_mean(per_item: Float[Tensor, "batch layer head"], heads) -> Float[Tensor, " batch"]:
