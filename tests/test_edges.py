@@ -285,6 +285,11 @@ def test_faithfulness_curve(tiny, pair, metric):
     assert c.n_edges == [int(f * g.n_edges) for f in fr]
     assert abs(c.faithfulness[-1].item() - 1) < 1e-4 and abs(c.random.faithfulness[-1].item() - 1) < 1e-4
     assert (c.cpr, c.cmd) == areas(c.x, c.faithfulness)
+    assert all(k <= n for k, n in zip(c.n_kept, c.n_edges)) and c.n_kept[-1] == g.n_edges
+    assert torch.allclose(c.x, torch.tensor(c.n_kept, dtype=torch.float64) / g.n_edges)
+    unpruned = edges.faithfulness_curve(tiny, g, *pair, metric, fractions=fr, n_random=0, prune=False)
+    assert unpruned.n_kept == unpruned.n_edges
+    assert torch.allclose(unpruned.faithfulness, c.faithfulness, atol=1e-5)  # pruning moves x, not y
     # the bootstrap statistic on all prompts gives the curve's own figures
     assert abs(c.statistic("cmd")(c.per_prompt).item() - c.cmd) < 1e-4
     assert abs(c.statistic("cpr")(c.per_prompt).item() - c.cpr) < 1e-4
@@ -331,6 +336,48 @@ def test_top_n_and_greedy(tiny, pair, metric):
     assert list(frame.columns) == ["source", "target", "score", "in_circuit"] and len(frame) == g.n_edges
     assert "<table" in g._repr_html_()
     assert gr.plot() is not None
+
+
+def test_pruning_drops_dangling_edges_and_changes_no_faithfulness(model, pair, metric):
+    p = EdgePatcher(model, *pair, metric)
+    lay = p.layout
+    gen = torch.Generator().manual_seed(5)
+    dropped = 0
+    for keep in (0.03, 0.1, 0.3):
+        for _ in range(3):
+            mask = torch.rand(lay.n_edges, generator=gen) < keep
+            g = Graph(lay, torch.zeros(lay.n_forward, lay.n_backward), mask)
+            pruned = g.prune()
+            assert not (pruned.in_circuit & ~mask).any()  # a subset
+            assert torch.equal(pruned.prune().in_circuit, pruned.in_circuit)  # idempotent
+            dropped += int(mask.sum() - pruned.in_circuit.sum())
+            assert abs(p.run(mask)[0] - p.run(pruned.in_circuit)[0]) < 1e-5
+    assert dropped > 0  # the sparse circuits had dangling edges to drop
+
+
+def test_pruning_by_hand(tiny):
+    lay = Layout.from_model(tiny)  # 2 layers x 4 heads with MLPs
+    g = Graph(lay, torch.zeros(lay.n_forward, lay.n_backward))
+    a0h1, a1h2, m1 = lay.head_index(0, 1), lay.head_index(1, 2), lay.mlp_index(1)
+    edge = {(u, c): i for i, (u, c) in enumerate(lay.valid().nonzero().tolist())}  # (writer, input) -> edge
+    q12 = lay.q_columns(1).start + 2
+
+    def circuit(*pairs):
+        mask = torch.zeros(lay.n_edges, dtype=torch.bool)
+        mask[[edge[pair] for pair in pairs]] = True
+        return g.with_circuit(mask)
+
+    def kept(graph):
+        return {pair for pair, i in edge.items() if graph.in_circuit[i]}
+
+    chain = [(0, lay.q_columns(0).start + 1), (a0h1, q12), (a1h2, lay.logits_column)]
+    assert kept(circuit(*chain).prune()) == set(chain)  # input -> a0.h1 -> a1.h2 -> logits: all kept
+    # an edge out of a head nothing feeds, and one into an MLP that feeds nothing, dangle
+    extra = [(lay.head_index(0, 3), q12), (a1h2, lay.mlp_column(1))]
+    assert kept(circuit(*chain, *extra).prune()) == set(chain)
+    assert kept(circuit((a0h1, q12)).prune()) == set()  # fed by nothing, feeding nothing
+    direct = [(0, lay.logits_column), (m1, lay.logits_column)]
+    assert kept(circuit(*direct).prune()) == {(0, lay.logits_column)}  # the MLP's inputs are all corrupted
 
 
 def test_from_heads(tiny):

@@ -174,8 +174,12 @@ class FaithfulnessCurve:
     """Faithfulness of circuits of growing size, with CPR and CMD.
 
     Attributes:
-        fractions: the requested fractions of edges; ``n_edges``: the circuit sizes they give.
-        x: the fraction actually used (``n_edges / total``), the integration axis.
+        fractions: the requested fractions of edges; ``n_edges``: the circuit sizes they give
+            (the top ``int(f * total)`` edges).
+        n_kept: the sizes after pruning dangling edges (:meth:`Graph.prune`; as ``n_edges``
+            when the curve was not pruned).
+        x: the fraction of edges the circuits actually hold (``n_kept / total``), the
+            integration axis, as MIB integrates over its pruned circuits' edge counts.
         faithfulness: one value per size.
         cpr, cmd: the areas (see :func:`areas`).
         random: the same for seeded random circuits of the same sizes (None inside it).
@@ -194,14 +198,25 @@ class FaithfulnessCurve:
     random: FaithfulnessCurve | None = None
     per_prompt: Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    n_kept: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_kept is None:
+            self.n_kept = list(self.n_edges)
 
     def log_areas(self) -> tuple[float, float]:
-        """``(CPR, CMD)`` over the log of the fraction of edges (see :func:`areas`)."""
+        """``(CPR, CMD)`` over the log of the fraction of edges (see :func:`areas`).
+
+        Raises ValueError when a circuit was pruned to no edges at all (random circuits of
+        0.1% of the edges often are): a log axis has no place for it.
+        """
+        if not (self.x > 0).all():
+            raise ValueError(f"The {self.label} curve has a circuit pruned to no edges; it has no log-axis area.")
         return areas(self.x, self.faithfulness, log_x=True)
 
     def to_frame(self) -> pd.DataFrame:
         rows = [pd.DataFrame({"circuit": self.label, "fraction": list(self.fractions), "n_edges": self.n_edges,
-                              "faithfulness": self.faithfulness.double().numpy()})]
+                              "n_kept": self.n_kept, "faithfulness": self.faithfulness.double().numpy()})]
         if self.random is not None:
             rows.append(self.random.to_frame())
         return pd.concat(rows, ignore_index=True)
@@ -247,9 +262,9 @@ def _faith(value: float, clean: float, empty: float) -> float:
     return (value - empty) / (clean - empty)
 
 
-def _circuit(graph: Graph, n: int, selection: str, by: SelectBy) -> Tensor:
+def _circuit(graph: Graph, n: int, selection: str, by: SelectBy, prune: bool) -> Tensor:
     g = graph.top_n(n, by=by) if selection == "top-n" else graph.greedy(n, by=by)
-    return g.in_circuit
+    return g.prune().in_circuit if prune else g.in_circuit
 
 
 def _check_fractions(fractions) -> tuple[float, ...]:
@@ -272,15 +287,19 @@ def faithfulness_curve(
     by: SelectBy = "abs",
     n_random: int = 1,
     seed: int = 0,
+    prune: bool = True,
     progress: bool = False,
     patcher: EdgePatcher | None = None,
 ) -> FaithfulnessCurve:
     """Faithfulness of ``graph``'s best circuits at every fraction of edges, and of random ones.
 
     Circuits are the top ``int(f * n_edges)`` edges by ``|score|`` (``selection="top-n"``, MIB's
-    default) or grown greedily from the logits (``"greedy"``). ``random`` holds the mean over
-    ``n_random`` seeded draws of uniformly random edge sets of the same sizes. Pass a
-    ``patcher`` built on the same prompts to reuse its ablated outputs across calls.
+    default) or grown greedily from the logits (``"greedy"``). With ``prune=True`` (MIB's
+    protocol) each circuit loses its dangling edges (:meth:`Graph.prune`) before it is run and
+    counted, so the curve's x axis is the size of the circuit that does the work. ``random``
+    holds the mean over ``n_random`` seeded draws of uniformly random edge sets of the same
+    sizes (pruned alike; x is then their mean kept fraction). Pass a ``patcher`` built on the
+    same prompts to reuse its ablated outputs across calls.
     """
     if selection not in SELECTIONS:
         raise ValueError(f"Unknown selection {selection!r}; choose from {list(SELECTIONS)}.")
@@ -300,33 +319,37 @@ def faithfulness_curve(
         raise ValueError("The patcher was built for other prompts or another ablation.")
     total = graph.n_edges
     sizes = [int(f * total) for f in fr]
-    x = torch.tensor(sizes, dtype=torch.float64) / total
     empty, empty_per = p.run(torch.zeros(total, dtype=torch.bool))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(sizes) * (1 + n_random), desc="faithfulness curve", disable=not progress, leave=False)
 
     def curve(masks_for: Callable[[int], list[Tensor]], label: str) -> FaithfulnessCurve:
-        faith, rows = [], []
+        faith, rows, kept = [], [], []
         for n in sizes:
-            vals, pers = [], []
+            vals, pers, counts = [], [], []
             for mask in masks_for(n):
                 v, per = p.run(mask)
                 vals.append(v)
                 pers.append(per)
+                counts.append(int(mask.sum()))
                 bar.update()
+            kept.append(sum(counts) / len(counts))
             faith.append(sum(_faith(v, p.clean_value, empty) for v in vals) / len(vals))
             rows.append(None if pers[0] is None else torch.stack(pers).mean(0))
         per_prompt = None
         if all(r is not None for r in rows) and p.clean_per_prompt is not None and empty_per is not None:
             per_prompt = torch.stack(rows + [p.clean_per_prompt, empty_per], dim=1)
         faith_t = torch.tensor(faith)
+        x = torch.tensor(kept, dtype=torch.float64) / total
         cpr, cmd = areas(x, faith_t)
         return FaithfulnessCurve(fr, sizes, x, faith_t, cpr, cmd, label, None, per_prompt,
                                  {"ablation": ablation, "selection": selection, "clean": p.clean_value, "empty": empty,
-                                      "metric": metric_name(metric), "n_prompts": int(clean_tokens.shape[0])})
+                                  "metric": metric_name(metric), "n_prompts": int(clean_tokens.shape[0]),
+                                  "pruned": prune},
+                                 [round(k) for k in kept])
 
-    result = curve(lambda n: [_circuit(graph, n, selection, by)], graph.meta.get("method", "circuit"))
+    result = curve(lambda n: [_circuit(graph, n, selection, by, prune)], graph.meta.get("method", "circuit"))
     if n_random:
         gen = torch.Generator().manual_seed(seed)
 
@@ -335,7 +358,7 @@ def faithfulness_curve(
             for _ in range(n_random):
                 m = torch.zeros(total, dtype=torch.bool)
                 m[torch.randperm(total, generator=gen)[:n]] = True
-                out.append(m)
+                out.append(graph.with_circuit(m).prune().in_circuit if prune else m)
             return out
 
         result.random = curve(random_masks, "random")
@@ -345,11 +368,15 @@ def faithfulness_curve(
 
 
 def evaluate_circuit(model, graph: Graph, clean_tokens, corrupted_tokens, metric, *,
-                     ablation: Ablation = "patch", patcher: EdgePatcher | None = None) -> dict[str, float]:
+                     ablation: Ablation = "patch", prune: bool = True,
+                     patcher: EdgePatcher | None = None) -> dict[str, float]:
     """Faithfulness of ``graph``'s circuit (``graph.in_circuit``): ``{"n_edges", "fraction",
-    "value", "faithfulness"}`` under the same normalisation as :func:`faithfulness_curve`."""
+    "value", "faithfulness"}`` under the same normalisation as :func:`faithfulness_curve`
+    (and, with ``prune=True``, its dangling edges dropped first, as there)."""
     if graph.in_circuit is None:
         raise ValueError("The graph has no circuit: choose one with .top_n(), .greedy() or Graph.from_heads().")
+    if prune:
+        graph = graph.prune()
     p = patcher or EdgePatcher(model, clean_tokens, corrupted_tokens, metric, ablation=ablation)
     empty, _ = p.run(torch.zeros(graph.n_edges, dtype=torch.bool))
     value, _ = p.run(graph.in_circuit)

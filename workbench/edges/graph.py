@@ -85,12 +85,14 @@ class Layout:
     n_heads: int
     n_kv_heads: int
     has_mlp: bool
+    post_norm: bool = False  # attention output normalised as a whole (Gemma-3): a layer's heads share a scale
 
     @classmethod
     def from_model(cls, model) -> Layout:
         check_model(model)
         cfg = model.cfg
-        return cls(cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads or cfg.n_heads, not cfg.attn_only)
+        return cls(cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads or cfg.n_heads, not cfg.attn_only,
+                   bool(cfg.use_normalization_before_and_after))
 
     @staticmethod
     def edge_count(n_layers: int, n_heads: int, n_kv_heads: int, has_mlp: bool) -> int:
@@ -371,6 +373,55 @@ class Graph:
                 for col in readers[u]:
                     push_column(col)
         return self.with_circuit(mask)
+
+    def prune(self) -> Graph:
+        """The circuit without its dangling edges (as MIB does before counting a circuit's size).
+
+        A writer is *live* when it is ``input`` or an edge of the circuit from a live writer feeds
+        one of its inputs; it is *useful* when it is live and an edge of the circuit takes it to
+        an input of a useful node (``logits`` is useful). An edge is kept when its writer is live
+        and the node reading it is useful. With a post-norm (Gemma-3) a layer's heads share the
+        norm's scale, so they are live, and useful, together. Under ``ablation="patch"`` a dropped
+        edge carries the corrupted value either way (a writer whose inputs are all corrupted
+        writes its corrupted output), so pruning changes the circuit's size, not its
+        faithfulness; under mean ablation it can change both (a writer fed means does not write
+        its mean).
+        """
+        if self.in_circuit is None:
+            raise ValueError("The graph has no circuit to prune: choose one with .top_n() or .greedy().")
+        lay = self.layout
+        m = self.circuit_matrix()
+        readers = lay.readers_of()
+        heads = [range(lay.head_index(L, 0), lay.head_index(L, 0) + lay.n_heads) for L in range(lay.n_layers)]
+        mlps = [lay.mlp_index(L) if lay.has_mlp else None for L in range(lay.n_layers)]
+
+        live = torch.zeros(lay.n_forward, dtype=torch.bool)
+        live[0] = True
+        for L in range(lay.n_layers):  # writers in residual order: each reads earlier ones only
+            for u in heads[L]:
+                live[u] = bool(m[live][:, readers[u]].any())
+            if lay.post_norm and live[heads[L].start:heads[L].stop].any():
+                live[heads[L].start:heads[L].stop] = True
+            if mlps[L] is not None:
+                live[mlps[L]] = bool(m[live][:, readers[mlps[L]]].any())
+
+        useful = torch.zeros(lay.n_forward, dtype=torch.bool)
+        read = torch.zeros(lay.n_backward, dtype=torch.bool)  # inputs of useful nodes
+        read[lay.logits_column] = True
+
+        def mark(u: int) -> None:
+            useful[u] = True
+            read[readers[u]] = True
+
+        for L in reversed(range(lay.n_layers)):
+            if mlps[L] is not None and live[mlps[L]] and (m[mlps[L]] & read).any():
+                mark(mlps[L])
+            hit = [u for u in heads[L] if live[u] and (m[u] & read).any()]
+            for u in (heads[L] if lay.post_norm and hit else hit):
+                if live[u]:
+                    mark(u)
+        kept = m & live[:, None] & read[None, :]
+        return self.with_circuit(kept[lay.valid()])
 
     @classmethod
     def from_heads(cls, model_or_layout, heads: Iterable[tuple[int, int]], *, mlps: bool = True) -> Graph:
