@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from workbench.components import random_head_sets, top_k_heads
-from workbench.experiment import Claim, Scorecard, bootstrap_ci, evaluate, null_percentile, verdict
+from workbench.experiment import (
+    Claim,
+    Scorecard,
+    bootstrap_ci,
+    evaluate,
+    not_measured,
+    null_percentile,
+    verdict,
+)
 
 CLAIM = Claim("c", "effect above 0.5", paper="p", statistic="mean", threshold=0.5)
 
@@ -141,3 +149,11 @@ def test_a_claim_that_presupposes_an_unreplicated_finding_cannot_replicate():
     assert evaluate(CLAIM, strong, null=torch.zeros(200), n_select=10, requires=[ok]).verdict == "replicated"
     # a negative verdict stays what it is
     assert evaluate(CLAIM, torch.zeros(40), n_select=10, requires=[behaviour]).verdict == "not replicated"
+
+
+def test_a_finding_that_could_not_be_measured_says_so():
+    claim = Claim("c", "a claim", paper="p", statistic="s", threshold=0.1)
+    card = Scorecard("m", "nb")
+    card.add(not_measured(claim, n_select=4, n_eval=1, note="the model answered 1/16 haystacks"))
+    assert card.findings[0].verdict == "not replicated"
+    assert card.summary() == "c: not measured (the model answered 1/16 haystacks) vs 0.1 | null - | n 4/1 | not replicated"

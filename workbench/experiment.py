@@ -245,10 +245,10 @@ class Scorecard:
         lines = []
         for f in self.findings:
             null = "-" if f.null_percentile is None else f"{f.null_percentile:.0f}th pct of {f.n_null}"
-            lines.append(
-                f"{f.claim.name}: {f.value:.{digits}f} [{f.ci_low:.{digits}f}, {f.ci_high:.{digits}f}] "
-                f"vs {f.claim.threshold:g} | null {null} | n {f.n_select}/{f.n_eval} | {f.verdict}"
-            )
+            measured = (f"{f.value:.{digits}f} [{f.ci_low:.{digits}f}, {f.ci_high:.{digits}f}]" if f.value == f.value
+                        else f"not measured ({f.note})")  # NaN: see not_measured
+            lines.append(f"{f.claim.name}: {measured} vs {f.claim.threshold:g} | null {null} | "
+                         f"n {f.n_select}/{f.n_eval} | {f.verdict}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
