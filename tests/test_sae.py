@@ -428,3 +428,12 @@ def test_shipped_corpus_splits_are_disjoint():
     train, heldout = wsae.load_corpus("train"), wsae.load_corpus("heldout")
     assert train and heldout and not set(train) & set(heldout)
     assert len(wsae.load_corpus("all")) == len(train) + len(heldout)
+
+
+def test_train_sae_under_no_grad(tiny, corpus):
+    """A notebook that turned gradients off globally can still train an SAE (and gets them back off)."""
+    with torch.no_grad():
+        sae = wsae.train_sae(tiny, "blocks.1.hook_resid_pre", corpus, d_sae=32, k=4, n_tokens=256,
+                             batch_size=128, progress=False)
+        assert not torch.is_grad_enabled()
+    assert sae.cfg.d_sae == 32

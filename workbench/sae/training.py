@@ -137,7 +137,7 @@ def train_sae(
         logger=LoggingConfig(log_to_wandb=False),
     )
     trainer = SAETrainer(trainer_cfg, training_sae, shuffled_batches(activations, batch_size, seed))
-    with _quiet_pbar(progress):
+    with _quiet_pbar(progress), torch.enable_grad():  # trains under a caller's no_grad too (e.g. a notebook's)
         trained = trainer.fit()
     trained.cfg.metadata.workbench_training = dict(
         n_tokens=steps * batch_size,
