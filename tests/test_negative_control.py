@@ -15,8 +15,8 @@ from workbench.experiment import model_label, random_init_model
 
 # 02-05 and 07 pass the same check through `workbench run <n> --random-init` (05 with
 # --param SAE_PATH=train), but under pytest 02-04 lost their kernel's connection (a ZMQ "socket
-# operation on non-socket" error, then nbclient's cleanup assertion) while 01 and 06 passed; until
-# that is understood they are checked by hand, not here.
+# operation on non-socket" error, then nbclient's cleanup assertion) while 01 and 06 passed (05 and 07
+# not tried here); until that is understood the five are checked by hand, not here.
 NOTEBOOKS = ("01_ioi_circuit", "06_head_atlas")
 
 
