@@ -77,3 +77,16 @@ def test_stored_notebook_ends_in_a_compared_scorecard(stem):
     for line in lines:  # an interval holds its value
         m = SUMMARY.match(line)
         assert float(m["lo"]) <= float(m["value"]) + 0.01 and float(m["value"]) <= float(m["hi"]) + 0.01, line
+
+
+@pytest.mark.parametrize("stem", ["01_ioi_circuit", "02_retrieval_heads", "03_temporal_heads",
+                                  "04_arithmetic_heads", "05_sae_features", "06_head_atlas",
+                                  "07_circuit_discovery"])
+def test_scorecards_name_the_model_they_ran_on(stem):
+    """A --random-init run must not write findings that name the trained model: every scorecard
+    is labelled through model_label (the negative control reads that label)."""
+    nb = json.loads((NOTEBOOKS / f"{stem}.ipynb").read_text())
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    made = re.findall(r"\bScorecard\(", code)
+    labelled = re.findall(r"\bScorecard\(model_label\(model, MODEL\), ", code)
+    assert made and len(labelled) == len(made), (len(made), len(labelled))

@@ -14,9 +14,9 @@ from workbench import cli
 from workbench.experiment import model_label, random_init_model
 
 # 02-05 and 07 pass the same check through `workbench run <n> --random-init` (05 with
-# --param SAE_PATH=train), but under pytest 02-04 lost their kernel's connection (a ZMQ "socket
-# operation on non-socket" error, then nbclient's cleanup assertion) while 01 and 06 passed (05 and 07
-# not tried here); until that is understood the five are checked by hand, not here.
+# --param SAE_PATH=train; checked by hand). Run here, 02-04 and 07 failed one assertion of this
+# test: their findings.json named the trained model (fixed: every scorecard is labelled through
+# model_label, tests/test_findings.py checks it); they join this list once re-run here.
 NOTEBOOKS = ("01_ioi_circuit", "06_head_atlas")
 
 
