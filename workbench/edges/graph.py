@@ -405,21 +405,14 @@ class Graph:
             if mlps[L] is not None:
                 live[mlps[L]] = bool(m[live][:, readers[mlps[L]]].any())
 
-        useful = torch.zeros(lay.n_forward, dtype=torch.bool)
-        read = torch.zeros(lay.n_backward, dtype=torch.bool)  # inputs of useful nodes
+        read = torch.zeros(lay.n_backward, dtype=torch.bool)  # the inputs of useful nodes
         read[lay.logits_column] = True
-
-        def mark(u: int) -> None:
-            useful[u] = True
-            read[readers[u]] = True
-
         for L in reversed(range(lay.n_layers)):
             if mlps[L] is not None and live[mlps[L]] and (m[mlps[L]] & read).any():
-                mark(mlps[L])
-            hit = [u for u in heads[L] if live[u] and (m[u] & read).any()]
-            for u in (heads[L] if lay.post_norm and hit else hit):
-                if live[u]:
-                    mark(u)
+                read[readers[mlps[L]]] = True
+            useful = [u for u in heads[L] if live[u] and (m[u] & read).any()]
+            for u in (heads[L] if lay.post_norm and useful else useful):  # post-norm: live heads are the layer
+                read[readers[u]] = True
         kept = m & live[:, None] & read[None, :]
         return self.with_circuit(kept[lay.valid()])
 
