@@ -12,7 +12,7 @@ import sae_lens  # noqa: F401  (import cost kept out of the first SAE check)
 import torch
 
 from workbench import course
-from workbench.toy import load_toy_model
+from workbench.models.toy import load_toy_model
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from workbench import edges, models
-from workbench.datasets import ioi_dataset
-from workbench.metrics import normalise
+from workbench.core.metrics import normalise
+from workbench.phenomena import ioi_dataset
 
 
 def peak_mb() -> float:

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_heads.py [--models smollm2-135m gemma-3-270m] [--top 5]
 
-Scores (``workbench.heads``), with the settings the notebooks use:
+Scores (``workbench.techniques.heads``), with the settings the notebooks use:
 
 * previous-token, duplicate-token and induction scores: one forward pass on ``[BOS] r r``
   (50 seeded random tokens repeated, batch 4); the three share that pass and its time;
@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from workbench import heads, models  # noqa: E402
-from workbench.datasets import ioi_dataset, needle_haystacks  # noqa: E402
-from workbench.results import Result  # noqa: E402
+from workbench.core.results import Result  # noqa: E402
+from workbench.phenomena import ioi_dataset, needle_haystacks  # noqa: E402
 
 
 def top(result, n: int) -> str:

@@ -42,8 +42,8 @@ import torch  # noqa: E402
 import transformer_lens.patching as tlp  # noqa: E402
 
 from workbench import attribution, models, patching  # noqa: E402
-from workbench.datasets.ioi import ioi_dataset  # noqa: E402
-from workbench.metrics import normalise  # noqa: E402
+from workbench.core.metrics import normalise  # noqa: E402
+from workbench.phenomena.ioi.dataset import ioi_dataset  # noqa: E402
 
 
 def timed(fn):

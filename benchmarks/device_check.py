@@ -22,8 +22,8 @@ import torch
 def techniques(model, ds):
     """name -> a callable running one technique and returning a float32 CPU tensor."""
     import workbench as wb
-    from workbench import ablation, attribution, heads, lens, patching, path_patching
-    from workbench.metrics import normalise
+    from workbench import ablation, attribution, dla, heads, lens, patching, path_patching
+    from workbench.core.metrics import normalise
 
     clean, corrupted = ds.clean_tokens, ds.corrupted_tokens
     metric = normalise(model, clean, corrupted, ds.logit_diff())
@@ -47,7 +47,7 @@ def techniques(model, ds):
                                                                    progress=False).values,
         "ablate (mean)": ablated,
         "logit_lens": lens_logits,
-        "direct_logit_attribution": lambda: lens.direct_logit_attribution(model, clean, ds.logit_diff()).values,
+        "direct_logit_attribution": lambda: dla.direct_logit_attribution(model, clean, ds.logit_diff()).values,
         "induction_scores": lambda: heads.induction_scores(model, seq_len=20, batch=2).values,
         "logits": lambda: model(wb.to_tokens(model, "When Mary and John went to the store, John gave a drink to")),
     }
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import workbench as wb
-    from workbench.datasets import ioi_dataset
+    from workbench.phenomena import ioi_dataset
 
     try:
         wb.models.resolve_device(args.device)

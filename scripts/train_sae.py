@@ -1,7 +1,7 @@
 """Train the shipped SAE: TopK on SmolLM2-135M's residual stream before block 15, with SAELens.
 
 Reads the corpus in workbench/data/corpus (SmolLM2's own generations; rebuild with
-scripts/build_corpus.py), trains on its train split through ``workbench.sae.train_sae`` (SAELens
+scripts/build_corpus.py), trains on its train split through ``workbench.techniques.sae.train_sae`` (SAELens
 ``TopKTrainingSAE`` + ``SAETrainer``), saves the inference SAE in SAELens's format with float16
 weights (``cfg.json`` says float32, so ``SAE.load_from_disk`` loads float32), reloads it from disk
 and measures it on the held-out split. The measurements go to ``metrics.json`` in the SAE folder.

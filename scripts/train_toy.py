@@ -4,7 +4,7 @@
     python scripts/train_toy.py --threads 2 --out /tmp/toy
 
 Writes weights.safetensors, config.json and metrics.json (train/test accuracy, training time).
-``workbench.toy.load_toy_model()`` calls the same training function when the weights are missing.
+``workbench.models.toy.load_toy_model()`` calls the same training function when the weights are missing.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workbench.toy import TOY_DIR, ToyConfig, save_toy, train_toy  # noqa: E402
+from workbench.models.toy import TOY_DIR, ToyConfig, save_toy, train_toy  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

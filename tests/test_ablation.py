@@ -5,7 +5,8 @@ import torch
 from hooks import assert_no_hooks
 
 from workbench import models
-from workbench.ablation import (
+from workbench.core.metrics import LogitDiff
+from workbench.techniques.ablation import (
     Circuit,
     ablate,
     ablation_hooks,
@@ -13,7 +14,6 @@ from workbench.ablation import (
     faithfulness,
     minimality,
 )
-from workbench.metrics import LogitDiff
 
 
 @pytest.fixture
@@ -274,7 +274,7 @@ def test_errors(tiny, data):
 
 @pytest.mark.slow
 def test_smollm2_ioi_mean_ablation_by_template(smollm2):
-    from workbench.datasets.ioi import ioi_dataset
+    from workbench.phenomena.ioi.dataset import ioi_dataset
 
     ds = ioi_dataset(smollm2, n=8, seed=0, templates=[0, 2])
     metric = ds.logit_diff()
@@ -293,7 +293,7 @@ def test_smollm2_ioi_mean_ablation_by_template(smollm2):
 
 # ----------------------------------------------------------------------------- attention masking
 def test_mask_attention_makes_patterns_uniform_and_leaves_other_heads(tiny_gqa, random_tokens):
-    from workbench.ablation import mask_attention
+    from workbench.techniques.ablation import mask_attention
 
     _, clean = tiny_gqa.run_with_cache(random_tokens)
     with mask_attention(tiny_gqa, [(1, 2), (0, 0)]):
@@ -314,7 +314,7 @@ def test_mask_attention_makes_patterns_uniform_and_leaves_other_heads(tiny_gqa, 
 
 
 def test_mask_attention_checks_heads_and_cleans_up_on_error(tiny, random_tokens):
-    from workbench.ablation import mask_attention
+    from workbench.techniques.ablation import mask_attention
 
     with pytest.raises(ValueError, match="out of range"):
         with mask_attention(tiny, [(5, 0)]):

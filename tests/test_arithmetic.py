@@ -5,13 +5,13 @@ import re
 import pytest
 import torch
 
-from workbench.datasets.arithmetic import (
+from workbench.models import tiny_model, to_tokens
+from workbench.phenomena.arithmetic.dataset import (
     OP_WORDS,
     answer_correct,
     arithmetic_problems,
     keep_correct,
 )
-from workbench.models import tiny_model, to_tokens
 
 
 class DigitTokenizer:

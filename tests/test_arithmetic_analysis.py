@@ -1,4 +1,4 @@
-"""Tests for workbench.arithmetic: accuracy under ablation, top-k vs random-k, role attention."""
+"""Tests for workbench.phenomena.arithmetic.analysis: accuracy under ablation, top-k vs random-k, role attention."""
 
 from dataclasses import dataclass, field
 
@@ -6,15 +6,15 @@ import pytest
 import torch
 from hooks import assert_no_hooks
 
-from workbench.ablation import ablate
-from workbench.arithmetic import (
+from workbench.core.results import Result
+from workbench.phenomena.arithmetic.analysis import (
     answer_accuracy,
     operand_attention,
     random_heads,
     top_heads,
     top_vs_random,
 )
-from workbench.results import Result
+from workbench.techniques.ablation import ablate
 
 
 @dataclass
@@ -126,7 +126,7 @@ def sums(tiny):
 
 
 def test_sum_correct_matches_mean_ablation_per_set(tiny, sums):
-    from workbench.arithmetic import head_means, sum_correct
+    from workbench.phenomena.arithmetic.analysis import head_means, sum_correct
 
     sets = [[], [(0, 1)], [(1, 0), (1, 3)], [(0, 0), (0, 2), (1, 1)], [(1, 2), (0, 3)]]
     got = sum_correct(tiny, sums, sets, means=head_means(tiny, sums.full_tokens), sets_per_pass=2)
@@ -145,7 +145,7 @@ def test_sum_correct_matches_mean_ablation_per_set(tiny, sums):
 
 
 def test_operand_attention_per_problem_by_hand(tiny, sums):
-    from workbench.arithmetic import operand_attention_per_problem
+    from workbench.phenomena.arithmetic.analysis import operand_attention_per_problem
 
     got = operand_attention_per_problem(tiny, sums)
     _, cache = tiny.run_with_cache(sums.clean_tokens)
@@ -155,7 +155,7 @@ def test_operand_attention_per_problem_by_hand(tiny, sums):
 
 
 def test_sum_problems_give_nothing_away(smollm2):
-    from workbench.datasets.arithmetic import sum_problems
+    from workbench.phenomena.arithmetic.dataset import sum_problems
 
     ds = sum_problems(smollm2, n=40, seed=3)
     assert len(set(ds.prompts)) == 40 and ds.full_tokens.shape[1] == ds.clean_tokens.shape[1] + 1

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from workbench import atlas as atlas_mod
-from workbench.atlas import HeadAtlas, default_k, head_atlas, top_positive
-from workbench.heads import HeadSet
-from workbench.results import Result
+from workbench.core.results import Result
+from workbench.phenomena.atlas.analysis import HeadAtlas, default_k, head_atlas, top_positive
+from workbench.techniques.heads import HeadSet
 
 
 def _scores(values, name="score"):
@@ -139,7 +139,7 @@ def test_ioi_finder_on_smollm2(smollm2):
 
 
 def test_layer_matched_overlap_null_keeps_layers_and_matches_the_expected_count():
-    from workbench.atlas import layer_matched_overlap_null
+    from workbench.phenomena.atlas.analysis import layer_matched_overlap_null
 
     whole = [(1, 0), (1, 1), (1, 2)]  # a whole layer: every draw is the same set
     assert layer_matched_overlap_null(whole, whole, (4, 3), n_draws=50).tolist() == [3.0] * 50

@@ -8,7 +8,7 @@ from hooks import assert_no_hooks
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from workbench import attribution, models, patching
-from workbench.metrics import LogitDiff, normalise
+from workbench.core.metrics import LogitDiff, normalise
 
 TOL = 1e-4
 
@@ -149,7 +149,7 @@ def test_errors_leave_no_hooks(tiny, pair, metric):
 
 @pytest.mark.slow
 def test_smollm2_ioi_correlation(smollm2):
-    ioi = pytest.importorskip("workbench.datasets.ioi")
+    ioi = pytest.importorskip("workbench.phenomena.ioi.dataset")
     ds = ioi.ioi_dataset(smollm2, n=4, seed=0, templates=[0])
     clean, corrupted = ds.clean_tokens, ds.corrupted_tokens
     nm = normalise(smollm2, clean, corrupted, ds.logit_diff())

@@ -7,9 +7,9 @@ conversion of the same weights must give the same answers through the same helpe
 import pytest
 import torch
 
-from workbench import lens, models, patching
-from workbench.datasets import ioi_dataset
-from workbench.metrics import normalise
+from workbench import attention, models, patching
+from workbench.core.metrics import normalise
+from workbench.phenomena import ioi_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def test_patch_heads_agrees_on_bridge_and_hooked_transformer(bridge, smollm2):
 
 def test_attention_patterns_agree_on_bridge_and_hooked_transformer(bridge, smollm2):
     tokens = models.to_tokens(smollm2, "The cat sat on the mat because the cat was tired")
-    a = lens.get_patterns(smollm2, tokens, [(17, 3), (18, 6)])
-    b = lens.get_patterns(bridge, tokens, [(17, 3), (18, 6)])
+    a = attention.get_patterns(smollm2, tokens, [(17, 3), (18, 6)])
+    b = attention.get_patterns(bridge, tokens, [(17, 3), (18, 6)])
     for head in a:
         assert torch.allclose(a[head], b[head], atol=1e-4)

@@ -1,9 +1,11 @@
-"""Tests for workbench.circuits: head selection, attention split, circuit building, tables."""
+"""Tests for workbench.phenomena.ioi.circuits: head selection, attention split, circuit building, tables."""
 
 import pytest
 import torch
 
-from workbench.circuits import (
+from workbench.core.metrics import LogitDiff
+from workbench.core.results import Result
+from workbench.phenomena.ioi.circuits import (
     build_circuit,
     head_table,
     kv_receivers,
@@ -12,10 +14,8 @@ from workbench.circuits import (
     select_heads,
     split_by_attention,
 )
-from workbench.heads import HeadSet
-from workbench.metrics import LogitDiff
-from workbench.path_patching import path_patch, path_patch_heads
-from workbench.results import Result
+from workbench.techniques.heads import HeadSet
+from workbench.techniques.path_patching import path_patch, path_patch_heads
 
 
 def grid(rows) -> Result:
@@ -168,7 +168,7 @@ def test_head_table():
 
 
 def test_percentile_rank():
-    from workbench.circuits import percentile_rank
+    from workbench.phenomena.ioi.circuits import percentile_rank
 
     r = percentile_rank(grid([[0.2, 0.9, 0.2], [0.5, float("nan"), -1.0]]))
     # order: nan < -1 < 0.2 = 0.2 < 0.5 < 0.9; ties share the mean of ranks 2 and 3
@@ -179,7 +179,7 @@ def test_percentile_rank():
 
 def test_ablated_metric_matches_faithfulness_per_set(tiny_gqa):
     from workbench import ablation
-    from workbench.circuits import ablated_metric
+    from workbench.phenomena.ioi.circuits import ablated_metric
 
     gen = torch.Generator().manual_seed(3)
     tokens, reference = torch.randint(0, 100, (2, 6, 7), generator=gen).unbind(0)
@@ -201,8 +201,8 @@ def test_ablated_metric_matches_faithfulness_per_set(tiny_gqa):
 
 
 def test_attention_by_prompt_averages_to_attention_to(tiny):
-    from workbench.circuits import attention_by_prompt, position_mask
-    from workbench.heads import attention_to
+    from workbench.phenomena.ioi.circuits import attention_by_prompt, position_mask
+    from workbench.techniques.heads import attention_to
 
     gen = torch.Generator().manual_seed(4)
     tokens = torch.randint(0, 100, (4, 9), generator=gen)
@@ -215,7 +215,7 @@ def test_attention_by_prompt_averages_to_attention_to(tiny):
 
 @pytest.mark.slow
 def test_ioi_splits_are_disjoint(smollm2):
-    from workbench.circuits import ioi_splits
+    from workbench.phenomena.ioi.circuits import ioi_splits
 
     sel, ev = ioi_splits(smollm2, 8, 24, seed=0)
     assert len(sel) == 8 and len(ev) == 24
@@ -227,7 +227,7 @@ def test_ioi_splits_are_disjoint(smollm2):
 
 
 def test_ablated_metric_readout_path_matches_full_logits(tiny_gqa):
-    from workbench.circuits import ablated_metric
+    from workbench.phenomena.ioi.circuits import ablated_metric
 
     gen = torch.Generator().manual_seed(5)
     tokens, reference = torch.randint(0, 100, (2, 4, 6), generator=gen).unbind(0)

@@ -13,10 +13,10 @@ import torch
 from hooks import assert_no_hooks
 
 from workbench import course
+from workbench.core.metrics import LogitDiff, normalise
 from workbench.course import basics, lens, patching, paths, phenomena
 from workbench.course import sae as csae
 from workbench.course.base import tiny, tiny_gqa
-from workbench.metrics import LogitDiff, normalise
 
 EXERCISES = course.exercises()
 
@@ -823,7 +823,7 @@ def test_lens_and_dla_agree_with_lens(model):
 def test_patching_agrees_with_patching_and_attribution(model):
     from workbench import attribution as wa
     from workbench import patching as wp
-    from workbench.metrics import Normalised
+    from workbench.core.metrics import Normalised
 
     clean, corrupted, metric = patching.patching_case(0)
     resid = wp.patch_resid(model, clean, corrupted, metric, progress=False).values
@@ -869,7 +869,7 @@ def test_paths_and_ablations_agree_with_the_package(model):
 def test_phenomena_agree_with_the_package(model):
     from workbench import heads, temporal
     from workbench import patching as wp
-    from workbench.arithmetic import operand_attention
+    from workbench.phenomena.arithmetic.analysis import operand_attention
 
     for seed in range(3):
         h = phenomena.haystack_case(seed)

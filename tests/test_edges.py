@@ -1,6 +1,6 @@
 """Edge attribution and circuit evaluation against slow, obviously-correct references.
 
-The references here share no code with ``workbench.edges``: node outputs are read from a plain
+The references here share no code with ``workbench.techniques.edges``: node outputs are read from a plain
 ``run_with_cache`` (``z @ W_O`` per head; with a post-norm, each head's share of the normed
 output with that run's scale), and every patched edge gets its own hook.
 """
@@ -13,8 +13,8 @@ from scipy.stats import spearmanr
 
 from tests.hooks import assert_no_hooks
 from workbench import edges, models
-from workbench.edges import EdgePatcher, Graph, Layout, areas
-from workbench.metrics import LogitDiff
+from workbench.core.metrics import LogitDiff
+from workbench.techniques.edges import EdgePatcher, Graph, Layout, areas
 
 MODELS = {
     "ln": {},
@@ -459,8 +459,8 @@ def test_errors_leave_no_hooks_and_restore_settings(tiny, pair, metric):
 
 @pytest.mark.slow
 def test_smollm2_ig_ranks_edges_like_exact_patching(smollm2):
-    from workbench.datasets import ioi_dataset
-    from workbench.metrics import normalise
+    from workbench.core.metrics import normalise
+    from workbench.phenomena import ioi_dataset
 
     ds = ioi_dataset(smollm2, n=8, templates=[0], seed=5)
     metric = normalise(smollm2, ds.clean_tokens, ds.corrupted_tokens, ds.logit_diff())

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from workbench.components import random_head_sets, top_k_heads
-from workbench.experiment import (
+from workbench.core.components import random_head_sets, top_k_heads
+from workbench.findings.claims import (
     Claim,
     Scorecard,
     bootstrap_ci,

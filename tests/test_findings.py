@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.experiment import Claim, Scorecard, evaluate
+from workbench.findings.claims import Claim, Scorecard, evaluate
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 SUMMARY = re.compile(

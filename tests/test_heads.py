@@ -5,9 +5,9 @@ import torch
 from hooks import assert_no_hooks
 
 from workbench import heads, models, runtime
-from workbench.datasets.needles import Haystack
-from workbench.heads import HeadSet, overlap_table
-from workbench.results import Result
+from workbench.core.results import Result
+from workbench.phenomena.retrieval.dataset import Haystack
+from workbench.techniques.heads import HeadSet, overlap_table
 
 
 def boom(x, hook):
@@ -568,7 +568,7 @@ def test_retrieval_long_prompt_takes_the_cached_path_and_agrees(monkeypatch):
 
 @pytest.mark.slow
 def test_smollm2_retrieval_matches_greedy_generation(smollm2):
-    from workbench.datasets import needle_haystacks
+    from workbench.phenomena import needle_haystacks
 
     hs = needle_haystacks(smollm2, context_lengths=(120,), depths=(0.5,), n_per=1, seed=3)
     h = hs[0]

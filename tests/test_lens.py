@@ -15,14 +15,14 @@ from hooks import assert_no_hooks
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from workbench import lens, models
-from workbench.lens import (
+from workbench.core.metrics import AnswerProb, LogitDiff
+from workbench.techniques.dla import (
     block_view,
     component_labels,
     direct_logit_attribution,
     head_view,
-    logit_lens,
 )
-from workbench.metrics import AnswerProb, LogitDiff
+from workbench.techniques.lens import logit_lens
 
 
 def post_norm_tiny(seed: int = 0):
@@ -439,7 +439,7 @@ LONG_CONTEXT_SCRIPT = textwrap.dedent(
     """
     import gc, sys, time, torch
     from workbench import models
-    from workbench.lens import logit_lens
+    from workbench.techniques.lens import logit_lens
 
     def status_gb(key):
         with open("/proc/self/status") as f:

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from workbench.metrics import AnswerProb, AnswerRank, LogitDiff, Normalised, check_scalar, normalise
+from workbench.core.metrics import (
+    AnswerProb,
+    AnswerRank,
+    LogitDiff,
+    Normalised,
+    check_scalar,
+    normalise,
+)
 
 
 def logits(seed=0, batch=3, pos=4, vocab=7):

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from workbench.datasets import Haystack, Needle, needle_haystacks
-from workbench.datasets.needles import FILLER_PATH, load_filler
+from workbench.phenomena import Haystack, Needle, needle_haystacks
+from workbench.phenomena.retrieval.dataset import FILLER_PATH, load_filler
 
 
 class CharTokenizer:

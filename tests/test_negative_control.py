@@ -11,7 +11,7 @@ import json
 import pytest
 
 from workbench import cli
-from workbench.experiment import model_label, random_init_model
+from workbench.models import model_label, random_init_model
 
 # 03, 05 and 07 pass the same check through `workbench run <n> --random-init` (05 with
 # --param SAE_PATH=train; checked by hand). Run here before the fix, 02-04 and 07 failed one

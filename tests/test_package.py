@@ -1,5 +1,6 @@
-"""The package's shape: small modules, imports flowing one way, no private names across modules,
-and a public surface that completes in a notebook."""
+"""The package's shape: layers as folders with imports flowing downward only (module level and
+inside functions), small functions and modules, no private names across modules, and a public
+surface that completes in a notebook."""
 
 import ast
 import importlib
@@ -11,7 +12,24 @@ import workbench as wb
 
 PKG = Path(wb.__file__).parent
 MAX_LINES = 620  # "about 600"
+MAX_FUNCTION_LINES = 80
 MODULES = sorted(p for p in PKG.rglob("*.py") if "data" not in p.relative_to(PKG).parts)
+NAMES = set()
+
+#: What each layer may import (besides itself). Anything not listed is an upward import.
+LAYERS = {
+    "core": set(),
+    "models": {"core"},
+    "techniques": {"core", "models"},
+    "findings": {"core"},
+    "phenomena": {"core", "models", "techniques", "findings"},
+    "viz": {"core"},
+    "course": {"core", "models", "techniques", "findings", "phenomena", "viz"},
+    "widgets": {"core", "models", "techniques", "viz"},
+    "cli": {"core", "models", "techniques", "findings", "phenomena", "viz", "course"},
+    "__main__": {"cli"},
+    "__init__": {"core", "models", "techniques", "findings", "phenomena", "viz"},
+}
 
 
 def dotted(path: Path) -> str:
@@ -22,17 +40,39 @@ def dotted(path: Path) -> str:
     return ".".join(parts)
 
 
-def top_level_imports(path: Path) -> list[tuple[str, list[str]]]:
-    """``(module imported, names)`` for the module-level relative imports of ``path``."""
+NAMES = {dotted(p) for p in MODULES}
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def imports(path: Path, *, module_level_only: bool = False) -> list[tuple[str, str, int]]:
+    """``(module imported, name, line)`` for every import of a workbench module in ``path``,
+    inside functions too (unless ``module_level_only``). ``from workbench.x import y`` where
+    ``workbench.x.y`` is a module names that module."""
     tree = ast.parse(path.read_text())
     here = dotted(path).split(".")
     package = here if path.name == "__init__.py" else here[:-1]
+    nodes = tree.body if module_level_only else list(ast.walk(tree))
     out = []
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and node.level:
-            base = package[: len(package) - (node.level - 1)]
-            target = ".".join(base + ([node.module] if node.module else []))
-            out.append((target, [a.name for a in node.names]))
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "workbench":
+                continue
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                out.append((sub if sub in NAMES else target, alias.name, node.lineno))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "workbench":
+                    out.append((alias.name, "", node.lineno))
     return out
 
 
@@ -42,12 +82,50 @@ def test_no_module_is_over_about_600_lines(path):
     assert n <= MAX_LINES, f"{path.relative_to(PKG)} has {n} lines; split it by what it does"
 
 
+def test_no_function_is_over_80_lines():
+    long = []
+    for p in MODULES:
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{dotted(p)}.{node.name}: {n} lines")
+    assert not long, long
+
+
+def test_imports_flow_downward_only_including_inside_functions():
+    upward = []
+    for p in MODULES:
+        mine = layer(dotted(p))
+        for target, name, line in imports(p):
+            theirs = layer(target)
+            if theirs != mine and theirs not in LAYERS[mine]:
+                upward.append(f"{dotted(p)}:{line} ({mine}) imports {target} {name} ({theirs})")
+    assert not upward, upward
+
+
+def test_the_layer_table_knows_every_folder():
+    assert {layer(n) for n in NAMES} <= set(LAYERS), {layer(n) for n in NAMES} - set(LAYERS)
+
+
+def test_an_upward_import_is_caught(tmp_path):
+    """The layer test reads imports inside functions too."""
+    fake = PKG / "core" / "zz_upward_probe.py"
+    fake.write_text("def f():\n    from workbench.techniques import patching\n    return patching\n")
+    try:
+        NAMES.add("workbench.core.zz_upward_probe")
+        found = [t for t, _, _ in imports(fake) if layer(t) not in LAYERS["core"] | {"core"}]
+        assert found == ["workbench.techniques.patching"]
+    finally:
+        fake.unlink()
+        NAMES.discard("workbench.core.zz_upward_probe")
+
+
 def test_no_private_name_is_imported_from_another_module():
     offenders = [
-        f"{dotted(p)} imports {name} from {target}"
+        f"{dotted(p)}:{line} imports {name} from {target}"
         for p in MODULES
-        for target, names in top_level_imports(p)
-        for name in names
+        for target, name, line in imports(p)
         if name.startswith("_")
     ]
     assert not offenders, offenders
@@ -55,15 +133,8 @@ def test_no_private_name_is_imported_from_another_module():
 
 def test_module_level_imports_have_no_cycle():
     graph: dict[str, set[str]] = {}
-    names = {dotted(p) for p in MODULES}
     for p in MODULES:
-        deps = set()
-        for target, imported in top_level_imports(p):
-            for n in imported:  # "from . import checks" names a module
-                if f"{target}.{n}" in names:
-                    deps.add(f"{target}.{n}")
-            if target in names and target != "workbench":
-                deps.add(target)
+        deps = {t for t, _, _ in imports(p, module_level_only=True) if t in NAMES and t != "workbench"}
         graph[dotted(p)] = deps - {dotted(p)}
     state: dict[str, int] = {}
 
@@ -83,12 +154,19 @@ def test_module_level_imports_have_no_cycle():
             visit(node, [])
 
 
-def test_every_module_is_reachable_from_the_top_and_listed_by_dir():
-    top = sorted({p.relative_to(PKG).parts[0].removesuffix(".py") for p in MODULES} - {"__init__", "__main__"})
+def test_every_public_module_is_reachable_from_the_top_and_listed_by_dir():
     listing = dir(wb)
-    for name in top:
-        assert getattr(wb, name) is importlib.import_module(f"workbench.{name}"), name
+    for name, module in wb.MODULES.items():
+        assert getattr(wb, name) is importlib.import_module(module), name
         assert name in listing, name
+
+
+def test_every_technique_and_phenomenon_has_a_top_level_name():
+    named = set(wb.MODULES.values())
+    for folder in ("techniques",):
+        for p in (PKG / folder).iterdir():
+            if p.name != "__init__.py" and not p.name.startswith("__"):
+                assert f"workbench.{folder}.{p.stem}" in named, p
 
 
 def test_all_lists_only_names_that_exist():

@@ -6,7 +6,7 @@ import transformer_lens.patching as tlp
 from hooks import assert_no_hooks
 
 from workbench import models, patching
-from workbench.metrics import LogitDiff, normalise
+from workbench.core.metrics import LogitDiff, normalise
 
 SITES = ["resid_pre", "attn_out", "mlp_out", "z", "q", "k", "v", "pattern"]
 TOL = 1e-4
@@ -332,7 +332,7 @@ def test_exception_from_metric_mid_sweep_leaves_no_hooks(tiny, pair, metric):
 
 
 def _ioi(model, n):
-    ioi = pytest.importorskip("workbench.datasets.ioi")
+    ioi = pytest.importorskip("workbench.phenomena.ioi.dataset")
     ds = ioi.ioi_dataset(model, n=n, seed=0, templates=[0])
     return ds, normalise(model, ds.clean_tokens, ds.corrupted_tokens, ds.logit_diff())
 

@@ -5,10 +5,10 @@ import torch
 from hooks import assert_no_hooks
 
 from workbench import models
-from workbench.checks import position_mask
-from workbench.components import Circuit
-from workbench.metrics import LogitDiff, normalise
-from workbench.path_patching import kv_head_of, path_patch, path_patch_heads
+from workbench.core.checks import position_mask
+from workbench.core.components import Circuit
+from workbench.core.metrics import LogitDiff, normalise
+from workbench.techniques.path_patching import kv_head_of, path_patch, path_patch_heads
 
 
 @pytest.fixture
@@ -308,7 +308,7 @@ def test_errors_and_no_hooks_left(tiny_gqa, data):
 
 @pytest.mark.slow
 def test_smollm2_ioi_kv_receiver_matches_reference(smollm2):
-    from workbench.datasets.ioi import ioi_dataset
+    from workbench.phenomena.ioi.dataset import ioi_dataset
 
     ds = ioi_dataset(smollm2, n=4, seed=0, templates=[0])
     metric = ds.logit_diff()
@@ -331,7 +331,7 @@ def test_smollm2_ioi_kv_receiver_matches_reference(smollm2):
 def test_gemma_direct_path_to_logits_equals_the_frozen_forward(gemma):
     """Gemma-3 normalises each attention output again; the forward-free path must still agree."""
     from workbench import path_patching as pp
-    from workbench.datasets.ioi import ioi_dataset
+    from workbench.phenomena.ioi.dataset import ioi_dataset
 
     gemma.tokenizer.padding_side = "right"
     ds = ioi_dataset(gemma, n=4, seed=0, templates=[0])

@@ -10,8 +10,8 @@ model really ran in bfloat16.
 import pytest
 import torch
 
-from workbench import ablation, attribution, heads, lens, models, patching, path_patching
-from workbench.metrics import LogitDiff, normalise
+from workbench import ablation, attribution, dla, heads, lens, models, patching, path_patching
+from workbench.core.metrics import LogitDiff, normalise
 
 TOL = 0.05
 
@@ -85,7 +85,7 @@ def test_lens_and_direct_logit_attribution_agree(models_and_data):
     a, b = (lens.logit_lens(m, clean, targets, top_k=2) for m in (full, half))
     close(a.logit.values, b.logit.values)
     close(a.prob.values, b.prob.values)
-    a, b = (lens.direct_logit_attribution(m, clean, metric) for m in (full, half))
+    a, b = (dla.direct_logit_attribution(m, clean, metric) for m in (full, half))
     close(a.values, b.values)
 
 

@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import pytest
 import torch
 
-from workbench.results import Result
+from workbench.core.results import Result
 
 
 def grid():

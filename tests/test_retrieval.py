@@ -6,9 +6,9 @@ import torch
 from hooks import assert_no_hooks
 
 from workbench import heads, models, retrieval
-from workbench.ablation import mask_attention
-from workbench.datasets.needles import Haystack
-from workbench.results import Result
+from workbench.core.results import Result
+from workbench.phenomena.retrieval.dataset import Haystack
+from workbench.techniques.ablation import mask_attention
 
 # ------------------------------------------------------------------------- references (slow)
 
@@ -362,7 +362,7 @@ def test_score_summary_errors():
 
 @pytest.mark.slow
 def test_smollm2_needle_accuracy_and_masking(smollm2):
-    from workbench.datasets import needle_haystacks
+    from workbench.phenomena import needle_haystacks
 
     hs = needle_haystacks(smollm2, context_lengths=(160,), depths=(0.2, 0.8), n_per=1)
     got = retrieval.needle_correct(smollm2, hs, batch_size=2)

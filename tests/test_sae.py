@@ -1,4 +1,4 @@
-"""Tests of workbench.sae on the tiny model; `slow` tests load SmolLM2 and the shipped SAE."""
+"""Tests of workbench.techniques.sae on the tiny model; `slow` tests load SmolLM2 and the shipped SAE."""
 
 import json
 
@@ -8,7 +8,7 @@ from hooks import assert_no_hooks
 
 from workbench import models
 from workbench import sae as wsae
-from workbench.metrics import LogitDiff
+from workbench.core.metrics import LogitDiff
 
 
 def random_sae(model, hook_name, *, d_sae=96, k=8, seed=0, rescale=True):

@@ -1,4 +1,4 @@
-"""workbench.sae_findings: batched single-feature ablations against ablate_features, one at a time."""
+"""workbench.phenomena.sae_features.analysis: batched single-feature ablations against ablate_features, one at a time."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from hooks import assert_no_hooks
 from test_sae import random_sae
 
 from workbench import sae as wsae
-from workbench.sae_findings import active_features, feature_ablations
+from workbench.phenomena.sae_features.analysis import active_features, feature_ablations
 
 
 def last_token_logit(logits):  # one value per prompt

@@ -10,15 +10,15 @@ import pytest
 import torch
 from hooks import assert_no_hooks
 
-from workbench.datasets import temporal as T
-from workbench.datasets.temporal import (
+from workbench.models import tiny_model, to_tokens
+from workbench.phenomena import temporal as T
+from workbench.phenomena.temporal.dataset import (
     answer_correct,
     facts_frame,
     keep_correct,
     load_facts,
     temporal_facts,
 )
-from workbench.models import tiny_model, to_tokens
 
 
 class WordTokenizer:

@@ -1,4 +1,4 @@
-"""Tests for workbench.temporal (analysis helpers of the temporal-heads notebook), on the tiny model."""
+"""Tests for workbench.phenomena.temporal.analysis (analysis helpers of the temporal-heads notebook), on the tiny model."""
 
 from types import SimpleNamespace
 
@@ -7,9 +7,9 @@ import torch
 from hooks import assert_no_hooks
 
 from workbench import temporal as tp
-from workbench.ablation import ablate
-from workbench.metrics import LogitDiff, normalise
-from workbench.patching import patch_heads
+from workbench.core.metrics import LogitDiff, normalise
+from workbench.techniques.ablation import ablate
+from workbench.techniques.patching import patch_heads
 
 
 def make_ds(batch=6, seq=8, seed=0, end=None):

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.datasets.temporal import keep_correct
-from workbench.toy import (
+from workbench.models.toy import (
     TOY_DIR,
     ToyConfig,
     build_toy_model,
@@ -19,6 +18,7 @@ from workbench.toy import (
     toy_split,
     train_toy,
 )
+from workbench.phenomena.answers import keep_correct
 
 TINY = ToyConfig(p=7, d_model=16, n_heads=2, d_mlp=32, steps=4, eval_every=2)
 

@@ -7,7 +7,7 @@ from hooks import assert_no_hooks
 from matplotlib.figure import Figure
 
 from workbench import lens, plot, widgets
-from workbench.lens import get_patterns
+from workbench.techniques.attention import get_patterns
 from workbench.widgets import AttentionExplorer, attention_explorer
 
 

@@ -13,7 +13,7 @@ CHECK = textwrap.dedent(
     """
     import workbench
     from workbench import sae, toy
-    from workbench.datasets import needles, temporal
+    from workbench.phenomena import needles, temporal
     assert workbench.__file__.startswith(TARGET), workbench.__file__
     assert needles.FILLER_PATH.read_text().strip()
     assert temporal.FACTS_PATH.read_text().strip().startswith(("[", "{"))

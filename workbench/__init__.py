@@ -4,54 +4,30 @@
 >>> model = wb.load_model()  # SmolLM2-135M, offline  # doctest: +SKIP
 >>> tokens = wb.to_tokens(model, "When Mary and John went to the store, John gave a drink to")  # doctest: +SKIP
 
-One module per technique (see README.md for the layout and the direction of imports):
+The package is built in layers, each a folder that imports only the layers below it (README.md,
+"Architecture"):
 
-- ``wb.models``: offline models, the tokenization rule; ``wb.results``: :class:`Result`;
-  ``wb.metrics``: logit difference and the normalised metric.
-- ``wb.patching`` (exact activation patching), ``wb.attribution`` (attribution patching),
-  ``wb.path_patching``, ``wb.ablation`` (ablations, circuit evaluation).
-- ``wb.lens`` (logit lens, direct logit attribution), ``wb.heads`` (head scores, head sets),
-  ``wb.retrieval`` (needle accuracy and head masking), ``wb.sae`` (SAE features on SAELens),
-  ``wb.toy`` (the toy arithmetic model).
-- ``wb.datasets``: prompt generators; ``wb.plot``: figures; ``wb.widgets``: JupyterLab explorers.
+- ``workbench.core``: validation, :class:`Result`, metrics, component sets, the read-out;
+- ``workbench.models``: sources, the cache, devices and dtypes, tokenization, fast attention;
+- ``workbench.techniques``: one module per technique (patching, attribution, path patching,
+  ablation, lens, DLA, attention, head scores, edges, SAE features);
+- ``workbench.findings``: claims, verdicts, statistics, scorecards (no model code);
+- ``workbench.phenomena``: one folder per phenomenon (dataset and analysis);
+- ``workbench.viz``: figures (imports only core); ``workbench.course``, ``workbench.cli``,
+  ``workbench.widgets`` at the top.
 
-The most used functions are importable from the top level too. Modules with heavy imports
-(``sae``, ``toy``, ``widgets``) load on first use.
+Every technique and phenomenon module is reachable as ``wb.<name>`` (``wb.patching``,
+``wb.lens``, ``wb.retrieval``, ...), and the most used functions from the top level. Modules with
+heavy imports (``sae``, ``toy``, ``widgets``, ...) load on first use.
 """
 
 from importlib import import_module
-from pathlib import Path
 
-from . import (
-    ablation,
-    attention,
-    attribution,
-    datasets,
-    dla,
-    heads,
-    lens,
-    metrics,
-    models,
-    patching,
-    path_patching,
-    plot,
-    results,
-)
-from .ablation import Circuit, ablate, completeness, faithfulness, mask_attention, minimality
-from .attention import get_patterns
-from .attribution import attribute_heads
-from .datasets import (
-    arithmetic_problems,
-    ioi_dataset,
-    keep_correct,
-    needle_haystacks,
-    temporal_facts,
-)
-from .dla import direct_logit_attribution
-from .heads import HeadSet, induction_scores, overlap_table, retrieval_scores
-from .lens import logit_lens
-from .metrics import LogitDiff, normalise
-from .models import (
+from workbench import viz  # registers the figures that results draw
+from workbench.core import metrics, results
+from workbench.core.metrics import LogitDiff, normalise
+from workbench.core.results import Result
+from workbench.models import (
     DEFAULT_MODEL,
     list_models,
     load_model,
@@ -60,32 +36,78 @@ from .models import (
     to_str_tokens,
     to_tokens,
 )
-from .patching import patch_attn_out, patch_heads, patch_mlp_out, patch_resid
-from .path_patching import path_patch, path_patch_heads
-from .results import Result
-
-#: Modules loaded on first use (``wb.sae``, ``wb.atlas``, ...): heavy imports or rarely needed.
-_LAZY = (
-    "arithmetic",
-    "atlas",
-    "checks",
-    "circuits",
-    "cli",
-    "components",
-    "course",
-    "edges",
-    "experiment",
-    "fast_attention",
-    "resources",
-    "retrieval",
-    "runtime",
-    "sae",
-    "sae_findings",
-    "temporal",
-    "toy",
-    "widgets",
+from workbench.phenomena import (
+    arithmetic_problems,
+    ioi_dataset,
+    keep_correct,
+    needle_haystacks,
+    temporal_facts,
 )
-_EAGER = ("ablation", "attention", "attribution", "datasets", "dla", "heads", "lens", "metrics", "models", "patching", "path_patching", "plot", "results")
+from workbench.techniques import (
+    ablation,
+    attention,
+    attribution,
+    dla,
+    heads,
+    lens,
+    patching,
+    path_patching,
+)
+from workbench.techniques.ablation import (
+    Circuit,
+    ablate,
+    completeness,
+    faithfulness,
+    mask_attention,
+    minimality,
+)
+from workbench.techniques.attention import get_patterns
+from workbench.techniques.attribution import attribute_heads
+from workbench.techniques.dla import direct_logit_attribution
+from workbench.techniques.heads import HeadSet, induction_scores, overlap_table, retrieval_scores
+from workbench.techniques.lens import logit_lens
+from workbench.techniques.patching import patch_attn_out, patch_heads, patch_mlp_out, patch_resid
+from workbench.techniques.path_patching import path_patch, path_patch_heads
+from workbench.viz import plot
+
+#: ``wb.<name>`` -> the module it names, loaded on first use.
+MODULES = {
+    "ablation": "workbench.techniques.ablation",
+    "arithmetic": "workbench.phenomena.arithmetic.analysis",
+    "atlas": "workbench.phenomena.atlas.analysis",
+    "attention": "workbench.techniques.attention",
+    "attribution": "workbench.techniques.attribution",
+    "checks": "workbench.core.checks",
+    "circuits": "workbench.phenomena.ioi.circuits",
+    "cli": "workbench.cli",
+    "components": "workbench.core.components",
+    "core": "workbench.core",
+    "course": "workbench.course",
+    "datasets": "workbench.phenomena",
+    "dla": "workbench.techniques.dla",
+    "edges": "workbench.techniques.edges",
+    "fast_attention": "workbench.models.fast_attention",
+    "findings": "workbench.findings",
+    "heads": "workbench.techniques.heads",
+    "lens": "workbench.techniques.lens",
+    "metrics": "workbench.core.metrics",
+    "models": "workbench.models",
+    "patching": "workbench.techniques.patching",
+    "path_patching": "workbench.techniques.path_patching",
+    "phenomena": "workbench.phenomena",
+    "plot": "workbench.viz.plot",
+    "resources": "workbench.core.resources",
+    "results": "workbench.core.results",
+    "retrieval": "workbench.phenomena.retrieval.analysis",
+    "runtime": "workbench.core.runtime",
+    "sae": "workbench.techniques.sae",
+    "sae_features": "workbench.phenomena.sae_features.analysis",
+    "techniques": "workbench.techniques",
+    "temporal": "workbench.phenomena.temporal.analysis",
+    "toy": "workbench.models.toy",
+    "viz": "workbench.viz",
+    "widgets": "workbench.widgets",
+}
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -127,15 +149,12 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        try:
-            return import_module(f".{name}", __name__)
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
+    if name in MODULES:
+        module = import_module(MODULES[name])
+        globals()[name] = module
+        return module
     raise AttributeError(f"module 'workbench' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    present = [m for m in _LAZY if (Path(__file__).parent / m).exists() or (Path(__file__).parent / f"{m}.py").exists()]
-    return sorted(set(__all__) | set(_EAGER) | set(present))
+    return sorted(set(__all__) | set(MODULES))

@@ -23,7 +23,7 @@ is the text output of the cells tagged ``findings``.
 A notebook whose parameters cell defines ``FINDINGS_PATH`` gets it set (unless ``--param`` sets
 it) so that its scorecard is written as ``reports/<model>/<notebook>.findings.json``, moved into
 place with the rest of the report. ``--random-init`` runs the notebook on the negative control
-(:func:`workbench.experiment.random_init_model`: the model's architecture and tokenizer with
+(:func:`workbench.models.random_init_model`: the model's architecture and tokenizer with
 random weights) and reports under ``reports/<model>-random-init/``.
 """
 
@@ -79,8 +79,8 @@ def check_model_name(name: str) -> str:
     hub model that cannot be downloaded fails later, when the notebook loads it, with
     :class:`workbench.models.ModelNotAvailableError`.
     """
-    from . import models
-    from .models import sources
+    from workbench import models
+    from workbench.models import sources
 
     if name in models.OFFLINE_MODELS:
         return name
@@ -116,7 +116,7 @@ def report_name(model: str) -> str:
     its folder or file name and 8 hex digits of the absolute path."""
     import hashlib
 
-    from .models import cache, sources
+    from workbench.models import cache, sources
 
     if sources.is_local_source(model) and model not in _offline_names():
         path = Path(model).expanduser().resolve()
@@ -125,7 +125,7 @@ def report_name(model: str) -> str:
 
 
 def _offline_names() -> list[str]:
-    from . import models
+    from workbench import models
 
     return list(models.OFFLINE_MODELS)
 
@@ -185,7 +185,7 @@ def _random_init_cell(model: str, seed: int):
     source = (
         "# Negative control injected by `workbench run --random-init`: random weights, same architecture\n"
         "import workbench as _wb\n"
-        "from workbench.experiment import random_init_model as _random_init_model\n"
+        "from workbench.models import random_init_model as _random_init_model\n"
         f"_control = _random_init_model({model!r}, seed={seed!r})\n"
         "_wb.load_model = lambda *args, **kwargs: _control\n"
     )
@@ -235,7 +235,7 @@ def run_notebook(
 ) -> Path:
     """Execute one notebook; return the report folder. Raises SystemExit naming a failing cell.
 
-    ``random_init``: run on :func:`workbench.experiment.random_init_model` of ``model`` (seeded by
+    ``random_init``: run on :func:`workbench.models.random_init_model` of ``model`` (seeded by
     ``random_seed``); the report goes to ``<model>-random-init``.
     """
     import nbformat
@@ -321,7 +321,8 @@ def run_atlas(
     dtype: str | None = None,
 ) -> list[Path]:
     """Build the head atlas of ``model_name`` and save it under ``out_root/<report name>/atlas``."""
-    from . import atlas, models
+    from workbench import models
+    from workbench.phenomena.atlas import analysis as atlas
 
     model = models.load_model(model_name, device=device, dtype=dtype)
     start = time.perf_counter()
@@ -342,7 +343,7 @@ DTYPE_HELP = "float32 (default), bfloat16 or float16"
 
 def _device_params(device: str | None, dtype: str | None) -> dict[str, object]:
     """``DEVICE`` / ``DTYPE`` notebook parameters, checked here so a typo fails before any run."""
-    from . import models
+    from workbench import models
 
     params: dict[str, object] = {}
     if device is not None:
@@ -380,14 +381,14 @@ def main(argv: list[str] | None = None) -> int:
     at.add_argument("--dtype", default=None, help=DTYPE_HELP)
     at.add_argument("--k", type=int, default=None, help="heads per role (default: 3%% of heads, at least 3)")
     at.add_argument("--out", default="reports", help="report folder (default: reports/)")
-    from .course import cli as course_cli
+    from workbench.course import cli as course_cli
 
     course_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "course":
         return course_cli.main(args)
 
-    from . import models
+    from workbench import models
 
     if args.command == "models":
         import pandas as pd

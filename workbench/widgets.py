@@ -3,7 +3,7 @@
 :func:`attention_explorer` records the attention patterns of a few prompts once and redraws one
 head at a time as the layer, head and prompt controls change. Where widgets cannot be shown
 (``ipywidgets`` does not import, or no Jupyter kernel is running to draw them), it returns the
-static figure of :func:`workbench.plot.attention_patterns` for the first layer's heads instead,
+static figure of :func:`workbench.viz.plot.attention_patterns` for the first layer's heads instead,
 and says so in a warning.
 
 >>> import torch
@@ -22,9 +22,10 @@ from typing import Literal, Sequence
 
 from torch import Tensor
 
-from . import checks, plot
-from .attention import get_patterns
-from .lens import token_strings
+from workbench.core import checks
+from workbench.techniques.attention import get_patterns
+from workbench.techniques.lens import token_strings
+from workbench.viz import plot
 
 __all__ = ["AttentionExplorer", "attention_explorer", "widgets_available"]
 
@@ -144,7 +145,7 @@ def attention_explorer(
     if isinstance(prompts_or_tokens, Tensor):
         tokens = checks.tokens(model, prompts_or_tokens)
     else:
-        from .models import to_tokens
+        from workbench.models import to_tokens
 
         tokens = to_tokens(model, prompts_or_tokens, padding="right")
     batch, seq = tokens.shape
@@ -153,7 +154,7 @@ def attention_explorer(
         raise ValueError(
             f"Caching every head's pattern for {batch} prompt(s) of {seq} tokens needs "
             f"{entries * 4 / 2**30:.1f} GB. Use fewer or shorter prompts, or draw chosen heads "
-            "with workbench.lens.get_patterns and workbench.plot.attention_patterns."
+            "with workbench.techniques.lens.get_patterns and workbench.viz.plot.attention_patterns."
         )
 
     ipywidgets = None
@@ -176,7 +177,7 @@ def attention_explorer(
         if mode == "auto":
             warnings.warn(
                 f"Showing a static figure of layer 0's heads instead of the explorer: {reason}. "
-                "Draw other heads with workbench.plot.attention_patterns(get_patterns(...)).",
+                "Draw other heads with workbench.viz.plot.attention_patterns(get_patterns(...)).",
                 stacklevel=2,
             )
         labels = token_strings(model, tokens[0].tolist())

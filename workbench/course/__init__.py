@@ -19,9 +19,9 @@ notebooks and an instructor's README; ``workbench course check NOTEBOOK`` grades
 
 from __future__ import annotations
 
-from . import basics, lens, patching, paths, phenomena, sae  # noqa: F401  (registers the exercises)
-from .base import Exercise, registry
-from .notebooks import show
+from workbench.course import basics, lens, patching, paths, phenomena, sae  # noqa: F401  (registers the exercises)
+from workbench.course.base import Exercise, registry
+from workbench.course.notebooks import show
 
 __all__ = ["Exercise", "check", "exercises", "get", "show", "table"]
 

@@ -110,21 +110,21 @@ def registry() -> dict[str, Exercise]:
 
 def tiny():
     """The tiny LayerNorm model with learned positions (2 layers, 4 heads, d_model 64)."""
-    from ..models import tiny_model
+    from workbench.models import tiny_model
 
     return tiny_model()
 
 
 def tiny_gqa():
     """The tiny grouped-query model: 4 query heads sharing 2 key/value heads, RMSNorm, rotary."""
-    from ..models import tiny_model
+    from workbench.models import tiny_model
 
     return tiny_model(n_kv_heads=2, normalization="RMS", positional="rotary")
 
 
 def toy():
-    """The trained toy modular-addition model (``workbench.toy``)."""
-    from ..toy import load_toy_model
+    """The trained toy modular-addition model (``workbench.models.toy``)."""
+    from workbench.models.toy import load_toy_model
 
     return load_toy_model(progress=False)
 

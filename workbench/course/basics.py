@@ -11,9 +11,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .. import heads as wb_heads
-from .. import models as wb_models
-from .base import call, compare, register, tiny, tiny_gqa
+from workbench import models as wb_models
+from workbench.course.base import call, compare, register, tiny, tiny_gqa
+from workbench.techniques import heads as wb_heads
 
 NOTEBOOK = "course/01_hooks_and_attention"
 

@@ -30,8 +30,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from . import exercises
-    from .notebooks import build, grade
+    from workbench.course import exercises
+    from workbench.course.notebooks import build, grade
 
     if args.course_command == "list":
         frame = pd.DataFrame([e.to_row() for e in exercises()]).drop(columns=["objective", "catches"])

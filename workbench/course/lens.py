@@ -9,7 +9,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .base import call, check_scalar_out, compare, register, tiny, tiny_gqa
+from workbench.course.base import call, check_scalar_out, compare, register, tiny, tiny_gqa
 
 NOTEBOOK = "course/02_lens_and_attribution"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .base import registry
+from workbench.course.base import registry
 
 __all__ = [
     "SOLUTION_TAG",

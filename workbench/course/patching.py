@@ -1,7 +1,7 @@
 """Exercises 9-13: a normalised metric, activation patching by hand (one site, then sweeps), and
 attribution patching.
 
-Notebook ``course/03_patching``. Direction as in :mod:`workbench.patching`: the model runs on the
+Notebook ``course/03_patching``. Direction as in :mod:`workbench.techniques.patching`: the model runs on the
 corrupted prompts and one activation is overwritten with its value from the clean run.
 """
 
@@ -11,8 +11,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..metrics import LogitDiff
-from .base import call, check_scalar_out, compare, register, tiny, tiny_gqa
+from workbench.core.metrics import LogitDiff
+from workbench.course.base import call, check_scalar_out, compare, register, tiny, tiny_gqa
 
 NOTEBOOK = "course/03_patching"
 

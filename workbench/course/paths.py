@@ -1,7 +1,7 @@
 """Exercises 14-18: path patching (sender -> logits, sender -> a receiver's query), zero and mean
 ablation of a head, and the faithfulness of a circuit.
 
-Notebook ``course/04_paths_and_ablation``. Path patching as in :mod:`workbench.path_patching`:
+Notebook ``course/04_paths_and_ablation``. Path patching as in :mod:`workbench.techniques.path_patching`:
 the corrupted sender is patched into the clean run, every other head and MLP frozen.
 """
 
@@ -11,8 +11,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from .base import call, check_scalar_out, compare, register
-from .patching import models_for_patching, patching_case
+from workbench.course.base import call, check_scalar_out, compare, register
+from workbench.course.patching import models_for_patching, patching_case
 
 NOTEBOOK = "course/04_paths_and_ablation"
 

@@ -2,9 +2,9 @@
 of the toy arithmetic model.
 
 Notebook ``course/05_phenomena``. The retrieval and temporal exercises run on the tiny models
-with hand-built inputs of the real datasets' shape (a :class:`~workbench.datasets.needles.Haystack`;
+with hand-built inputs of the real datasets' shape (a :class:`~workbench.phenomena.retrieval.dataset.Haystack`;
 a right-padded clean / other-year batch with one END per prompt); the toy exercises run on the
-trained toy model (``workbench.toy``).
+trained toy model (``workbench.models.toy``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..datasets.needles import Haystack
-from .base import call, compare, register, tiny, tiny_gqa, toy
+from workbench.course.base import call, compare, register, tiny, tiny_gqa, toy
+from workbench.phenomena.retrieval.dataset import Haystack
 
 NOTEBOOK = "course/05_phenomena"
 
@@ -137,7 +137,7 @@ def year_patch_head(model, ds, head: tuple[int, int]) -> float:
 
 
 def toy_case(n: int = 32, corrupt: str = "a"):
-    from ..toy import toy_problems
+    from workbench.models.toy import toy_problems
 
     model = toy()
     return model, toy_problems(model, n=n, corrupt=corrupt, seed=0)

@@ -10,8 +10,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .base import call, compare, register, tiny, tiny_gqa
-from .patching import patching_case
+from workbench.course.base import call, compare, register, tiny, tiny_gqa
+from workbench.course.patching import patching_case
 
 NOTEBOOK = "course/06_sae"
 HOOK = "blocks.1.hook_resid_pre"

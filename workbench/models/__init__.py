@@ -23,25 +23,46 @@ logit. Helpers that need the final norm (logit lens, direct logit attribution) r
 which hub names go through) as well.
 
 The runtime helpers (``resid_to_logits``, ``logits_at``, ``prefill``, ...) live in
-:mod:`workbench.runtime` and are re-exported here.
+:mod:`workbench.core.runtime` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import importlib  # noqa: F401  (tests patch models.importlib.util.find_spec)
 
-from ..runtime import PREFILL_CHUNK, cache_prefix, logits_at, prefill, resid_to_logits, run_cached
-from .cache import cache_dir, cached_entries
-from .errors import (
+from workbench.core.runtime import (
+    PREFILL_CHUNK,
+    cache_prefix,
+    logits_at,
+    prefill,
+    resid_to_logits,
+    run_cached,
+)
+from workbench.models.cache import cache_dir, cached_entries
+from workbench.models.devices import DTYPES, resolve_device, resolve_dtype
+from workbench.models.errors import (
     CacheCorruptedError,
     CheckpointError,
     ModelNotAvailableError,
     UnsupportedArchitectureError,
 )
-from .load import build_model, list_models, load_model, resolve_device, resolve_dtype
-from .sources import supported_architectures
-from .tokens import bos_id, bos_token_id, single_token_id, to_str_tokens, to_tokens
-from .zoo import DEFAULT_MODEL, OFFLINE_MODELS, OfflineModel, load_bridge, load_hf_model, tiny_model
+from workbench.models.load import (
+    build_model,
+    list_models,
+    load_model,
+    model_label,
+    random_init_model,
+)
+from workbench.models.sources import supported_architectures
+from workbench.models.tokens import bos_id, bos_token_id, single_token_id, to_str_tokens, to_tokens
+from workbench.models.zoo import (
+    DEFAULT_MODEL,
+    OFFLINE_MODELS,
+    OfflineModel,
+    load_bridge,
+    load_hf_model,
+    tiny_model,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -57,6 +78,9 @@ __all__ = [
     "load_model",
     "build_model",
     "resolve_device",
+    "DTYPES",
+    "model_label",
+    "random_init_model",
     "resolve_dtype",
     "supported_architectures",
     "load_hf_model",

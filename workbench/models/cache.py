@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .errors import CacheCorruptedError
+from workbench.models.errors import CacheCorruptedError
 
 __all__ = [
     "CACHE_FORMAT",

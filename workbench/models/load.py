@@ -16,66 +16,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .. import fast_attention
-from . import cache, sources
-from .errors import CacheCorruptedError, ModelNotAvailableError
-from .zoo import DEFAULT_MODEL, OFFLINE_MODELS, load_hf_model, offline_spec
+from workbench.models import cache, fast_attention, sources
+from workbench.models.devices import resolve_device, resolve_dtype
+from workbench.models.errors import CacheCorruptedError, ModelNotAvailableError
+from workbench.models.zoo import DEFAULT_MODEL, OFFLINE_MODELS, load_hf_model, offline_spec
 
-__all__ = ["load_model", "build_model", "resolve_device", "resolve_dtype", "list_models", "DTYPES"]
-
-#: The dtypes a model can be loaded in, by the names accepted for them.
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-}
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """``None`` -> float32; a torch float dtype or one of the names in :data:`DTYPES`."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        if dtype in (torch.float32, torch.bfloat16, torch.float16):
-            return dtype
-    elif isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPES:
-        return DTYPES[dtype.lower().removeprefix("torch.")]
-    raise ValueError(
-        f"dtype={dtype!r} is not supported; use one of float32, bfloat16, float16 "
-        "(a torch dtype or its name)."
-    )
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` -> the CPU; ``"auto"`` -> CUDA, else MPS, else CPU; ``"cuda:1"``... checked."""
-    if device is None:
-        return torch.device("cpu")
-    if isinstance(device, str) and device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(
-            f"device={device!r} is not a device; use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'."
-        ) from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r}: CUDA is not available on this machine.")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)."
-            )
-    elif dev.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise ValueError(f"device={device!r}: MPS is not available on this machine.")
-    elif dev.type != "cpu":
-        raise ValueError(f"device={device!r}: use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'.")
-    return dev
-
+__all__ = ["load_model", "build_model", "list_models", "model_label", "random_init_model"]
 
 def build_model(cfg_dict: dict, state_dict, tokenizer, *, device: torch.device, dtype: torch.dtype,
                 n_devices: int = 1):
@@ -249,3 +195,40 @@ def list_models() -> pd.DataFrame:
     for col in ("layers", "heads", "kv_heads", "d_model", "d_vocab"):
         frame[col] = frame[col].astype("Int64")
     return frame
+
+
+def random_init_model(name: str = "smollm2-135m", *, seed: int = 0, n_layers: int | None = None):
+    """The negative control: ``name``'s architecture and real tokenizer, randomly initialised weights.
+
+    The configuration (width, heads, key/value heads, norms, rotary embedding, vocabulary) is the
+    trained model's, so every notebook runs on it unchanged; the weights come from
+    TransformerLens's seeded initialisation, so no head has learnt anything and no finding may be
+    ``replicated`` on it. ``n_layers`` builds a shallower version of the same architecture (for a
+    faster control); the default keeps the full depth.
+    """
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    trained = load_model(name, verbose=False)
+    cfg_dict = trained.cfg.to_dict()
+    tokenizer = trained.tokenizer
+    del trained
+    if n_layers is not None:
+        if not (isinstance(n_layers, int) and 1 <= n_layers):
+            raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
+        cfg_dict["n_layers"] = n_layers
+    cfg_dict.update(init_weights=True, seed=seed, model_name=f"{cfg_dict['model_name']}-random-init")
+    for key in ("n_params",):  # derived by the config itself
+        cfg_dict.pop(key, None)
+    cfg = HookedTransformerConfig.from_dict(cfg_dict)
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def model_label(model, name: str) -> str:
+    """``name``, marked ``-random-init`` when ``model`` is the negative control of :func:`random_init_model`.
+
+    Notebooks label their scorecard and files with it, so a control run never passes for the model.
+    """
+    return name + ("-random-init" if str(model.cfg.model_name).endswith("-random-init") else "")

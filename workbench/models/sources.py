@@ -32,7 +32,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .errors import CheckpointError, ModelNotAvailableError, UnsupportedArchitectureError
+from workbench.models.errors import (
+    CheckpointError,
+    ModelNotAvailableError,
+    UnsupportedArchitectureError,
+)
 
 __all__ = [
     "CONFIG_MAPPED",

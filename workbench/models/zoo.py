@@ -26,8 +26,11 @@ from typing import Literal
 
 import torch
 
-from .cache import cache_dir
-from .errors import ModelNotAvailableError
+from workbench.models import fast_attention as fast
+from workbench.models import sources
+from workbench.models.cache import cache_dir
+from workbench.models.devices import resolve_dtype
+from workbench.models.errors import ModelNotAvailableError
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -133,7 +136,6 @@ def load_hf_model(source: str | Path):
     Float32 on the CPU, eager attention: the reference that conversions are tested against.
     Slow for GGUF files (20-60 s: the weights are dequantized).
     """
-    from . import sources
 
     if isinstance(source, str) and source in OFFLINE_MODELS:
         return sources.load_hf_gguf(offline_spec(source).gguf())
@@ -180,7 +182,7 @@ def tiny_model(
 
     It has no tokenizer: feed it token ids. ``n_kv_heads`` makes it grouped-query like SmolLM2;
     ``post_norm`` normalises each attention and MLP output again before it joins the residual
-    stream, as Gemma-3 does. ``fast_attention`` turns on :mod:`workbench.fast_attention`. ``dtype`` (``bfloat16``, ``float16``) casts the same float32 weights,
+    stream, as Gemma-3 does. ``fast_attention`` turns on :mod:`workbench.models.fast_attention`. ``dtype`` (``bfloat16``, ``float16``) casts the same float32 weights,
     so the two precisions of one seed can be compared.
     """
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -212,14 +214,12 @@ def tiny_model(
             if pname.split(".")[-1].startswith("b_"):
                 p.copy_(0.02 * torch.randn(p.shape, generator=gen))
     if dtype is not None:
-        from .load import resolve_dtype
 
         model.cfg.dtype = resolve_dtype(dtype)
         model.to(model.cfg.dtype)
     model.eval()
     model.requires_grad_(False)
     if fast_attention:
-        from .. import fast_attention as fast
 
         fast.enable(model)
     return model

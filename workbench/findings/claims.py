@@ -1,0 +1,278 @@
+"""Declared findings: a claim stated before it is measured, tested against chance, with an interval.
+
+A phenomenon notebook declares its :class:`Claim` objects first (the statement, the paper and its
+number, the statistic, a threshold that is the same for every model), then measures each one on a
+held-out evaluation split and turns the measurement into a :class:`Finding` with
+:func:`evaluate`: the value, a 95% bootstrap interval over evaluation items, the percentile of the
+value in a null distribution, and a verdict. A :class:`Scorecard` collects the findings, shows them
+as a table and writes ``findings.json``.
+
+The verdict rule (:func:`verdict`), for a claim that the statistic is at or above its threshold
+(``direction="above"``; ``"below"`` mirrors it):
+
+- ``inconclusive``: the interval straddles the threshold;
+- ``replicated``: the whole interval clears the threshold and the value beats the null (percentile
+  at or above ``Claim.null_level``, 95 unless declared otherwise), or the claim has no null;
+- ``partial``: the interval clears the threshold but the value does not beat the null, or the
+  interval misses the threshold but clears the claim's weaker ``partial`` bar;
+- ``not replicated``: otherwise.
+
+>>> import torch
+>>> claim = Claim("demo", "the effect is positive", paper="none", statistic="mean effect", threshold=0.0)
+>>> per_item = torch.tensor([0.9, 1.1, 1.0, 1.2, 0.8] * 8)
+>>> f = evaluate(claim, per_item, null=torch.zeros(200), n_select=10)
+>>> f.verdict, f.n_eval, round(f.value, 2)
+('replicated', 40, 1.0)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from workbench.core.results import render
+
+__all__ = [
+    "VERDICTS",
+    "Claim",
+    "Finding",
+    "Scorecard",
+    "bootstrap_ci",
+    "evaluate",
+    "not_measured",
+    "null_percentile",
+    "verdict",
+]
+
+Verdict = Literal["replicated", "partial", "not replicated", "inconclusive"]
+VERDICTS: tuple[str, ...] = ("replicated", "partial", "not replicated", "inconclusive")
+N_RESAMPLES = 1000
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim declared before it is measured.
+
+    ``threshold`` is the same for every model; ``partial`` is an optional weaker bar on the same
+    side; ``null`` says how chance is modelled (e.g. "200 random head sets from the same layers").
+    """
+
+    name: str
+    claim: str
+    paper: str
+    statistic: str
+    threshold: float
+    direction: Literal["above", "below"] = "above"
+    partial: float | None = None
+    null: str = ""
+    null_level: float = 95.0
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("above", "below"):
+            raise ValueError(f"Claim {self.name!r}: direction must be 'above' or 'below', got {self.direction!r}")
+        if self.partial is not None and not self._passes(self.threshold, self.partial):
+            raise ValueError(
+                f"Claim {self.name!r}: the partial bar {self.partial} must be weaker than the threshold "
+                f"{self.threshold} (on the same side, direction={self.direction!r})"
+            )
+
+    def _passes(self, x: float, bar: float) -> bool:
+        return x >= bar if self.direction == "above" else x <= bar
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One claim measured on one model."""
+
+    claim: Claim
+    value: float
+    ci_low: float
+    ci_high: float
+    null_percentile: float | None
+    n_null: int
+    n_select: int
+    n_eval: int
+    verdict: Verdict
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        c = d.pop("claim")
+        return {
+            "name": c["name"],
+            "claim": c["claim"],
+            "paper": c["paper"],
+            "statistic": c["statistic"],
+            "threshold": c["threshold"],
+            "direction": c["direction"],
+            "null": c["null"],
+            **{k: _json_number(v) for k, v in d.items()},
+        }
+
+
+def _json_number(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def bootstrap_ci(
+    items: Tensor,
+    statistic: Callable[[Tensor], Tensor] | None = None,
+    *,
+    n_resamples: int = N_RESAMPLES,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(items)`` over the first axis (evaluation items).
+
+    ``statistic`` maps a resampled ``items`` (same shape) to a scalar; the default is the mean.
+    Resampling uses its own seeded generator on the CPU, so the interval does not depend on the
+    global random state.
+
+    >>> bootstrap_ci(torch.ones(10))
+    (1.0, 1.0)
+    """
+    items = torch.as_tensor(items)
+    n = items.shape[0]
+    if n < 2:
+        raise ValueError(f"bootstrap_ci needs at least 2 evaluation items, got {n}")
+    statistic = statistic or (lambda x: x.float().mean())
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (n_resamples, n), generator=gen).to(items.device)
+    stats = torch.stack([torch.as_tensor(statistic(items[i])).float().reshape(()) for i in idx]).cpu()
+    alpha = (1 - level) / 2
+    low, high = torch.quantile(stats.double(), torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
+    return float(low), float(high)
+
+
+def null_percentile(value: float, null: Tensor | Sequence[float]) -> float:
+    """Percentage of null draws below ``value``, ties counted half (resolution 100 / len(null))."""
+    null = torch.as_tensor(null, dtype=torch.float64).flatten()
+    if null.numel() == 0:
+        raise ValueError("null_percentile needs at least one null draw")
+    below = (null < value).double().sum() + 0.5 * (null == value).double().sum()
+    return float(100.0 * below / null.numel())
+
+
+def verdict(claim: Claim, ci_low: float, ci_high: float, null_pct: float | None) -> Verdict:
+    """The verdict rule of the module docstring."""
+    lo, hi = (ci_low, ci_high) if claim.direction == "above" else (ci_high, ci_low)
+    if claim._passes(lo, claim.threshold):
+        if null_pct is None:
+            return "replicated"
+        beats = null_pct >= claim.null_level if claim.direction == "above" else null_pct <= 100 - claim.null_level
+        return "replicated" if beats else "partial"
+    if claim._passes(hi, claim.threshold):
+        return "inconclusive"
+    if claim.partial is not None and claim._passes(lo, claim.partial):
+        return "partial"
+    return "not replicated"
+
+
+def evaluate(
+    claim: Claim,
+    per_item: Tensor,
+    *,
+    statistic: Callable[[Tensor], Tensor] | None = None,
+    null: Tensor | Sequence[float] | None = None,
+    n_select: int,
+    note: str = "",
+    seed: int = 0,
+    requires: Sequence[Finding] = (),
+) -> Finding:
+    """Measure ``claim`` from per-evaluation-item values: value, bootstrap interval, null, verdict.
+
+    ``per_item`` has one row per evaluation item (its first axis is resampled); ``statistic`` turns
+    rows into the claim's scalar (default: the mean). ``null`` holds the same statistic for each
+    random draw (random head sets, permutations); ``None`` when the claim has no null.
+    ``requires``: findings this claim presupposes (e.g. that the model shows the behaviour at
+    all); unless each of them is ``replicated``, a ``replicated`` or ``partial`` verdict becomes
+    ``inconclusive`` (a circuit of a behaviour the model lacks says nothing), with a note.
+    """
+    per_item = torch.as_tensor(per_item).detach()
+    stat = statistic or (lambda x: x.float().mean())
+    value = float(torch.as_tensor(stat(per_item)).float())
+    low, high = bootstrap_ci(per_item, stat, seed=seed)
+    pct = None if null is None else null_percentile(value, null)
+    n_null = 0 if null is None else int(torch.as_tensor(null).numel())
+    result = verdict(claim, low, high, pct)
+    missing = [f.claim.name for f in requires if f.verdict != "replicated"]
+    if missing and result in ("replicated", "partial"):
+        result = "inconclusive"
+        note = "; ".join(filter(None, [note, f"presupposes {', '.join(missing)}, which is not replicated"]))
+    return Finding(
+        claim=claim,
+        value=value,
+        ci_low=low,
+        ci_high=high,
+        null_percentile=pct,
+        n_null=n_null,
+        n_select=int(n_select),
+        n_eval=int(per_item.shape[0]),
+        verdict=result,
+        note=note,
+    )
+
+
+@dataclass
+class Scorecard:
+    """The findings of one notebook on one model: a table, an HTML view and ``findings.json``."""
+
+    model: str
+    notebook: str
+    findings: list[Finding] = field(default_factory=list)
+
+    def add(self, finding: Finding) -> Finding:
+        if any(f.claim.name == finding.claim.name for f in self.findings):
+            raise ValueError(f"Scorecard already has a finding named {finding.claim.name!r}")
+        self.findings.append(finding)
+        return finding
+
+    def to_frame(self) -> pd.DataFrame:
+        rows = [f.to_dict() for f in self.findings]
+        return pd.DataFrame(rows)
+
+    def summary(self, digits: int = 2) -> str:
+        """One line per finding with rounded values (what nbval compares)."""
+        lines = []
+        for f in self.findings:
+            null = "-" if f.null_percentile is None else f"{f.null_percentile:.0f}th pct of {f.n_null}"
+            measured = (f"{f.value:.{digits}f} [{f.ci_low:.{digits}f}, {f.ci_high:.{digits}f}]" if f.value == f.value
+                        else f"not measured ({f.note})")  # NaN: see not_measured
+            lines.append(f"{f.claim.name}: {measured} vs {f.claim.threshold:g} | null {null} | "
+                         f"n {f.n_select}/{f.n_eval} | {f.verdict}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"Scorecard({self.notebook} on {self.model})\n{self.summary()}"
+
+    def _repr_html_(self) -> str:
+        cols = ["claim", "paper", "value", "ci_low", "ci_high", "threshold", "null_percentile", "verdict"]
+        return self.to_frame()[cols].to_html(index=False, float_format=lambda x: f"{x:.3g}")
+
+    def plot(self, **kwargs):
+
+        return render("scorecard", self, **kwargs)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"model": self.model, "notebook": self.notebook, "findings": [f.to_dict() for f in self.findings]}
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        return path
+
+
+def not_measured(claim: Claim, *, n_select: int, n_eval: int, note: str) -> Finding:
+    """A finding that could not be measured on this model (e.g. it solves no evaluation item):
+    no value, no interval, verdict ``not replicated``, and ``note`` saying why."""
+    nan = float("nan")
+    return Finding(claim=claim, value=nan, ci_low=nan, ci_high=nan, null_percentile=None, n_null=0,
+                   n_select=int(n_select), n_eval=int(n_eval), verdict="not replicated", note=note)

@@ -1,0 +1,482 @@
+"""Exact activation patching: one batched engine, thin named variants.
+
+Direction (the same as ``transformer_lens.patching``): the model runs on ``corrupted_tokens`` and
+one activation at a time is overwritten with its value from the run on ``clean_tokens``. Each
+value is ``metric(patched logits)``; with a normalised metric (corrupted 0, clean 1) it says how
+much of the clean behaviour that one activation restores.
+
+Sites (``site=``): the residual stream before a block (``"resid_pre"``), the attention and MLP
+outputs (``"attn_out"``, ``"mlp_out"``), all by layer and position; and per attention head its
+output ``"z"``, query ``"q"``, key ``"k"``, value ``"v"`` and ``"pattern"``, over all positions
+at once or by position (``by_pos=True``; for ``"pattern"`` the position is the query position).
+On a grouped-query model keys and values exist per key/value head: those results have the axis
+``"kv_head"`` and ``meta["query_heads"]`` lists the query heads each KV head feeds.
+
+How it is fast. TransformerLens runs one full forward pass per patched index. Here the clean
+activations and the corrupted residual stream are cached once; then for each layer L a batch of
+many patched indices (``batch_size`` of them, each a copy of the corrupted batch) starts at
+layer L from the cached corrupted residual (``model(resid, start_at_layer=L)``), so layers
+before L are never recomputed. A patch at position p cannot change positions before p, so those
+positions are not recomputed either: their keys and values come from the corrupted run through
+TransformerLens's key/value cache. And where every clean prompt starts with the same tokens as
+its corrupted prompt (IOI's ``BOS Then ,``), an activation at one of those shared positions is
+the same in both runs, so patching it is a no-op: its value is the corrupted metric, with no
+forward pass. When the metric says which logits it reads (``readout`` and
+``from_readout``, as :class:`~workbench.core.metrics.LogitDiff` and
+:class:`~workbench.core.metrics.Normalised` do), only those positions go through ``ln_final`` and only
+those tokens' columns of ``W_U``; any other callable gets full logits, one call per index.
+A model that is not a ``HookedTransformer`` (e.g. a ``TransformerBridge``) takes a slower,
+still batched, full-forward path. :func:`patch_reference` is the plain one-forward-per-index loop
+that the tests hold the engine to.
+
+>>> import torch
+>>> from workbench import models, patching
+>>> from workbench.core.metrics import LogitDiff
+>>> model = models.tiny_model()
+>>> clean = torch.tensor([[1, 5, 7, 9, 3]]); corrupted = torch.tensor([[1, 6, 7, 9, 3]])
+>>> metric = LogitDiff(answers=[2], wrong=[4])
+>>> r = patching.patch_heads(model, clean, corrupted, metric, progress=False)
+>>> r.dims, r.shape
+(('layer', 'head'), (2, 4))
+>>> patching.patch_resid(model, clean, corrupted, metric, progress=False).shape
+(2, 5)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal, Sequence, get_args
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from workbench.core import checks
+from workbench.core.metrics import Metric, check_scalar, metric_name
+from workbench.core.results import Result
+from workbench.core.runtime import cache_prefix, readout_logits, resid_to_logits, supports_fast_path
+
+__all__ = [
+    "Site",
+    "patch",
+    "patch_heads",
+    "patch_resid",
+    "patch_attn_out",
+    "patch_mlp_out",
+    "patch_reference",
+]
+
+Site = Literal["resid_pre", "attn_out", "mlp_out", "z", "q", "k", "v", "pattern"]
+HeadSite = Literal["z", "q", "k", "v", "pattern"]
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """Where a site's hook is and which axes of one prompt's activation are position and head."""
+
+    hook: str  # the hook name after "blocks.{layer}."
+    pos_axis: int
+    head_axis: int | None = None
+    kv: bool = False  # one head per key/value head on a grouped-query model
+
+
+_SITES: dict[str, _Spec] = {
+    "resid_pre": _Spec("hook_resid_pre", 0),
+    "attn_out": _Spec("hook_attn_out", 0),
+    "mlp_out": _Spec("hook_mlp_out", 0),
+    "z": _Spec("attn.hook_z", 0, 1),  # [pos, head, d_head]
+    "q": _Spec("attn.hook_q", 0, 1),
+    "k": _Spec("attn.hook_k", 0, 1, kv=True),
+    "v": _Spec("attn.hook_v", 0, 1, kv=True),
+    "pattern": _Spec("attn.hook_pattern", 1, 0),  # [head, query_pos, key_pos]
+}
+
+
+# ------------------------------------------------------------------------------ input checks
+
+
+def shared_prefix(clean_tokens: Tensor, corrupted_tokens: Tensor) -> int:
+    """How many leading positions hold the same token in every clean and corrupted prompt."""
+    same = (clean_tokens == corrupted_tokens).all(dim=0).long()
+    return int(same.cumprod(dim=0).sum())
+
+
+def _check_options(site: str, batch_size: int) -> _Spec:
+    if site not in _SITES:
+        raise ValueError(f"Unknown site {site!r}; choose one of {list(get_args(Site))}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int (patched indices per forward), got {batch_size!r}.")
+    return _SITES[site]
+
+
+def n_heads_at(model, site: str) -> int:
+    """Heads at a site: query heads, or key/value heads for ``k``/``v`` on a grouped-query model."""
+    cfg = model.cfg
+    n_kv = getattr(cfg, "n_key_value_heads", None)
+    if _SITES[site].kv and n_kv and not getattr(cfg, "ungroup_grouped_query_attention", False):
+        return n_kv
+    return cfg.n_heads
+
+
+def _hook_name(site: str, layer: int) -> str:
+    return f"blocks.{layer}.{_SITES[site].hook}"
+
+
+# ------------------------------------------------------------------------------ the plan
+
+
+@dataclass
+class _Plan:
+    """Which indices are patched, in the order of the result's values."""
+
+    site: str
+    spec: _Spec
+    layers: list[int]
+    positions: list[int] | None  # None: all positions at once
+    heads: list[int] | None  # None: no head axis
+    seq: int
+
+    @property
+    def indices(self) -> list[tuple[int | None, int | None]]:
+        """(pos, head) per patched index within one layer, position-major like TransformerLens."""
+        ps = self.positions if self.positions is not None else [None]
+        hs = self.heads if self.heads is not None else [None]
+        return [(p, h) for p in ps for h in hs]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        s = [len(self.layers)]
+        s += [] if self.positions is None else [len(self.positions)]
+        return tuple(s + ([] if self.heads is None else [len(self.heads)]))
+
+    def selector(self, pos: int | None, head: int | None, ndim: int) -> tuple:
+        """Index into one prompt's activation (``ndim`` dims) that selects a patched index."""
+        sel: list = [slice(None)] * ndim
+        if pos is not None:
+            sel[self.spec.pos_axis] = pos
+        if head is not None:
+            sel[self.spec.head_axis] = head
+        return tuple(sel)
+
+
+def _make_plan(model, site, by_pos, layers, heads, positions, seq) -> _Plan:
+    spec = _SITES[site]
+    is_head_site = spec.head_axis is not None
+    if not is_head_site and heads is not None:
+        raise ValueError(f"Site {site!r} has no heads; drop heads= or use patch_heads.")
+    if is_head_site and not by_pos and positions is not None:
+        raise ValueError("positions= needs by_pos=True (all-position patching has no position axis).")
+    plan = _Plan(
+        site=site,
+        spec=spec,
+        layers=checks.indices(layers, model.cfg.n_layers, "layer"),
+        positions=checks.indices(positions, seq, "position") if (by_pos or not is_head_site) else None,
+        heads=checks.indices(heads, n_heads_at(model, site), "head") if is_head_site else None,
+        seq=seq,
+    )
+    missing = [n for n in (_hook_name(site, L) for L in plan.layers) if n not in model.hook_dict]
+    if site == "mlp_out" and getattr(model.cfg, "attn_only", False):
+        missing = [_hook_name(site, plan.layers[0])]
+    if missing:
+        raise ValueError(f"This model has no hook {missing[0]!r} (e.g. mlp_out on an attention-only model).")
+    return plan
+
+
+def _head_labels(model, plan: _Plan) -> tuple[str, list]:
+    n_q, n_site = model.cfg.n_heads, n_heads_at(model, plan.site)
+    if n_site == n_q:
+        return "head", list(plan.heads)
+    g = n_q // n_site  # TransformerLens repeats KV head j for query heads j*g .. j*g+g-1
+    return "kv_head", [f"kv{j}:q{j * g}-q{j * g + g - 1}" for j in plan.heads]
+
+
+def _result(model, plan: _Plan, values: Tensor, metric, clean_tokens, baselines, method) -> Result:
+    dims, labels = ["layer"], {"layer": list(plan.layers)}
+    if plan.positions is not None:
+        dims.append("pos")
+        labels["pos"] = _pos_labels(model, clean_tokens[0], plan.positions)
+    meta = dict(site=plan.site, hook=_SITES[plan.site].hook, by_pos=plan.positions is not None,
+                method=method, model=getattr(model.cfg, "model_name", None),
+                clean=baselines[0], corrupted=baselines[1],
+                direction="clean activation patched into the corrupted run")
+    if plan.heads is not None:
+        head_dim, labels_h = _head_labels(model, plan)
+        dims.append(head_dim)
+        labels[head_dim] = labels_h
+        if head_dim == "kv_head":
+            g = model.cfg.n_heads // n_heads_at(model, plan.site)
+            meta["query_heads"] = {j: list(range(j * g, j * g + g)) for j in plan.heads}
+    return Result(values, tuple(dims), f"{metric_name(metric)} after patching {plan.site}", labels, meta)
+
+
+def _pos_labels(model, tokens: Tensor, positions: list[int]) -> list:
+    if getattr(model, "tokenizer", None) is None:
+        return list(positions)
+    from workbench.models import to_str_tokens
+
+    strs = to_str_tokens(model, tokens)
+    return [f"{p}:{strs[p]}" for p in positions]
+
+
+# ------------------------------------------------------------------------------ hooks
+
+
+def _patch_hook(act: Tensor, hook, *, clean: Tensor, mask: Tensor) -> Tensor:
+    """Batch row i*batch+b takes the clean value wherever ``mask[i]`` is set."""
+    rows = act.unflatten(0, (mask.shape[0], clean.shape[0]))
+    return torch.where(mask.to(act.device)[:, None], clean[None], rows).flatten(0, 1)
+
+
+def _set_index_hook(act: Tensor, hook, *, clean: Tensor, index: tuple) -> Tensor:
+    """The reference setter: one index, whole batch."""
+    act = act.clone()
+    act[(slice(None), *index)] = clean[(slice(None), *index)]
+    return act
+
+
+# ------------------------------------------------------------------------------ the engine
+
+
+def _has_readout(metric) -> bool:
+    return callable(getattr(metric, "readout", None)) and callable(getattr(metric, "from_readout", None))
+
+
+@dataclass
+class _Context:
+    """What one sweep shares: the clean activations and the corrupted run it patches into."""
+
+    batch: int
+    seq: int
+    clean: dict[str, Tensor]
+    corrupted_resid: dict[int, Tensor]  # layer -> resid_pre [batch, pos, d_model]
+    corrupted_final: Tensor | None  # final residual [batch, pos, d_model]
+    kv: object | None  # the corrupted run's key/value cache (fast path)
+    readout: object | None
+    max_start: int  # a pass starts no later than this (the earliest position the metric reads)
+
+
+def _prepare(model, plan, clean_tokens, corrupted_tokens, metric, fast: bool):
+    """Run clean and corrupted once; check the metric on both; return the context and baselines."""
+    names = {_hook_name(plan.site, L) for L in plan.layers}
+    clean_logits, cache = model.run_with_cache(clean_tokens, names_filter=lambda n: n in names)
+    clean = {n: cache[n] for n in names}
+    batch, seq = clean_tokens.shape
+    n = model.cfg.n_layers
+    if fast:
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        kv = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch)
+        keep = {f"blocks.{L}.hook_resid_pre" for L in plan.layers} | {f"blocks.{n - 1}.hook_resid_post"}
+        corrupted_logits, ccache = model.run_with_cache(
+            corrupted_tokens, names_filter=lambda x: x in keep, past_kv_cache=kv,
+            attention_mask=torch.ones_like(corrupted_tokens),  # TransformerLens moves it with the tokens
+        )
+        resid = {L: ccache[f"blocks.{L}.hook_resid_pre"] for L in plan.layers}
+        final = ccache[f"blocks.{n - 1}.hook_resid_post"]
+    else:
+        corrupted_logits, resid, final, kv = model(corrupted_tokens), {}, None, None
+    baselines = (
+        check_scalar(metric(clean_logits), "metric on the clean run").item(),
+        check_scalar(metric(corrupted_logits), "metric on the corrupted run").item(),
+    )
+    readout, max_start = None, seq - 1
+    if fast and _has_readout(metric):
+        readout = metric.readout(batch, seq)
+        max_start = int(readout.pos.min())
+        check = _from_readout(metric, readout_logits(model, final[None, torch.arange(batch), readout.pos],
+                                                     readout.tokens), 1)
+        # A float32 model's two paths agree to 1e-4; a half-precision one's full logits carry its
+        # own rounding (16 steps of its machine epsilon: 0.125 for bfloat16, 0.016 for float16).
+        tol = max(1e-4, 16 * torch.finfo(final.dtype).eps)
+        if abs(check.item() - baselines[1]) > tol * (1 + abs(baselines[1])):
+            raise ValueError(
+                f"metric.from_readout gives {check.item():.6g} on the corrupted run but metric(logits) "
+                f"gives {baselines[1]:.6g}: its readout does not describe what it computes."
+            )
+    ctx = _Context(batch, seq, clean, resid, final, kv, readout, max_start if fast else 0)
+    return ctx, baselines
+
+
+def _from_readout(metric, x: Tensor, k: int) -> Tensor:
+    out = metric.from_readout(x)
+    if not isinstance(out, Tensor) or out.shape != (k,):
+        raise ValueError(
+            f"The metric must return a scalar per patched run; from_readout gave shape "
+            f"{tuple(getattr(out, 'shape', ()))} for {k} runs. Reduce over the batch (e.g. .mean())."
+        )
+    if not torch.isfinite(out).all():
+        raise ValueError(f"The metric returned a non-finite value ({out.tolist()}).")
+    return out
+
+
+def _run_chunk(model, ctx: _Context, plan: _Plan, layer: int, metric, mask: Tensor,
+               start: int, corrupted_tokens: Tensor) -> Tensor:
+    """Metric values of ``k = len(mask)`` patched runs, positions before ``start`` reused."""
+    k, n, name = mask.shape[0], model.cfg.n_layers, _hook_name(plan.site, layer)
+    axis = plan.spec.pos_axis + 1  # in [batch, ...]
+    hook = partial(_patch_hook, clean=ctx.clean[name].narrow(axis, start, ctx.seq - start),
+                   mask=mask.narrow(axis, start, ctx.seq - start))
+    with model.hooks(fwd_hooks=[(name, hook)]):
+        if ctx.kv is None:  # any model with hooks: full forward of the repeated batch
+            logits = model(corrupted_tokens.repeat(k, 1))
+            final = None
+        else:
+            resid = ctx.corrupted_resid[layer][:, start:].repeat(k, 1, 1)
+            kv = cache_prefix(ctx.kv, end=start, times=k, from_layer=layer) if start > 0 else None
+            final = model(resid, start_at_layer=layer, stop_at_layer=n, past_kv_cache=kv)
+    if ctx.readout is not None:
+        rows = final.unflatten(0, (k, ctx.batch))[:, torch.arange(ctx.batch), ctx.readout.pos - start]
+        return _from_readout(metric, readout_logits(model, rows, ctx.readout.tokens), k)
+    if final is not None:
+        prefix = ctx.corrupted_final[:, :start].repeat(k, 1, 1)
+        logits = resid_to_logits(model, torch.cat([prefix, final], dim=1))
+    return torch.stack([check_scalar(metric(x)) for x in logits.split(ctx.batch)])
+
+
+def _chunks(indices, todo: list[int], batch_size: int, seq: int, max_start: int) -> list[tuple[Tensor, int]]:
+    """Split the patched indices numbered in ``todo`` into forward passes: ``(rows, start)`` each.
+
+    Positions before ``start`` (the earliest patched position, at most ``max_start``) are not
+    recomputed. Indices are taken in position order; a pass holds at most ``batch_size`` indices
+    at full length (more when it starts later, as its sequences are shorter), and spans few
+    positions, since every position between its first and a row's own is recomputed for nothing.
+    """
+    if not todo:
+        return []
+    order = sorted(todo, key=lambda i: -1 if indices[i][0] is None else indices[i][0])
+    out, rows, start = [], [], 0
+    for i in order:
+        pos = indices[i][0]
+        s = 0 if pos is None else min(pos, max_start)
+        if rows:
+            length = seq - start
+            full = len(rows) >= max(batch_size, batch_size * seq // length)
+            far = 4 * (s - start) > length  # this row would recompute > 1/4 of its length for nothing
+            if not (full or far):
+                rows.append(i)
+                continue
+            out.append((torch.tensor(rows), start))
+        rows, start = [i], s
+    out.append((torch.tensor(rows), start))
+    return out
+
+
+@torch.no_grad()
+def patch(
+    model,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: Metric,
+    *,
+    site: Site,
+    by_pos: bool = True,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> Result:
+    """Patch each clean activation at ``site`` into the corrupted run; the metric of each.
+
+    Args:
+        clean_tokens, corrupted_tokens: ``[batch, pos]``, same shape. The model runs on
+            ``corrupted_tokens``; the patched value comes from ``clean_tokens``.
+        metric: ``logits [batch, pos, d_vocab] -> scalar`` (see :mod:`workbench.core.metrics`).
+        site: see :data:`Site`. ``by_pos`` only matters for head sites.
+        layers, heads, positions: restrict the sweep (default all). For ``k``/``v`` on a
+            grouped-query model ``heads`` are key/value heads.
+        batch_size: patched indices per forward pass, counted at full length (a pass that
+            starts at a later position holds proportionally more); peak memory grows with it.
+        progress: a tqdm bar over layers.
+
+    Returns:
+        Result with dims ``(layer, pos)`` for resid/attn_out/mlp_out, ``(layer, head)`` for heads
+        over all positions and ``(layer, pos, head)`` by position (``kv_head`` for k/v on a
+        grouped-query model). ``meta`` holds the clean and corrupted metric values.
+    """
+    _check_options(site, batch_size)
+    _, seq = checks.token_pair(model, clean_tokens, corrupted_tokens)
+    plan = _make_plan(model, site, by_pos, layers, heads, positions, seq)
+    fast = supports_fast_path(model)
+    ctx, baselines = _prepare(model, plan, clean_tokens, corrupted_tokens, metric, fast)
+    indices = plan.indices
+    values = torch.empty(len(plan.layers), len(indices))
+    shape = tuple(ctx.clean[_hook_name(site, plan.layers[0])].shape[1:])
+    mask = torch.zeros(len(indices), *shape, dtype=torch.bool)
+    for i, (p, h) in enumerate(indices):
+        mask[(i, *plan.selector(p, h, len(shape)))] = True
+    # An activation at a position p depends on tokens 0..p only (causal attention), so where clean
+    # and corrupted agree on them the patch writes the value already there: the corrupted metric.
+    shared = shared_prefix(clean_tokens, corrupted_tokens)
+    noop = torch.tensor([p is not None and p < shared for p, _ in indices], dtype=torch.bool)
+    values[:, noop] = baselines[1]
+    todo = (~noop).nonzero().flatten().tolist()
+    chunks = _chunks(indices, todo, batch_size, ctx.seq, ctx.max_start if ctx.kv is not None else 0)
+    for li, layer in enumerate(tqdm(plan.layers, desc=f"patching {site}", disable=not progress)):
+        for rows, start in chunks:
+            values[li, rows] = _run_chunk(model, ctx, plan, layer, metric, mask[rows], start,
+                                          corrupted_tokens)
+    return _result(model, plan, values.reshape(plan.shape), metric, clean_tokens, baselines, "batched")
+
+
+@torch.no_grad()
+def patch_reference(model, clean_tokens, corrupted_tokens, metric, *, site: Site, by_pos: bool = True,
+                    layers=None, heads=None, positions=None, progress: bool = True) -> Result:
+    """The slow, obviously correct loop: one hooked forward of the corrupted batch per index."""
+    _check_options(site, 1)
+    _, seq = checks.token_pair(model, clean_tokens, corrupted_tokens)
+    plan = _make_plan(model, site, by_pos, layers, heads, positions, seq)
+    names = {_hook_name(site, L) for L in plan.layers}
+    clean_logits, cache = model.run_with_cache(clean_tokens, names_filter=lambda n: n in names)
+    baselines = (check_scalar(metric(clean_logits)).item(), check_scalar(metric(model(corrupted_tokens))).item())
+    values = torch.empty(len(plan.layers), len(plan.indices))
+    for li, layer in enumerate(tqdm(plan.layers, desc=f"reference {site}", disable=not progress)):
+        name = _hook_name(site, layer)
+        clean = cache[name]
+        for i, (p, h) in enumerate(plan.indices):
+            hook = partial(_set_index_hook, clean=clean, index=plan.selector(p, h, clean.ndim - 1))
+            logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])
+            values[li, i] = check_scalar(metric(logits))
+    return _result(model, plan, values.reshape(plan.shape), metric, clean_tokens, baselines, "reference")
+
+
+# ------------------------------------------------------------------------------ named variants
+
+
+def patch_heads(model, clean_tokens, corrupted_tokens, metric, *, by_pos: bool = False,
+                site: HeadSite = "z", layers=None, heads=None, positions=None,
+                batch_size: int = 64, progress: bool = True) -> Result:
+    """Patch attention heads: output ``z`` (default), ``q``, ``k``, ``v`` or ``pattern``.
+
+    Same layout and values as ``transformer_lens.patching.get_act_patch_attn_head_out_all_pos``
+    (``(layer, head)``) and ``..._by_pos`` (``(layer, pos, head)``) called as
+    ``f(model, corrupted_tokens, clean_cache, metric)``: note the clean activation goes into the
+    corrupted run. For ``site="pattern", by_pos=True`` TransformerLens orders the axes
+    ``(layer, head, dest_pos)``; here they are ``(layer, pos, head)`` like every other site.
+    See :func:`patch` for the arguments.
+    """
+    if site not in get_args(HeadSite):
+        raise ValueError(f"patch_heads site must be one of {list(get_args(HeadSite))}, got {site!r}.")
+    return patch(model, clean_tokens, corrupted_tokens, metric, site=site, by_pos=by_pos, layers=layers,
+                 heads=heads, positions=positions, batch_size=batch_size, progress=progress)
+
+
+def _layer_pos_variant(site: str, what: str):
+    def variant(model, clean_tokens, corrupted_tokens, metric, *, layers=None, positions=None,
+                batch_size: int = 64, progress: bool = True) -> Result:
+        return patch(model, clean_tokens, corrupted_tokens, metric, site=site, layers=layers,
+                     positions=positions, batch_size=batch_size, progress=progress)
+
+    variant.__name__ = variant.__qualname__ = f"patch_{site.removesuffix('_pre')}"
+    variant.__doc__ = (
+        f"Patch {what} by layer and position: a Result with dims ``(layer, pos)``, the same as "
+        f"``transformer_lens.patching.get_act_patch_{site}``. See :func:`patch` for the arguments."
+    )
+    return variant
+
+
+patch_resid = _layer_pos_variant("resid_pre", "the residual stream before each block")
+patch_attn_out = _layer_pos_variant("attn_out", "each attention layer's output")
+patch_mlp_out = _layer_pos_variant("mlp_out", "each MLP layer's output")
