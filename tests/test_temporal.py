@@ -12,13 +12,8 @@ from hooks import assert_no_hooks
 
 from workbench.models import tiny_model, to_tokens
 from workbench.phenomena import temporal as T
-from workbench.phenomena.temporal.dataset import (
-    answer_correct,
-    facts_frame,
-    keep_correct,
-    load_facts,
-    temporal_facts,
-)
+from workbench.phenomena.answers import answer_correct, first_answer_token, keep_correct
+from workbench.phenomena.temporal.dataset import facts_frame, load_facts, temporal_facts
 
 
 class WordTokenizer:
@@ -252,7 +247,7 @@ def test_first_answer_token_rejects_merges():
     model = tiny_model(d_vocab=3000, d_model=32)
     model.tokenizer = Merging()
     with pytest.raises(ValueError, match="merges the end"):
-        T.first_answer_token(model, "In 1995, the president was", " Bill")
+        first_answer_token(model, "In 1995, the president was", " Bill")
 
 
 def test_years_of_another_token_length_are_not_mixed():
