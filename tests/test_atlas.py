@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from workbench import atlas as atlas_mod
+from workbench.core.components import top_positive
 from workbench.core.results import Result
-from workbench.phenomena.atlas.analysis import HeadAtlas, default_k, head_atlas, top_positive
+from workbench.phenomena import registry
+from workbench.phenomena.atlas.analysis import HeadAtlas, default_k, head_atlas
+from workbench.phenomena.ioi.finder import ioi_scores
 from workbench.techniques.heads import HeadSet
 
 
@@ -110,7 +113,40 @@ def test_bad_arguments(tiny):
 
 
 def test_finders_cover_every_role():
-    assert set(atlas_mod.FINDERS) == {"ioi", "induction", "retrieval", "temporal", "arithmetic"}
+    assert set(atlas_mod.finders()) == {"ioi", "induction", "retrieval", "temporal", "arithmetic"}
+    roles = [r.name for r in registry.roles()]
+    assert roles == ["name mover", "S-inhibition", "induction", "retrieval", "temporal", "arithmetic"]
+    assert len({r.colour for r in registry.roles()}) == len(roles)  # one colour per role
+
+
+def test_a_registered_phenomenon_joins_the_atlas(tiny, monkeypatch):
+    """A new role is one registration: the atlas runs its finder and draws it in its colour."""
+
+    def twins(model, *, k, seed=0):
+        return {"twin": Result(torch.arange(8.0).reshape(2, 4), ("layer", "head"), "twin score")}
+
+    monkeypatch.setattr(registry, "PHENOMENA", dict(registry.PHENOMENA))
+    registry.register(registry.Phenomenon("twins", "Twin heads", finder=twins,
+                                          roles=(registry.Role("twin", "C7", "a test role"),)))
+    a = head_atlas(tiny, phenomena=["induction", "twins"], k=2, verbose=False)
+    assert list(a.sets) == ["induction", "twin"]
+    assert sorted(a.sets["twin"]) == [(1, 2), (1, 3)]
+    fig = a.plot()
+    legend = {t.get_text(): h.get_facecolor() for t, h in zip(fig.axes[0].get_legend().texts,
+                                                                fig.axes[0].get_legend().legend_handles)}
+    import matplotlib.colors as mcolors
+    assert mcolors.to_hex(legend["twin"]) == mcolors.to_hex("C7")
+
+
+def test_registering_a_taken_name_or_role_is_an_error(monkeypatch):
+    monkeypatch.setattr(registry, "PHENOMENA", dict(registry.PHENOMENA))
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(registry.Phenomenon("ioi", "Another IOI"))
+    with pytest.raises(ValueError, match="already declared"):
+        registry.register(registry.Phenomenon("x", "X", finder=lambda m, **kw: {},
+                                              roles=(registry.Role("induction", "C9"),)))
+    with pytest.raises(ValueError, match="Unknown phenomenon 'nope'"):
+        registry.get("nope")
 
 
 def test_induction_only_atlas_on_the_tiny_model(tiny):
@@ -126,7 +162,7 @@ def test_induction_only_atlas_on_the_tiny_model(tiny):
 def test_ioi_finder_on_smollm2(smollm2):
     """The IOI finder on a real model, on 4 prompts (the full atlas runs in notebooks/06_head_atlas
     under nbval)."""
-    scores = atlas_mod.ioi_scores(smollm2, k=4, n_prompts=4)
+    scores = ioi_scores(smollm2, k=4, n_prompts=4)
     assert list(scores) == ["name mover", "S-inhibition"]
     sets = {role: top_positive(sc, 4, role) for role, sc in scores.items()}
     for role, s in sets.items():
@@ -164,12 +200,12 @@ def test_needle_form_is_checked(tiny):
 
 
 def test_an_absent_phenomenon_gives_an_empty_role_not_an_error(tiny, monkeypatch):
-    from workbench import atlas as atlas_mod
+    import dataclasses
 
     def absent(model, **kw):
-        raise atlas_mod.PhenomenonAbsent("answers none of the facts")
+        raise registry.PhenomenonAbsent("answers none of the facts")
 
-    monkeypatch.setitem(atlas_mod.FINDERS, "temporal", absent)
+    monkeypatch.setitem(registry.PHENOMENA, "temporal", dataclasses.replace(registry.PHENOMENA["temporal"], finder=absent))
     a = head_atlas(tiny, phenomena=["induction", "temporal"], k=2, verbose=False)
     assert len(a.sets["temporal"]) == 0 and torch.isnan(a.scores["temporal"].values).all()
     assert len(a.sets["induction"]) == 2

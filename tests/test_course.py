@@ -808,6 +808,7 @@ def test_scores_agree_with_heads(model):
 
 
 def test_lens_and_dla_agree_with_lens(model):
+    from workbench import dla as wd
     from workbench import lens as wl
 
     tokens, answers, wrong = lens.lens_case(0)
@@ -815,7 +816,7 @@ def test_lens_and_dla_agree_with_lens(model):
     r = wl.logit_lens(model, tokens, targets=answers, positions=[-1])
     torch.testing.assert_close(by_hand[:, torch.arange(3), answers], r.logit.values[..., 0],
                                atol=1e-4, rtol=1e-4)
-    dla = wl.head_view(wl.direct_logit_attribution(model, tokens, LogitDiff(answers, wrong)))
+    dla = wd.head_view(wd.direct_logit_attribution(model, tokens, LogitDiff(answers, wrong)))
     torch.testing.assert_close(lens.head_dla(model, tokens, answers, wrong), dla.values,
                                atol=1e-5, rtol=1e-4)
 

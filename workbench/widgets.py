@@ -154,7 +154,7 @@ def attention_explorer(
         raise ValueError(
             f"Caching every head's pattern for {batch} prompt(s) of {seq} tokens needs "
             f"{entries * 4 / 2**30:.1f} GB. Use fewer or shorter prompts, or draw chosen heads "
-            "with workbench.techniques.lens.get_patterns and workbench.viz.plot.attention_patterns."
+            "with workbench.techniques.attention.get_patterns and workbench.viz.plot.attention_patterns."
         )
 
     ipywidgets = None

@@ -18,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Literal, Sequence
 
@@ -30,6 +31,7 @@ from workbench.core import checks
 from workbench.core.results import Result, render
 
 __all__ = [
+    "top_positive",
     "Circuit",
     "Head",
     "HeadSet",
@@ -63,6 +65,15 @@ def top_k_heads(scores: Tensor, k: int, *, decimals: int | None = None) -> list[
     order = torch.sort(-flat, stable=True).indices[:k].tolist()
     n_heads = scores.shape[1]
     return [(i // n_heads, i % n_heads) for i in order]
+
+
+def top_positive(scores: Result, k: int, name: str) -> HeadSet:
+    """The ``k`` heads with the largest score, among heads whose score is above 0 (NaN never)."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}.")
+    positive = scores.values.nan_to_num(nan=-math.inf) > 0
+    masked = Result(scores.values.where(positive, torch.tensor(float("nan"))), scores.dims, scores.metric)
+    return HeadSet.top(masked, k, name=name)
 
 
 def random_head_sets(

@@ -9,10 +9,21 @@ folder             what it holds
 ``arithmetic``     arithmetic problems (:func:`arithmetic_problems`) and arithmetic heads
 ``sae_features``   SAE features that fire at names, and their causal effect
 ``atlas``          every role's heads in one map
+``induction``      induction heads on repeated random tokens
+``circuit_discovery``  edge-level circuits (EAP, EAP-IG) and faithfulness curves
 ``answers``        what the text phenomena share: answer tokens, keeping what a model answers
+``registry``       :class:`~workbench.phenomena.registry.Phenomenon`: each folder registers itself
 =================  ==============================================================================
+
+A new phenomenon is a folder that registers itself (see :mod:`workbench.phenomena.registry`) and
+one import line below; the head atlas, ``workbench run`` and the scorecards pick it up.
 """
 
+# Registration order is the order of the atlas's roles.
+from workbench.phenomena import ioi, induction, retrieval, temporal, arithmetic  # noqa: I001
+from workbench.phenomena import sae_features, circuit_discovery, atlas
+
+from workbench.phenomena import registry
 from workbench.phenomena.answers import NothingCorrect, answer_correct, keep_correct
 from workbench.phenomena.arithmetic.dataset import ArithmeticProblems, arithmetic_problems
 from workbench.phenomena.ioi.dataset import IOIDataset, ioi_dataset
@@ -20,6 +31,7 @@ from workbench.phenomena.retrieval.dataset import Haystack, Needle, needle_hayst
 from workbench.phenomena.temporal.dataset import TemporalFacts, temporal_facts
 
 __all__ = [
+    "registry",
     "ArithmeticProblems",
     "Haystack",
     "IOIDataset",

@@ -12,6 +12,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.models import logits_at
+from workbench.phenomena.registry import PhenomenonAbsent
 
 __all__ = [
     "Criterion",
@@ -20,6 +21,7 @@ __all__ = [
     "encode_text",
     "first_answer_token",
     "keep_correct",
+    "kept",
     "token_span",
 ]
 
@@ -182,6 +184,15 @@ def keep_correct(
             f"The model answers none of the {len(ok)} prompts correctly ({criterion}); there is "
             "nothing to keep. Try criterion='logit_diff', other relations, or a bigger model."
         )
-    kept = ds.subset(index)
-    kept.meta = dict(getattr(ds, "meta", {}), keep_correct=report)
-    return kept
+    chosen = ds.subset(index)
+    chosen.meta = dict(getattr(ds, "meta", {}), keep_correct=report)
+    return chosen
+
+
+def kept(model, ds, *, criterion: Criterion, role: str):
+    """:func:`keep_correct` for a finder: nothing answered means the role is absent, not an error
+    (:class:`~workbench.phenomena.registry.PhenomenonAbsent`)."""
+    try:
+        return keep_correct(model, ds, criterion=criterion, verbose=False)
+    except NothingCorrect as e:
+        raise PhenomenonAbsent(f"{e} The {role} role cannot be found.") from None

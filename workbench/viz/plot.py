@@ -290,7 +290,7 @@ def attention_patterns(
     """One panel per head: queries down, keys across, with the tokens as tick labels.
 
     ``patterns`` maps ``(layer, head)`` to ``[batch, query, key]`` (or ``[query, key]``), as
-    returned by :func:`workbench.techniques.lens.get_patterns`; ``str_tokens`` labels the positions of
+    returned by :func:`workbench.techniques.attention.get_patterns`; ``str_tokens`` labels the positions of
     prompt ``batch`` (omitted beyond ``ATTENTION_MAX_LABELS`` positions).
     """
     if not patterns:

@@ -21,6 +21,8 @@ from workbench.phenomena.arithmetic.dataset import (
     keep_correct,
     sum_problems,
 )
+from workbench.phenomena.arithmetic.finder import arithmetic_role_scores
+from workbench.phenomena.registry import Phenomenon, Role, register
 
 __all__ = [
     "OPS",
@@ -41,3 +43,8 @@ __all__ = [
     "sum_correct",
     "operand_attention_per_problem",
 ]
+
+register(Phenomenon(
+    "arithmetic", "Arithmetic heads", finder=arithmetic_role_scores, notebook="04_arithmetic_heads",
+    roles=(Role("arithmetic", "C5", "direct effect of the operands and the operator"),),
+))

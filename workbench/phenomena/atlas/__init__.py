@@ -1,27 +1,24 @@
-"""The head atlas: every role's heads in one map, and the overlaps between roles."""
+"""The head atlas: every registered phenomenon's head roles on one map, and the overlaps between roles."""
 
 from workbench.phenomena.atlas.analysis import (
     NEEDLES,
-    ROLES,
     HeadAtlas,
-    NeedleForm,
-    PhenomenonAbsent,
     default_k,
+    finders,
     head_atlas,
     layer_matched_overlap_null,
-    top_positive,
     top_share,
 )
+from workbench.phenomena.registry import Phenomenon, register
 
 __all__ = [
-    "ROLES",
     "NEEDLES",
-    "PhenomenonAbsent",
-    "NeedleForm",
     "HeadAtlas",
-    "head_atlas",
     "default_k",
-    "top_positive",
+    "finders",
+    "head_atlas",
     "layer_matched_overlap_null",
     "top_share",
 ]
+
+register(Phenomenon("atlas", "The head atlas", notebook="06_head_atlas"))

@@ -6,7 +6,9 @@ compared on one ``layer x head`` map and in a table of overlaps (cf. Merullo et 
 Component Reuse Across Tasks in Transformer Language Models", who found 78% of the IOI circuit's
 heads reused for Colored Objects in GPT-2).
 
-Roles and the score that ranks heads for each (higher = more of that role):
+Each role is declared by its phenomenon in :mod:`workbench.phenomena.registry` (its folder's finder
+and colour); the atlas runs every registered finder. Today's roles and the score that ranks heads
+for each (higher = more of that role):
 
 ============  =================================================================================
 role          score
@@ -51,158 +53,41 @@ or ``workbench atlas --model gemma-3-270m`` from a shell.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Sequence, get_args
+from typing import TYPE_CHECKING, Sequence, get_args
 
 import pandas as pd
 import torch
 
-from workbench.core.components import HeadSet, overlap_table, random_head_sets
-from workbench.core.metrics import normalise
-from workbench.core.results import Result, render
-from workbench.phenomena import (
-    arithmetic_problems,
-    ioi_dataset,
-    keep_correct,
-    needle_haystacks,
-    temporal_facts,
+from workbench.core.components import (
+    HeadSet,
+    overlap_table,
+    random_head_sets,
+    top_k_heads,
+    top_positive,
 )
-from workbench.phenomena.answers import NothingCorrect
-from workbench.phenomena.retrieval.dataset import Needle
-from workbench.techniques import heads as head_scores
+from workbench.core.results import Result, render
+from workbench.findings import null_percentile
+from workbench.phenomena import registry
+from workbench.phenomena.registry import PhenomenonAbsent
+from workbench.phenomena.retrieval.finder import NEEDLES, NeedleForm
 
-__all__ = ["ROLES", "NEEDLES", "PhenomenonAbsent", "NeedleForm", "HeadAtlas", "head_atlas", "default_k", "top_positive",
-           "layer_matched_overlap_null", "top_share"]
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
-NeedleForm = Literal["verbatim", "paraphrased"]
-#: The needle forms: "verbatim" repeats the needle's prefix in the question (an induction task by
-#: construction); "paraphrased" asks in other words (the token before the answer differs).
-NEEDLES: dict[str, Needle] = {
-    "verbatim": Needle(),
-    "paraphrased": Needle(sentence=" The code to open the safe is {code}.",
-                          question="\n\nTo open the safe, type the number"),
-}
-
-#: Every role the atlas knows, in the order of the map's legend.
-ROLES = ("name mover", "S-inhibition", "induction", "retrieval", "temporal", "arithmetic")
+__all__ = ["NEEDLES", "HeadAtlas", "head_atlas", "default_k", "finders", "layer_matched_overlap_null", "top_share"]
 
 
-class PhenomenonAbsent(ValueError):
-    """A finder found nothing to score on: the model does not show the phenomenon at all (e.g. it
-    answers none of the facts). :func:`head_atlas` records the role with NaN scores and no heads."""
-
-
-def default_k(model) -> int:
+def default_k(model: HookedTransformer) -> int:
     """3% of the model's heads, at least 3."""
     return max(3, round(0.03 * model.cfg.n_layers * model.cfg.n_heads))
 
 
-def top_positive(scores: Result, k: int, name: str) -> HeadSet:
-    """The ``k`` heads with the largest score, among heads whose score is above 0 (NaN never)."""
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}.")
-    positive = scores.values.nan_to_num(nan=-math.inf) > 0
-    masked = Result(scores.values.where(positive, torch.tensor(float("nan"))), scores.dims, scores.metric)
-    return HeadSet.top(masked, k, name=name)
-
-
-def _path_effect(model, clean, corrupted, metric, **kw) -> Result:
-    """Each sender head's path effect on the logits (:func:`workbench.phenomena.ioi.circuits.path_effect`)."""
-    from workbench.phenomena.ioi.circuits import path_effect
-    from workbench.techniques.path_patching import path_patch_heads
-
-    return path_effect(path_patch_heads(model, clean, corrupted, metric, progress=False, **kw))
-
-
-def _kept(model, ds, *, criterion: str, role: str):
-    """The items ``model`` answers correctly; none at all means the role is absent, not an error."""
-    try:
-        return keep_correct(model, ds, criterion=criterion, verbose=False)
-    except NothingCorrect as e:
-        raise PhenomenonAbsent(f"{e} The {role} role cannot be found.") from None
-
-
-# ----------------------------------------------------------------------------------------------
-# One finder per phenomenon: model -> {role: scores}. Each runs the phenomenon's finding step only.
-
-
-def ioi_scores(model, *, k: int, n_prompts: int = 16, seed: int = 0) -> dict[str, Result]:
-    """Name movers (path effect to the logits at END) and S-inhibition heads (path effect to the
-    queries of the top-``k`` name movers at END), with the ABC corruption."""
-    ds = ioi_dataset(model, n=n_prompts, seed=seed, templates=range(4))
-    metric = normalise(model, ds.clean_tokens, ds.abc_tokens, ds.logit_diff())
-    movers = _path_effect(model, ds.clean_tokens, ds.abc_tokens, metric, receiver_pos=ds.pos["END"])
-    receivers = list(top_positive(movers, k, "name mover"))
-    inhibition = _path_effect(
-        model, ds.clean_tokens, ds.abc_tokens, metric,
-        receivers=receivers, receiver_input="q", receiver_pos=ds.pos["END"],
-    )
-    return {"name mover": movers, "S-inhibition": inhibition}
-
-
-def induction_scores(model, *, k: int, seed: int = 0) -> dict[str, Result]:
-    seq_len = min(50, (model.cfg.n_ctx - 1) // 2)  # two copies and a BOS must fit the context
-    return {"induction": head_scores.induction_scores(model, seq_len=seq_len, seed=seed)}
-
-
-def retrieval_scores(
-    model, *, k: int, lengths: Sequence[int] = (300, 800), depths: Sequence[float] = (0.1, 0.5, 0.9),
-    seed: int = 0, needle: NeedleForm = "paraphrased",
-) -> dict[str, Result]:
-    if needle not in NEEDLES:
-        raise ValueError(f"needle must be one of {list(NEEDLES)}, got {needle!r}.")
-    haystacks = needle_haystacks(model, context_lengths=lengths, depths=depths, n_per=1, seed=seed,
-                                 needle=NEEDLES[needle])
-    return {"retrieval": head_scores.retrieval_scores(model, haystacks, progress=False)}
-
-
-def temporal_scores(model, *, k: int, seed: int = 0) -> dict[str, Result]:
-    from workbench.core.metrics import Normalised
-    from workbench.phenomena.temporal.analysis import patch_each_head, score
-    from workbench.techniques.attribution import attribute_heads
-
-    facts = _kept(model, temporal_facts(model, kind="temporal", seed=seed), criterion="candidates", role="temporal")
-    clean = score(model, facts)["logit_diff"]
-    corrupted = score(model, facts, facts.corrupted_tokens)["logit_diff"]
-    metric = Normalised(facts.logit_diff(), clean, corrupted)
-    attribution = attribute_heads(model, facts.clean_tokens, facts.corrupted_tokens, metric)
-    candidates = list(HeadSet.top(attribution, 3 * k))
-    exact = patch_each_head(model, facts, candidates, progress=False)
-    exact.meta["n_facts"] = len(facts)
-    return {"temporal": exact}
-
-
-def arithmetic_scores(model, *, k: int, n: int = 60, seed: int = 0) -> dict[str, Result]:
-    main = dict(ops=("+",), digits=1, template="few_shot", n=n, seed=seed)
-    total = None
-    for corruption in ("operands", "operator"):
-        ds = _kept(model, arithmetic_problems(model, corruption=corruption, **main), criterion="argmax",
-                   role="arithmetic")
-        metric = normalise(model, ds.clean_tokens, ds.corrupted_tokens, ds.logit_diff())
-        effect = _path_effect(model, ds.clean_tokens, ds.corrupted_tokens, metric)
-        total = effect.values if total is None else total + effect.values
-    return {"arithmetic": Result(total, ("layer", "head"), "direct effect (operands + operator)")}
-
-
-#: Phenomenon -> finder. Each finder returns the scores of one or more roles.
-FINDERS: dict[str, Callable[..., dict[str, Result]]] = {
-    "ioi": ioi_scores,
-    "induction": induction_scores,
-    "retrieval": retrieval_scores,
-    "temporal": temporal_scores,
-    "arithmetic": arithmetic_scores,
-}
-
-
-#: Phenomenon -> the roles its finder scores.
-FINDER_ROLES: dict[str, tuple[str, ...]] = {
-    "ioi": ("name mover", "S-inhibition"), "induction": ("induction",), "retrieval": ("retrieval",),
-    "temporal": ("temporal",), "arithmetic": ("arithmetic",),
-}
-
-
-# ----------------------------------------------------------------------------------------------
+def finders() -> dict[str, registry.Phenomenon]:
+    """The registered phenomena that have a head-finding step, in registration order."""
+    return {name: p for name, p in registry.PHENOMENA.items() if p.finder is not None}
 
 
 @dataclass
@@ -240,8 +125,6 @@ class HeadAtlas:
         With ``null_draws > 0``, also the layer-matched null (:func:`layer_matched_overlap_null`):
         ``null_shared`` (its mean) and ``null_percentile`` (of the observed count, ties half).
         """
-        from workbench.findings.claims import null_percentile
-
         rows = []
         names = list(self.sets)
         for i, a in enumerate(names):
@@ -268,9 +151,11 @@ class HeadAtlas:
     def plot(self, title: str | None = None):
         """Layers x heads map; a head with several roles is split into stripes, one per role."""
 
+        colour = {r.name: r.colour for r in registry.roles()}
         sets = [s for s in self.sets.values() if len(s)]
         title = title or f"{self.model_name}: head atlas (top {self.k} heads per role)"
-        return render("head_sets", sets, shape=self.shape, title=title)
+        colours = [colour.get(str(s.name), "C9") for s in sets]
+        return render("head_sets", sets, shape=self.shape, title=title, colors=colours)
 
     def save(self, folder: str | Path) -> list[Path]:
         """Write ``atlas.png``, ``atlas_heads.csv`` and ``atlas_overlaps.csv`` into ``folder``.
@@ -309,9 +194,9 @@ def layer_matched_overlap_null(a, b, shape: tuple[int, int], *, n_draws: int, se
 
 
 def head_atlas(
-    model,
+    model: HookedTransformer,
     *,
-    phenomena: Sequence[str] = tuple(FINDERS),
+    phenomena: Sequence[str] | None = None,
     k: int | None = None,
     seed: int = 0,
     model_name: str | None = None,
@@ -321,7 +206,8 @@ def head_atlas(
     """Run the head-finding step of each phenomenon on ``model`` and pick the top-``k`` heads per role.
 
     Args:
-        phenomena: a subset of ``("ioi", "induction", "retrieval", "temporal", "arithmetic")``.
+        phenomena: names of registered phenomena with a finder (default: all of them, see
+            :func:`finders`: ``ioi``, ``induction``, ``retrieval``, ``temporal``, ``arithmetic``).
         k: heads per role (default :func:`default_k`: 3% of heads, at least 3).
         seed: every dataset's seed.
         model_name: label for plots and files (default ``model.cfg.model_name``).
@@ -329,13 +215,13 @@ def head_atlas(
         needle: the retrieval role's needle form, ``"paraphrased"`` or ``"verbatim"`` (see the
             module docstring: the verbatim form makes retrieval an induction task).
     """
-    import time
-
+    known = finders()
+    phenomena = list(known) if phenomena is None else list(phenomena)
     if needle not in get_args(NeedleForm):
         raise ValueError(f"needle must be one of {get_args(NeedleForm)}, got {needle!r}.")
-    unknown = [p for p in phenomena if p not in FINDERS]
+    unknown = [p for p in phenomena if p not in known]
     if unknown or not phenomena:
-        raise ValueError(f"Unknown phenomena {unknown or list(phenomena)}; choose from {list(FINDERS)}.")
+        raise ValueError(f"Unknown phenomena {unknown or list(phenomena)}; choose from {list(known)}.")
     k = default_k(model) if k is None else int(k)
     n_heads = model.cfg.n_layers * model.cfg.n_heads
     if not 1 <= k <= n_heads:
@@ -344,22 +230,17 @@ def head_atlas(
     sets: dict[str, HeadSet] = {}
     seconds: dict[str, float] = {}
     with torch.no_grad():
-        for p in phenomena:
+        for name in phenomena:
             start = time.perf_counter()
-            extra = {"needle": needle} if p == "retrieval" else {}
-            try:
-                found = FINDERS[p](model, k=k, seed=seed, **extra)
-            except PhenomenonAbsent as e:
-                nan = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
-                found = {role: Result(nan.clone(), ("layer", "head"), f"absent: {e}") for role in FINDER_ROLES[p]}
-            seconds[p] = time.perf_counter() - start
+            found = _find(model, known[name], k=k, seed=seed, needle=needle)
+            seconds[name] = time.perf_counter() - start
             for role, sc in found.items():
                 scores[role] = sc
                 sets[role] = top_positive(sc, k, role)
                 if verbose:
                     shown = " ".join(f"L{l}H{h}" for l, h in sets[role])
-                    print(f"{role:>12}: {shown or '(no head with a positive score)'}  [{seconds[p]:.0f} s]")
-    ordered = {r: sets[r] for r in ROLES if r in sets}
+                    print(f"{role:>12}: {shown or '(no head with a positive score)'}  [{seconds[name]:.0f} s]")
+    ordered = {r.name: sets[r.name] for r in registry.roles() if r.name in sets}
     return HeadAtlas(
         model_name=model_name or model.cfg.model_name,
         shape=(model.cfg.n_layers, model.cfg.n_heads),
@@ -370,6 +251,18 @@ def head_atlas(
     )
 
 
+def _find(model: HookedTransformer, phenomenon: registry.Phenomenon, *, k: int, seed: int,
+          needle: NeedleForm) -> dict[str, Result]:
+    """One phenomenon's role scores; an absent phenomenon gives NaN scores (no heads), not an error."""
+    assert phenomenon.finder is not None
+    extra = {"needle": needle} if "needle" in phenomenon.options else {}
+    try:
+        return phenomenon.finder(model, k=k, seed=seed, **extra)
+    except PhenomenonAbsent as e:
+        nan = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
+        return {r.name: Result(nan.clone(), ("layer", "head"), f"absent: {e}") for r in phenomenon.roles}
+
+
 def top_share(scores: torch.Tensor, k: int, other) -> float:
     """The share of the top-``k`` heads of a ``[layer, head]`` score (positive scores only, ranked
     with :func:`workbench.core.components.top_k_heads` at 3 decimals) that are in ``other``, out of ``k``.
@@ -377,8 +270,6 @@ def top_share(scores: torch.Tensor, k: int, other) -> float:
     >>> top_share(torch.tensor([[0.9, 0.0], [0.5, 0.2]]), 2, [(1, 0)])
     0.5
     """
-    from workbench.core.components import top_k_heads
-
     scores = torch.as_tensor(scores).float().nan_to_num(nan=-math.inf)
     chosen = [h for h in top_k_heads(scores, k, decimals=3) if scores[h] > 0]
     other = {tuple(map(int, h)) for h in other}

@@ -24,6 +24,8 @@ from workbench.phenomena.ioi.dataset import (
     ioi_dataset,
     single_token_words,
 )
+from workbench.phenomena.ioi.finder import ioi_scores, path_effect_scores
+from workbench.phenomena.registry import Phenomenon, Role, register
 
 __all__ = [
     "TEMPLATES",
@@ -47,3 +49,11 @@ __all__ = [
     "find_ioi_classes",
     "threshold_margin",
 ]
+
+register(Phenomenon(
+    "ioi", "Indirect object identification", finder=ioi_scores, notebook="01_ioi_circuit",
+    roles=(
+        Role("name mover", "C0", "path effect to the logits at the end (ABC corruption)"),
+        Role("S-inhibition", "C1", "path effect to the name movers' queries at the end"),
+    ),
+))

@@ -1,5 +1,6 @@
 """Retrieval heads (Wu et al. 2024): needle-in-a-haystack prompts, needle accuracy and head masking."""
 
+from workbench.phenomena.registry import Phenomenon, Role, register
 from workbench.phenomena.retrieval.analysis import (
     MaskingResult,
     answer_masking,
@@ -17,6 +18,7 @@ from workbench.phenomena.retrieval.dataset import (
     load_filler,
     needle_haystacks,
 )
+from workbench.phenomena.retrieval.finder import NEEDLES, NeedleForm, retrieval_role_scores
 
 __all__ = [
     "FILLER_PATH",
@@ -33,3 +35,8 @@ __all__ = [
     "score_summary",
     "answer_masking",
 ]
+
+register(Phenomenon(
+    "retrieval", "Retrieval heads", finder=retrieval_role_scores, notebook="02_retrieval_heads",
+    roles=(Role("retrieval", "C3", "copies the needle from a long haystack"),), options=("needle",),
+))

@@ -1,5 +1,6 @@
 """Temporal heads (Park et al. 2025): time-specific facts and the heads that read the year."""
 
+from workbench.phenomena.registry import Phenomenon, Role, register
 from workbench.phenomena.temporal.analysis import (
     ablated_diffs,
     ablation_table,
@@ -20,6 +21,7 @@ from workbench.phenomena.temporal.dataset import (
     load_facts,
     temporal_facts,
 )
+from workbench.phenomena.temporal.finder import temporal_role_scores
 
 __all__ = [
     "FACTS_PATH",
@@ -39,3 +41,8 @@ __all__ = [
     "edit_table",
     "ablated_diffs",
 ]
+
+register(Phenomenon(
+    "temporal", "Temporal heads", finder=temporal_role_scores, notebook="03_temporal_heads",
+    roles=(Role("temporal", "C4", "carries the year of a time-specific fact"),),
+))
