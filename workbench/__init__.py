@@ -103,6 +103,7 @@ MODULES = {
     "sae": "workbench.techniques.sae",
     "sae_features": "workbench.phenomena.sae_features.analysis",
     "techniques": "workbench.techniques",
+    "tuned_lens": "workbench.techniques.tuned_lens",
     "temporal": "workbench.phenomena.temporal.analysis",
     "toy": "workbench.models.toy",
     "viz": "workbench.viz",

@@ -37,7 +37,10 @@ from workbench.core.results import Result, render
 from workbench.core.runtime import resid_to_logits
 
 __all__ = [
+    "LENSES",
+    "Lens",
     "LensResult",
+    "register_lens",
     "logit_lens",
     "layer_labels",
     "final_norm_kind",
@@ -85,6 +88,49 @@ def final_norm_kind(model) -> NormKind:
 def decode(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
     """Logits of residual vectors through the model's own final norm, unembedding and soft cap."""
     return resid_to_logits(model, resid[None])[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Lenses: transforms of the residual stream read through the final norm and unembedding
+
+
+@dataclass(frozen=True)
+class Lens:
+    """A way to read the residual stream: ``transform`` maps layer ``layer``'s residual (``layer ==
+    n_layers`` is the final ``resid_post``) to a residual that the model's own final norm and
+    unembedding then decode. The logit lens is the identity; a tuned lens (Belrose et al. 2023)
+    is a subclass whose ``transform`` adds a learnt affine translator per layer, registered with
+    :func:`register_lens` and then named in ``logit_lens(..., lens="tuned")``.
+    """
+
+    name: str
+    title: str
+
+    def transform(self, model, layer: int, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        return resid
+
+
+#: Every lens :func:`logit_lens` can read with, by name.
+LENSES: dict[str, Lens] = {}
+
+
+def register_lens(lens: Lens) -> Lens:
+    """Make ``lens`` available as ``logit_lens(..., lens=lens.name)``."""
+    if lens.name in LENSES and LENSES[lens.name] is not lens:
+        raise ValueError(f"A lens named {lens.name!r} is already registered.")
+    LENSES[lens.name] = lens
+    return lens
+
+
+register_lens(Lens("logit", "logit lens"))
+
+
+def _lens(lens: str | Lens) -> Lens:
+    if isinstance(lens, Lens):
+        return lens
+    if lens not in LENSES:
+        raise ValueError(f"Unknown lens {lens!r}; registered lenses: {sorted(LENSES)} (or pass a Lens).")
+    return LENSES[lens]
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,6 +300,7 @@ def logit_lens(
     *,
     top_k: int = 5,
     positions: Sequence[int] | int | None = None,
+    lens: str | Lens = "logit",
     progress: bool = False,
 ) -> LensResult:
     """The prediction at every layer: decode each ``resid_pre`` and the final ``resid_post``.
@@ -266,6 +313,8 @@ def logit_lens(
             prompt and position; ids ``[batch]``; or ids ``[batch, npos]`` per chosen position.
         top_k: how many top tokens to list per layer and position.
         positions: which positions to read (default: all); negative counts from the end.
+        lens: how each residual is read before the final norm and unembedding: a registered
+            name (``"logit"``, the identity: the logit lens) or a :class:`Lens`.
         progress: show a progress bar over layers.
 
     Returns:
@@ -281,6 +330,7 @@ def logit_lens(
     (('layer', 'pos'), ['L0 pre', 'L1 pre', 'final'])
     """
     tokens = checks.tokens(model, tokens)
+    reader = _lens(lens)
     if not isinstance(top_k, int) or not 1 <= top_k <= model.cfg.d_vocab:
         raise ValueError(f"top_k must be an int in [1, {model.cfg.d_vocab}], got {top_k!r}.")
     batch, seq = tokens.shape
@@ -288,25 +338,24 @@ def logit_lens(
     tgt = _lens_targets(model, tokens, "final" if targets is None else targets, pos)
     n = model.cfg.n_layers
     if tgt is None:  # the final layer's top-1, from a first pass over the last residual only
-        first = _run_lens(model, tokens, pos, None, top_k=1, layers=[n], progress=False)
+        first = _run_lens(model, tokens, pos, None, top_k=1, layers=[n], progress=False, lens=reader)
         tgt = first[n].top_ids[..., 0]
-    reads = _run_lens(model, tokens, pos, tgt, top_k=top_k, layers=range(n + 1), progress=progress)
+    reads = _run_lens(model, tokens, pos, tgt, top_k=top_k, layers=range(n + 1), progress=progress, lens=reader)
     mode = targets if isinstance(targets, str) else "final" if targets is None else "ids"
-    return _assemble_lens(model, tokens, pos, tgt, reads, top_k, mode)
+    return _assemble_lens(model, tokens, pos, tgt, reads, top_k, mode, reader)
 
 
-def _run_lens(model, tokens, pos, targets, *, top_k, layers, progress) -> dict[int, _Readout]:
+def _run_lens(model, tokens, pos, targets, *, top_k, layers, progress, lens: Lens) -> dict[int, _Readout]:
     """One forward pass; the hook of each requested layer reduces it to a :class:`_Readout`."""
     n = model.cfg.n_layers
     reads: dict[int, _Readout] = {}
     dummy = torch.zeros(tokens.shape[0], len(pos), dtype=torch.long)
-    bar = tqdm(total=len(layers), desc="logit lens", disable=not progress)
+    bar = tqdm(total=len(layers), desc=lens.title, disable=not progress)
 
     def make_hook(layer: int):
         def read_resid(resid, hook):
-            reads[layer] = _read_layer(
-                model, resid[:, pos], dummy if targets is None else targets, top_k
-            )
+            read = lens.transform(model, layer, resid[:, pos])
+            reads[layer] = _read_layer(model, read, dummy if targets is None else targets, top_k)
             bar.update(1)
 
         return read_resid
@@ -323,7 +372,7 @@ def _run_lens(model, tokens, pos, targets, *, top_k, layers, progress) -> dict[i
     return reads
 
 
-def _assemble_lens(model, tokens, pos, tgt, reads, top_k, mode) -> LensResult:
+def _assemble_lens(model, tokens, pos, tgt, reads, top_k, mode, lens: Lens) -> LensResult:
     n = model.cfg.n_layers
     batch = tokens.shape[0]
     labels = layer_labels(model)
@@ -337,7 +386,8 @@ def _assemble_lens(model, tokens, pos, tgt, reads, top_k, mode) -> LensResult:
         axis_labels["pos"] = str_tokens[0]
     meta = dict(
         model=model.cfg.model_name,
-        method="logit lens",
+        method=lens.title,
+        lens=lens.name,
         positions=pos.tolist(),
         targets=mode,
         final_norm=final_norm_kind(model),
@@ -345,7 +395,7 @@ def _assemble_lens(model, tokens, pos, tgt, reads, top_k, mode) -> LensResult:
     what = {"logit": "target logit", "prob": "target probability", "rank": "target rank"}
     results = {
         k: Result(
-            v[:, 0] if single else v, dims, f"logit lens: {what[k]}", dict(axis_labels), dict(meta)
+            v[:, 0] if single else v, dims, f"{lens.title}: {what[k]}", dict(axis_labels), dict(meta)
         )
         for k, v in stack.items()
     }

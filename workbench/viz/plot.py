@@ -270,7 +270,8 @@ def logit_lens_heatmap(
         what = {"final": "the final top-1", "next": "the next token"}.get(
             lens.meta.get("targets"), "the targets"
         )
-        title = f"Logit lens: {kind} of {what}"
+        method = str(lens.meta.get("method", "logit lens"))
+        title = f"{method[:1].upper()}{method[1:]}: {kind} of {what}"
         if "batch" in res.dims:
             title += f" (prompt {batch})"
     ax.set_title(title)
