@@ -3,12 +3,10 @@
 from workbench.phenomena.retrieval.analysis import (
     MaskingResult,
     answer_masking,
-    haystack_frame,
     k_sweep,
     masking_experiment,
     needle_accuracy,
     needle_correct,
-    score_summary,
 )
 from workbench.phenomena.retrieval.dataset import (
     FILLER_PATH,
@@ -17,6 +15,7 @@ from workbench.phenomena.retrieval.dataset import (
     load_filler,
     needle_haystacks,
 )
+from workbench.phenomena.retrieval.scores import haystack_frame, score_summary
 
 __all__ = [
     "FILLER_PATH",
