@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from workbench.core.metrics import LogitDiff
+from workbench.core.subsets import subset_items
 from workbench.models import to_tokens
 
 __all__ = ["TEMPLATES", "IOIDataset", "ioi_dataset", "single_token_words"]
@@ -105,23 +106,7 @@ class IOIDataset:
 
     def subset(self, index: Sequence[int] | Tensor) -> "IOIDataset":
         """The prompts at ``index`` (keeps all fields consistent)."""
-        idx = torch.as_tensor(index, dtype=torch.long)
-        pick = idx.tolist()
-        return IOIDataset(
-            prompts=[self.prompts[i] for i in pick],
-            corrupted_prompts=[self.corrupted_prompts[i] for i in pick],
-            abc_prompts=[self.abc_prompts[i] for i in pick],
-            clean_tokens=self.clean_tokens[idx],
-            corrupted_tokens=self.corrupted_tokens[idx],
-            abc_tokens=self.abc_tokens[idx],
-            io_ids=self.io_ids[idx],
-            s_ids=self.s_ids[idx],
-            pos={k: v[idx] for k, v in self.pos.items()},
-            template_ids=self.template_ids[idx],
-            order=[self.order[i] for i in pick],
-            corruption=self.corruption,
-            names=[self.names[i] for i in pick],
-        )
+        return subset_items(self, index)
 
 
 def _fill(template: str, order: str, a: str, b: str, place: str, obj: str) -> str:
