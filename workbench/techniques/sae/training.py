@@ -94,15 +94,9 @@ def train_sae(
     trained = _fit(training_sae, activations, steps=steps, batch_size=batch_size, lr=lr, lr_end=lr_end,
                    dead_feature_window=dead_feature_window, seed=seed, progress=progress)
     trained.cfg.metadata.workbench_training = dict(
-        n_tokens=steps * batch_size,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        b_dec_init=b_dec_init,
-        corpus_activations=len(activations),
-        outliers_left_out=n_outliers,
-        epochs=round(steps * batch_size / len(activations), 2),
-        seed=seed,
+        n_tokens=steps * batch_size, steps=steps, batch_size=batch_size, lr=lr, b_dec_init=b_dec_init,
+        corpus_activations=len(activations), outliers_left_out=n_outliers,
+        epochs=round(steps * batch_size / len(activations), 2), seed=seed,
         seconds_activations=round(seconds_activations, 1),
         seconds_training=round(time.perf_counter() - start - seconds_activations, 1),
     )
