@@ -223,41 +223,24 @@ def _findings(nb) -> str:
     return "\n".join(lines)
 
 
-def run_notebook(
-    notebook: Path,
-    model: str,
-    params: dict[str, object],
-    out_root: Path,
-    timeout: int = 3600,
-    *,
-    random_init: bool = False,
-    random_seed: int = 0,
-) -> Path:
-    """Execute one notebook; return the report folder. Raises SystemExit naming a failing cell.
-
-    ``random_init``: run on :func:`workbench.models.random_init_model` of ``model`` (seeded by
-    ``random_seed``); the report goes to ``<model>-random-init``.
-    """
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
-    from nbconvert import HTMLExporter
-
-    stem = notebook.stem
-    nb = nbformat.read(notebook, as_version=4)
-    report = out_root / (report_name(model) + (RANDOM_INIT_SUFFIX if random_init else ""))
-    report.mkdir(parents=True, exist_ok=True)
-    tmp = report / f".{stem}.partial"
-    findings_name = f"{stem}.findings.json"
+def _prepare(nb, model: str, params: dict[str, object], findings: Path, *, random_init: bool,
+             random_seed: int) -> bool:
+    """Inject the parameters (and the random-init cell) into ``nb``; whether the notebook writes
+    its findings to ``findings``."""
     index = next((i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])), None)
     injected = {"MODEL": model, **params}
     wants_findings = index is not None and "FINDINGS_PATH" in _parameter_names(nb.cells[index].source)
     wants_findings = wants_findings and "FINDINGS_PATH" not in params
     if wants_findings:  # written by the notebook's last cell; removed again if the run fails
-        injected["FINDINGS_PATH"] = str((report / findings_name).resolve())
+        injected["FINDINGS_PATH"] = str(findings.resolve())
     _inject(nb, injected)
     if random_init:
         nb.cells.insert(index + 2, _random_init_cell(model, random_seed))
+    return wants_findings
+
+
+def _clear(report: Path, tmp: Path, stem: str, findings_name: str) -> None:
+    """A fresh temporary folder; the notebook's earlier outputs in ``report`` removed."""
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for stale in [report / f"{stem}.ipynb", report / f"{stem}.html", report / f"{stem}.FAILED.ipynb",
@@ -266,6 +249,16 @@ def run_notebook(
     for stale in (report / "figures").glob(f"{stem}-cell*.png"):
         stale.unlink()
 
+
+def _execute(nb, notebook: Path, model: str, report: Path, tmp: Path, findings_name: str,
+             timeout: int) -> float:
+    """Run ``nb`` in place; the seconds it took. On a failing cell: write ``<stem>.FAILED.ipynb``,
+    clean up, and raise SystemExit naming the cell."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    stem = notebook.stem
     env_backup = os.environ.get("MPLBACKEND")
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures as PNG
     client = NotebookClient(
@@ -292,7 +285,17 @@ def run_notebook(
             os.environ.pop("MPLBACKEND", None)
         else:
             os.environ["MPLBACKEND"] = env_backup
-    elapsed = time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def _publish(nb, notebook: Path, model: str, report: Path, tmp: Path, findings_name: str,
+             wants_findings: bool) -> None:
+    """Write the executed notebook, its HTML and figures to ``tmp``, then move them into ``report``
+    (the notebook last, which marks the report complete)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    stem = notebook.stem
     nbformat.write(nb, tmp / f"{stem}.ipynb")
     html, _ = HTMLExporter().from_notebook_node(nb)
     (tmp / f"{stem}.html").write_text(html)
@@ -309,6 +312,36 @@ def run_notebook(
                          "cell call card.save(FINDINGS_PATH)?)")
     (tmp / f"{stem}.ipynb").replace(report / f"{stem}.ipynb")  # last: marks the report complete
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_notebook(
+    notebook: Path,
+    model: str,
+    params: dict[str, object],
+    out_root: Path,
+    timeout: int = 3600,
+    *,
+    random_init: bool = False,
+    random_seed: int = 0,
+) -> Path:
+    """Execute one notebook; return the report folder. Raises SystemExit naming a failing cell.
+
+    ``random_init``: run on :func:`workbench.models.random_init_model` of ``model`` (seeded by
+    ``random_seed``); the report goes to ``<model>-random-init``.
+    """
+    import nbformat
+
+    stem = notebook.stem
+    nb = nbformat.read(notebook, as_version=4)
+    report = out_root / (report_name(model) + (RANDOM_INIT_SUFFIX if random_init else ""))
+    report.mkdir(parents=True, exist_ok=True)
+    tmp = report / f".{stem}.partial"
+    findings_name = f"{stem}.findings.json"
+    wants_findings = _prepare(nb, model, params, report / findings_name, random_init=random_init,
+                              random_seed=random_seed)
+    _clear(report, tmp, stem, findings_name)
+    elapsed = _execute(nb, notebook, model, report, tmp, findings_name, timeout)
+    _publish(nb, notebook, model, report, tmp, findings_name, wants_findings)
     print(f"== {stem} on {model}: {elapsed:.0f} s -> {report / (stem + '.ipynb')}")
     summary = _findings(nb)
     if summary:
@@ -361,26 +394,31 @@ def _device_params(device: str | None, dtype: str | None) -> dict[str, object]:
     return params
 
 
+def _shared_options() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """Parent parsers of the options several commands take: the model's, and the report folder."""
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--model", default=None, help=MODEL_HELP)
+    model.add_argument("--device", default=None, help=DEVICE_HELP)
+    model.add_argument("--dtype", default=None, help=DTYPE_HELP)
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument("--out", default="reports", help="report folder (default: reports/)")
+    return model, out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the offline models and every cached conversion")
-    run = sub.add_parser("run", help="execute a notebook (or 'all') on a model")
+    model_options, out_option = _shared_options()
+    run = sub.add_parser("run", help="execute a notebook (or 'all') on a model", parents=[model_options, out_option])
     run.add_argument("notebook", help="notebook name, number, path, or 'all'")
-    run.add_argument("--model", default=None, help=MODEL_HELP)
-    run.add_argument("--device", default=None, help=DEVICE_HELP)
-    run.add_argument("--dtype", default=None, help=DTYPE_HELP)
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
-    run.add_argument("--out", default="reports", help="report folder (default: reports/)")
     run.add_argument("--random-init", action="store_true",
                      help="negative control: the model's architecture and tokenizer with random weights")
     run.add_argument("--random-seed", type=int, default=0, help="seed of the random weights (default 0)")
-    at = sub.add_parser("atlas", help="map the heads of every phenomenon on a model (PNG + CSV)")
-    at.add_argument("--model", default=None, help=MODEL_HELP)
-    at.add_argument("--device", default=None, help=DEVICE_HELP)
-    at.add_argument("--dtype", default=None, help=DTYPE_HELP)
+    at = sub.add_parser("atlas", help="map the heads of every phenomenon on a model (PNG + CSV)",
+                        parents=[model_options, out_option])
     at.add_argument("--k", type=int, default=None, help="heads per role (default: 3%% of heads, at least 3)")
-    at.add_argument("--out", default="reports", help="report folder (default: reports/)")
     from workbench.course import cli as course_cli
 
     course_cli.add_parser(sub)

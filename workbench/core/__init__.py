@@ -9,5 +9,6 @@ module             what it holds
 ``components``     head sets, circuits, top-k and layer-matched random head sets
 ``runtime``        residual -> logits (final norm, unembedding, soft cap), prefix caches
 ``resources``      the shipped data files
+``subsets``        :func:`subset_items`: the items at an index of a dataclass of per-item fields
 =================  ==============================================================================
 """

@@ -83,6 +83,52 @@ def _convert(source: str, load_hf):
     return cfg, state_dict, tokenizer
 
 
+def _hub_source(source: str, *, dev: torch.device, dt: torch.dtype, n_devices: int, kwargs: dict):
+    """``(source, None)`` for a local source (a hub repository TransformerLens does not know is
+    downloaded to a folder first), or ``(source, model)`` for a model TransformerLens loads."""
+    offline = list(OFFLINE_MODELS)
+    if source not in OFFLINE_MODELS and not sources.is_local_source(source):
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+
+        try:
+            get_official_model_name(source)
+        except ValueError:
+            if "/" not in source:
+                raise ModelNotAvailableError(
+                    f"Unknown model {source!r}: not an offline model ({', '.join(offline)}), not "
+                    "an existing folder or .gguf file, and not a name TransformerLens knows. "
+                    "See workbench.list_models()."
+                ) from None
+            source = str(sources.download_folder(source, offline_names=offline))
+        else:
+            return source, fast_attention.enable(sources.load_from_hub(
+                source, offline_names=offline, device=str(dev), dtype=dt, n_devices=n_devices,
+                **kwargs,
+            ))  # scaled-dot-product attention unless a hook reads the pattern
+    return source, None
+
+
+def _cached_weights(source: str, refresh: bool) -> tuple[tuple, str]:
+    """(the cached ``(config, weights, tokenizer)`` of a local source, where they came from);
+    converted and cached first if missing, damaged or ``refresh``."""
+    key, record, load_hf = _local_source(source)
+    origin, loaded = "cache", None
+    if not refresh and cache.entry_dir(key).exists():
+        try:
+            loaded = cache.read_entry(key)
+        except CacheCorruptedError as e:
+            # stacklevel=3: the frame that calls load_model.
+            warnings.warn(f"Cached weights for {source!r} are damaged ({e}); rebuilding them.", stacklevel=3)
+    if loaded is None:
+        origin = "converted and cached"
+        cfg, state_dict, tokenizer = _convert(source, load_hf)
+        record["architecture"] = cfg.original_architecture
+        cache.write_entry(key, cfg, state_dict, tokenizer, source=record)
+        del state_dict
+        loaded = cache.read_entry(key)  # the first load runs exactly as every later one
+    return loaded, origin
+
+
 def load_model(
     source: str | Path = DEFAULT_MODEL,
     *,
@@ -126,44 +172,14 @@ def load_model(
         raise ValueError(f"n_devices must be a positive int, got {n_devices!r}.")
     if n_devices > 1 and dev.type != "cuda":
         raise ValueError(f"n_devices={n_devices} splits a model over GPUs; device must be CUDA.")
-    source = str(source)
-    offline = list(OFFLINE_MODELS)
-    if source not in OFFLINE_MODELS and not sources.is_local_source(source):
-        from transformer_lens.loading_from_pretrained import get_official_model_name
-
-        try:
-            get_official_model_name(source)
-        except ValueError:
-            if "/" not in source:
-                raise ModelNotAvailableError(
-                    f"Unknown model {source!r}: not an offline model ({', '.join(offline)}), not "
-                    "an existing folder or .gguf file, and not a name TransformerLens knows. "
-                    "See workbench.list_models()."
-                ) from None
-            source = str(sources.download_folder(source, offline_names=offline))
-        else:
-            return fast_attention.enable(sources.load_from_hub(
-                source, offline_names=offline, device=str(dev), dtype=dt, n_devices=n_devices,
-                **kwargs,
-            ))  # scaled-dot-product attention unless a hook reads the pattern
+    source, hub_model = _hub_source(str(source), dev=dev, dt=dt, n_devices=n_devices, kwargs=kwargs)
+    if hub_model is not None:
+        return hub_model
     if kwargs:
         raise TypeError(f"Model {source!r} is loaded from a local source and takes no extra "
                         f"options, got {sorted(kwargs)}")
     start = time.perf_counter()
-    key, record, load_hf = _local_source(source)
-    origin, loaded = "cache", None
-    if not refresh and cache.entry_dir(key).exists():
-        try:
-            loaded = cache.read_entry(key)
-        except CacheCorruptedError as e:
-            warnings.warn(f"Cached weights for {source!r} are damaged ({e}); rebuilding them.", stacklevel=2)
-    if loaded is None:
-        origin = "converted and cached"
-        cfg, state_dict, tokenizer = _convert(source, load_hf)
-        record["architecture"] = cfg.original_architecture
-        cache.write_entry(key, cfg, state_dict, tokenizer, source=record)
-        del state_dict
-        loaded = cache.read_entry(key)  # the first load runs exactly as every later one
+    loaded, origin = _cached_weights(source, refresh)
     model = build_model(*loaded, device=dev, dtype=dt, n_devices=n_devices)
     if verbose:
         where = f"{dev}" + (f" x{n_devices}" if n_devices > 1 else "")

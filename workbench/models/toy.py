@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from workbench.core.metrics import LogitDiff
 from workbench.core.resources import data_path
+from workbench.core.subsets import subset_items
 
 __all__ = [
     "TOY_DIR",
@@ -317,19 +318,7 @@ class ToyProblems:
                          per_prompt=per_prompt)
 
     def subset(self, index: Sequence[int] | Tensor) -> "ToyProblems":
-        idx = torch.as_tensor(index, dtype=torch.long)
-        return ToyProblems(
-            pairs=self.pairs[idx],
-            corrupted_pairs=self.corrupted_pairs[idx],
-            clean_tokens=self.clean_tokens[idx],
-            corrupted_tokens=self.corrupted_tokens[idx],
-            answer_ids=self.answer_ids[idx],
-            counterfactual_ids=self.counterfactual_ids[idx],
-            pos={k: v[idx] for k, v in self.pos.items()},
-            corrupt=self.corrupt,
-            split=self.split,
-            meta=dict(self.meta),
-        )
+        return subset_items(self, index)
 
 
 def toy_problems(

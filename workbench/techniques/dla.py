@@ -102,37 +102,7 @@ def component_labels(model) -> list[str]:
     return names
 
 
-@torch.no_grad()
-def direct_logit_attribution(
-    model,
-    tokens: Int[Tensor, "batch pos"],
-    metric: LogitDiff,
-    *,
-    progress: bool = False,
-) -> Result:
-    """Each head's, MLP's and embedding's direct effect on a logit difference.
-
-    Args:
-        tokens: ``[batch, pos]`` prompts.
-        metric: a :class:`~workbench.core.metrics.LogitDiff` (answer and wrong token per prompt, the
-            read-out position(s)); ``per_prompt=True`` keeps the batch axis, else the mean.
-        progress: show a progress bar over layers.
-
-    Returns:
-        Result with dims ``(component,)`` or ``(batch, component)``; component labels from
-        :func:`component_labels`: ``"embed"``, ``"pos_embed"`` (learned positions only),
-        ``"L{l}H{h}"``, ``"L{l} attn bias"``, ``"L{l} attn rest"`` (post-norm models only),
-        ``"MLP{l}"``, ``"unembed bias"``. They sum to the metric's value on ``tokens``;
-        ``meta["logit_diff"]`` holds that value and ``meta["max_sum_error"]`` the largest gap.
-        :func:`head_view` turns it into a layer x head grid, :func:`block_view` into blocks.
-
-    >>> from workbench import models
-    >>> import torch
-    >>> model = models.tiny_model()
-    >>> r = direct_logit_attribution(model, torch.arange(8)[None], LogitDiff([3], [4]))
-    >>> r.labels["component"][:3], head_view(r).dims
-    (['embed', 'pos_embed', 'L0H0'], ('layer', 'head'))
-    """
+def _check_inputs(model, metric) -> None:
     if not isinstance(metric, LogitDiff):
         raise TypeError(
             f"metric must be a workbench.core.metrics.LogitDiff, got {type(metric).__name__}: direct "
@@ -141,20 +111,31 @@ def direct_logit_attribution(
         )
     if getattr(model.cfg, "post_embedding_ln", False):
         raise NotImplementedError("Models with a norm after the embedding are not supported.")
-    tokens = checks.tokens(model, tokens)
-    batch, seq = tokens.shape
-    readout = metric.readout(batch, seq)  # checks the batch size, normalises positions
-    pos, ans, wrong = readout.pos, readout.tokens[:, 0], readout.tokens[:, 1]
-    rows = torch.arange(batch)
-    cap = softcap_value(model)
-    if cap:
-        warnings.warn(
-            f"This model soft-caps its logits (output_logits_soft_cap={cap}); the attributions "
-            "add up to the logit difference before the cap, which the cap then squashes.",
-            stacklevel=2,
-        )
 
-    kind = final_norm_kind(model)
+
+def _warn_softcap(cap) -> None:
+    # stacklevel=3 here and below: the frame that stacklevel=2 named inside direct_logit_attribution.
+    warnings.warn(
+        f"This model soft-caps its logits (output_logits_soft_cap={cap}); the attributions "
+        "add up to the logit difference before the cap, which the cap then squashes.",
+        stacklevel=3,
+    )
+
+
+def _warn_post_norm() -> None:
+    warnings.warn(
+        "This model normalises each attention block's output again (post-attention norm, "
+        "cfg.use_normalization_before_and_after), so a block writes norm(sum of heads), not "
+        "a sum over heads. Each block's attribution is exact; its split among heads freezes "
+        "the post-attention norm's scale at its value on this input, and what the split "
+        "leaves over is reported as 'L{l} attn rest'. Read per-head numbers as shares of "
+        "the block, not as independent effects.",
+        stacklevel=3,
+    )
+
+
+def _final_direction(model, kind: str, ans: Tensor, wrong: Tensor) -> tuple[Tensor, Tensor]:
+    """(direction each part's output is dotted with, constant unembed-bias term), ``[batch, ...]``."""
     w_fin, b_fin, centre = _norm_parts(getattr(model, "ln_final", None), kind)
     # Every dot product and sum below is taken in float32, whatever the model's dtype.
     unembed_dir = (model.W_U[:, ans].T - model.W_U[:, wrong].T).float()  # [batch, d_model]
@@ -162,21 +143,13 @@ def direct_logit_attribution(
     const = (model.b_U[ans] - model.b_U[wrong]).float()
     if b_fin is not None:
         const = const + unembed_dir @ b_fin.float()
+    return d_final, const
 
-    post = _post_norm(model)
-    if post:
-        warnings.warn(
-            "This model normalises each attention block's output again (post-attention norm, "
-            "cfg.use_normalization_before_and_after), so a block writes norm(sum of heads), not "
-            "a sum over heads. Each block's attribution is exact; its split among heads freezes "
-            "the post-attention norm's scale at its value on this input, and what the split "
-            "leaves over is reported as 'L{l} attn rest'. Read per-head numbers as shares of "
-            "the block, not as independent effects.",
-            stacklevel=2,
-        )
 
-    store: dict[str, Tensor] = {}
-    bar = tqdm(total=model.cfg.n_layers, desc="direct logit attribution", disable=not progress)
+def _attribution_hooks(model, store: dict, bar, rows: Tensor, pos: Tensor, d_final: Tensor,
+                       kind: str, post: bool) -> tuple[list, list[Tensor]]:
+    """(forward hooks filling ``store`` with each part's dot product, each layer's direction)."""
+    batch = rows.shape[0]
 
     def at_pos(x: Tensor) -> Tensor:
         return x[rows, pos]  # [batch, ...]
@@ -226,12 +199,13 @@ def direct_logit_attribution(
         hooks.append((f"blocks.{l}.attn.hook_z", save_heads(l, d_layer)))
         if not model.cfg.attn_only:
             hooks.append((f"blocks.{l}.hook_mlp_out", save_dot(f"{l}.mlp")))
-    try:
-        with model.hooks(fwd_hooks=hooks):
-            model(tokens, return_type=None)
-    finally:
-        bar.close()
+    return hooks, d_layers
 
+
+def _component_values(model, store: dict, d_layers: list[Tensor], d_final: Tensor, const: Tensor,
+                      kind: str, post: bool) -> Tensor:
+    """``[batch, component]``: the stored dot products in :func:`component_labels` order."""
+    batch = const.shape[0]
     cols = [store["embed"]]
     if "pos_embed" in store:
         cols.append(store["pos_embed"])
@@ -250,16 +224,81 @@ def direct_logit_attribution(
     values = torch.stack(cols, dim=-1)  # [batch, component - 1]
     if kind != "none":
         values = values / store["final_scale"][:, None]
-    values = torch.cat([values, const[:, None]], dim=-1)
+    return torch.cat([values, const[:, None]], dim=-1)
 
-    logits = decode(model, store["resid"]).float()  # [batch, d_vocab], softcap included
+
+def _actual_logit_diffs(model, resid: Tensor, rows: Tensor, ans: Tensor, wrong: Tensor, kind: str,
+                        cap) -> tuple[Tensor, Tensor]:
+    """(the model's logit difference, the same before the soft-cap), ``[batch]`` each."""
+    logits = decode(model, resid).float()  # [batch, d_vocab], softcap included
     actual = logits[rows, ans] - logits[rows, wrong]
     if cap:
-        x = store["resid"][None]
+        x = resid[None]
         pre = model.unembed(model.ln_final(x) if kind != "none" else x)[0]
         actual_pre = (pre[rows, ans] - pre[rows, wrong]).float()
     else:
         actual_pre = actual
+    return actual, actual_pre
+
+
+@torch.no_grad()
+def direct_logit_attribution(
+    model,
+    tokens: Int[Tensor, "batch pos"],
+    metric: LogitDiff,
+    *,
+    progress: bool = False,
+) -> Result:
+    """Each head's, MLP's and embedding's direct effect on a logit difference.
+
+    Args:
+        tokens: ``[batch, pos]`` prompts.
+        metric: a :class:`~workbench.core.metrics.LogitDiff` (answer and wrong token per prompt, the
+            read-out position(s)); ``per_prompt=True`` keeps the batch axis, else the mean.
+        progress: show a progress bar over layers.
+
+    Returns:
+        Result with dims ``(component,)`` or ``(batch, component)``; component labels from
+        :func:`component_labels`: ``"embed"``, ``"pos_embed"`` (learned positions only),
+        ``"L{l}H{h}"``, ``"L{l} attn bias"``, ``"L{l} attn rest"`` (post-norm models only),
+        ``"MLP{l}"``, ``"unembed bias"``. They sum to the metric's value on ``tokens``;
+        ``meta["logit_diff"]`` holds that value and ``meta["max_sum_error"]`` the largest gap.
+        :func:`head_view` turns it into a layer x head grid, :func:`block_view` into blocks.
+
+    >>> from workbench import models
+    >>> import torch
+    >>> model = models.tiny_model()
+    >>> r = direct_logit_attribution(model, torch.arange(8)[None], LogitDiff([3], [4]))
+    >>> r.labels["component"][:3], head_view(r).dims
+    (['embed', 'pos_embed', 'L0H0'], ('layer', 'head'))
+    """
+    _check_inputs(model, metric)
+    tokens = checks.tokens(model, tokens)
+    batch, seq = tokens.shape
+    readout = metric.readout(batch, seq)  # checks the batch size, normalises positions
+    pos, ans, wrong = readout.pos, readout.tokens[:, 0], readout.tokens[:, 1]
+    rows = torch.arange(batch)
+    cap = softcap_value(model)
+    if cap:
+        _warn_softcap(cap)
+
+    kind = final_norm_kind(model)
+    d_final, const = _final_direction(model, kind, ans, wrong)
+    post = _post_norm(model)
+    if post:
+        _warn_post_norm()
+
+    store: dict[str, Tensor] = {}
+    bar = tqdm(total=model.cfg.n_layers, desc="direct logit attribution", disable=not progress)
+    hooks, d_layers = _attribution_hooks(model, store, bar, rows, pos, d_final, kind, post)
+    try:
+        with model.hooks(fwd_hooks=hooks):
+            model(tokens, return_type=None)
+    finally:
+        bar.close()
+
+    values = _component_values(model, store, d_layers, d_final, const, kind, post)
+    actual, actual_pre = _actual_logit_diffs(model, store["resid"], rows, ans, wrong, kind, cap)
     err = (values.sum(-1) - actual_pre).abs().max().item()
     labels = component_labels(model)
     meta = dict(

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from workbench.core.metrics import LogitDiff
+from workbench.core.subsets import subset_items
 from workbench.models import to_tokens
 from workbench.phenomena.answers import (
     answer_correct,
@@ -131,28 +132,7 @@ class ArithmeticProblems:
 
     def subset(self, index: Sequence[int] | Tensor) -> "ArithmeticProblems":
         """The prompts at ``index``, all fields kept consistent."""
-        idx = torch.as_tensor(index, dtype=torch.long).reshape(-1)
-        pick = idx.tolist()
-        return ArithmeticProblems(
-            prompts=[self.prompts[i] for i in pick],
-            corrupted_prompts=[self.corrupted_prompts[i] for i in pick],
-            clean_tokens=self.clean_tokens[idx],
-            corrupted_tokens=self.corrupted_tokens[idx],
-            operands=self.operands[idx],
-            corrupted_operands=self.corrupted_operands[idx],
-            ops=[self.ops[i] for i in pick],
-            corrupted_ops=[self.corrupted_ops[i] for i in pick],
-            results=self.results[idx],
-            corrupted_results=self.corrupted_results[idx],
-            answer_ids=self.answer_ids[idx],
-            counterfactual_ids=self.counterfactual_ids[idx],
-            answer_strs=[self.answer_strs[i] for i in pick],
-            pos={k: v[idx] for k, v in self.pos.items()},
-            template=self.template,
-            digits=self.digits,
-            corruption=self.corruption,
-            meta=dict(self.meta),
-        )
+        return subset_items(self, index)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per prompt."""
@@ -390,15 +370,7 @@ class SumProblems:
         return len(self.prompts)
 
     def subset(self, index: Sequence[int] | Tensor) -> "SumProblems":
-        idx = torch.as_tensor(index, dtype=torch.long).reshape(-1)
-        pick = idx.tolist()
-        return SumProblems(
-            prompts=[self.prompts[i] for i in pick], corrupted_prompts=[self.corrupted_prompts[i] for i in pick],
-            clean_tokens=self.clean_tokens[idx], full_tokens=self.full_tokens[idx],
-            corrupted_full=self.corrupted_full[idx], answer_ids=self.answer_ids[idx],
-            results=self.results[idx], operands=self.operands[idx],
-            pos={k: v[idx] for k, v in self.pos.items()}, seed=self.seed,
-        )
+        return subset_items(self, index)
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(dict(prompt=self.prompts, result=self.results.tolist(),

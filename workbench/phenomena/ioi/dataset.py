@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from workbench.core.metrics import LogitDiff
+from workbench.core.subsets import subset_items
 from workbench.models import to_tokens
 
 __all__ = ["TEMPLATES", "IOIDataset", "ioi_dataset", "single_token_words"]
@@ -105,23 +106,7 @@ class IOIDataset:
 
     def subset(self, index: Sequence[int] | Tensor) -> "IOIDataset":
         """The prompts at ``index`` (keeps all fields consistent)."""
-        idx = torch.as_tensor(index, dtype=torch.long)
-        pick = idx.tolist()
-        return IOIDataset(
-            prompts=[self.prompts[i] for i in pick],
-            corrupted_prompts=[self.corrupted_prompts[i] for i in pick],
-            abc_prompts=[self.abc_prompts[i] for i in pick],
-            clean_tokens=self.clean_tokens[idx],
-            corrupted_tokens=self.corrupted_tokens[idx],
-            abc_tokens=self.abc_tokens[idx],
-            io_ids=self.io_ids[idx],
-            s_ids=self.s_ids[idx],
-            pos={k: v[idx] for k, v in self.pos.items()},
-            template_ids=self.template_ids[idx],
-            order=[self.order[i] for i in pick],
-            corruption=self.corruption,
-            names=[self.names[i] for i in pick],
-        )
+        return subset_items(self, index)
 
 
 def _fill(template: str, order: str, a: str, b: str, place: str, obj: str) -> str:
@@ -144,25 +129,8 @@ def _positions(tokens: Tensor, io: int, s: int, corrupted_s2: Tensor | None = No
     return {"IO": io_at[0], "S1": s_at[0], "S1+1": s_at[0] + 1, "S2": s_at[1]}
 
 
-def ioi_dataset(
-    model,
-    n: int = 50,
-    *,
-    seed: int = 0,
-    templates: Sequence[int] | None = None,
-    order: Literal["mixed", "ABBA", "BABA"] = "mixed",
-    corruption: Literal["ABC", "flip"] = "ABC",
-) -> IOIDataset:
-    """Generate ``n`` seeded IOI prompts for ``model``'s tokenizer.
-
-    Args:
-        n: number of prompts (cycled over the chosen templates).
-        templates: indices into :data:`TEMPLATES` (default: all 16). One template gives prompts of
-            one length, so positions align across the batch (needed for patching by position).
-        order: "ABBA", "BABA" or "mixed" (alternating).
-        corruption: "ABC" replaces S2 by a third name (the usual patching baseline); "flip" swaps
-            the two names throughout.
-    """
+def _check_options(n: int, templates: Sequence[int] | None, order: str, corruption: str) -> list[int]:
+    """The template indices to cycle over, after checking every option of :func:`ioi_dataset`."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}.")
     if order not in ("mixed", "ABBA", "BABA"):
@@ -173,7 +141,11 @@ def ioi_dataset(
     bad = [t for t in chosen if not 0 <= t < len(TEMPLATES)]
     if bad or not chosen:
         raise ValueError(f"templates must be indices in 0..{len(TEMPLATES) - 1}, got {templates}.")
+    return chosen
 
+
+def _prompt_rows(model, n: int, chosen: list[int], seed: int, order: str, corruption: str) -> list[tuple]:
+    """``n`` seeded rows ``(template, order, IO name, S name, clean, corrupted, ABC prompt)``."""
     names = single_token_words(model, NAMES)
     places = single_token_words(model, PLACES)
     objects = single_token_words(model, OBJECTS)
@@ -201,6 +173,30 @@ def ioi_dataset(
         head, _, tail = abc.rpartition(f" {b2} ")
         abc = f"{head} {c2} {tail}"
         rows.append((t, o, a, b, clean, corrupted, abc))
+    return rows
+
+
+def ioi_dataset(
+    model,
+    n: int = 50,
+    *,
+    seed: int = 0,
+    templates: Sequence[int] | None = None,
+    order: Literal["mixed", "ABBA", "BABA"] = "mixed",
+    corruption: Literal["ABC", "flip"] = "ABC",
+) -> IOIDataset:
+    """Generate ``n`` seeded IOI prompts for ``model``'s tokenizer.
+
+    Args:
+        n: number of prompts (cycled over the chosen templates).
+        templates: indices into :data:`TEMPLATES` (default: all 16). One template gives prompts of
+            one length, so positions align across the batch (needed for patching by position).
+        order: "ABBA", "BABA" or "mixed" (alternating).
+        corruption: "ABC" replaces S2 by a third name (the usual patching baseline); "flip" swaps
+            the two names throughout.
+    """
+    chosen = _check_options(n, templates, order, corruption)
+    rows = _prompt_rows(model, n, chosen, seed, order, corruption)
 
     prompts = [r[4] for r in rows]
     lengths = {len(model.tokenizer.encode(p, add_special_tokens=False)) for p in prompts}

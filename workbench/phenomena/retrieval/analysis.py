@@ -9,8 +9,8 @@ This module asks whether the model *needs* them:
   random *non-retrieval* heads (several seeded draws, averaged), for a sweep of K; returns a
   :class:`MaskingResult` with ``.to_frame()`` and ``.plot()``.
 * :func:`k_sweep`: head counts from 1 to a fraction of the model's heads, spaced geometrically.
-* :func:`haystack_frame` and :func:`score_summary`: the per-haystack retrieval scores in a table,
-  and their means by context length or needle depth.
+* :func:`haystack_frame` and :func:`score_summary` (from :mod:`workbench.phenomena.retrieval.scores`):
+  the per-haystack retrieval scores in a table, and their means by context length or needle depth.
 
 Masking is :func:`workbench.techniques.ablation.mask_attention` (the paper's: a masked head's query is zero,
 so it attends uniformly and cannot pick out the needle). Everything runs inside the model's own
@@ -55,6 +55,7 @@ from workbench.core.runtime import (
     run_cached,
     supports_fast_path,
 )
+from workbench.phenomena.retrieval.scores import haystack_frame, score_summary
 from workbench.techniques.ablation import mask_attention
 from workbench.techniques.heads import HeadSet
 
@@ -70,7 +71,6 @@ __all__ = [
 ]
 
 Measure = Literal["exact", "tokens"]
-GroupBy = Literal["length", "depth"]
 _MEASURES = ("exact", "tokens")
 
 
@@ -357,10 +357,50 @@ def _check_ks(ks, n_heads: int) -> list[int]:
     return sorted(ks)
 
 
-def _random_orders(pool: list[tuple[int, int]], n_random: int, seed: int) -> list[list[tuple[int, int]]]:
-    """``n_random`` seeded permutations of ``pool`` (from one generator seeded with ``seed``)."""
+def _check_masking(model, haystacks, scores: Result, ks, n_random, threshold, measure, batch_size):
+    """(haystacks, sorted ks), checked."""
+    _check_measure(measure)
+    _check_batch_size(batch_size)
+    haystacks = _check_haystacks(model, haystacks)
+    _check_scores(model, scores)
+    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
+        raise ValueError(f"n_random must be an int >= 1, got {n_random!r}.")
+    if not isinstance(threshold, (int, float)) or math.isnan(threshold):
+        raise TypeError(f"threshold must be a number, got {threshold!r}.")
+    return haystacks, _check_ks(ks, model.cfg.n_layers * model.cfg.n_heads)
+
+
+def _head_orders(scores: Result, k_max: int, threshold: float, n_random: int, seed: int):
+    """(heads by decreasing score, ``n_random`` seeded orders of the non-retrieval heads)."""
+    frame = scores.to_frame().dropna(subset=["value"]).sort_values("value", ascending=False, kind="stable")
+    top_order = [(int(a), int(b)) for a, b in zip(frame["layer"], frame["head"])]
+    if k_max > len(top_order):
+        raise ValueError(f"K={k_max} but only {len(top_order)} heads have a (non-NaN) score.")
+    pool = [(int(a), int(b)) for a, b in (scores.values <= threshold).nonzero().tolist()]
+    if k_max > len(pool):
+        raise ValueError(
+            f"K={k_max} but only {len(pool)} heads are non-retrieval heads (score <= {threshold}); "
+            "use smaller ks or a higher threshold."
+        )
+    # n_random seeded permutations of the pool, from one generator seeded with seed
     gen = torch.Generator().manual_seed(seed)
-    return [[pool[i] for i in torch.randperm(len(pool), generator=gen).tolist()] for _ in range(n_random)]
+    return top_order, [[pool[i] for i in torch.randperm(len(pool), generator=gen).tolist()] for _ in range(n_random)]
+
+
+def _masked_accuracies(model, haystacks: list, conditions: list, measure: str, batch_size: int,
+                       progress: bool) -> tuple[float, dict]:
+    """(accuracy with nothing masked, ``{(name, k): accuracy}`` for each masked condition)."""
+    accuracy = {}
+    bar = tqdm(total=1 + len(conditions), disable=not progress, desc="masking")
+    try:
+        baseline = needle_accuracy(model, haystacks, measure=measure, batch_size=batch_size)
+        bar.update()
+        for name, k, masked in conditions:
+            accuracy[name, k] = needle_accuracy(model, haystacks, heads=masked, measure=measure, batch_size=batch_size)
+            bar.update()
+    finally:
+        bar.close()
+    return baseline, accuracy
 
 
 def masking_experiment(
@@ -406,42 +446,13 @@ def masking_experiment(
     >>> r.to_frame().columns.tolist()[:3], r.top_heads(2)
     (['k', 'fraction_of_heads', 'top_k'], HeadSet('top 2 retrieval heads', 2 heads: L1H2, L1H3))
     """
-    _check_measure(measure)
-    _check_batch_size(batch_size)
-    haystacks = _check_haystacks(model, haystacks)
-    _check_scores(model, scores)
-    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
-        raise ValueError(f"n_random must be an int >= 1, got {n_random!r}.")
-    if not isinstance(threshold, (int, float)) or math.isnan(threshold):
-        raise TypeError(f"threshold must be a number, got {threshold!r}.")
+    haystacks, ks = _check_masking(model, haystacks, scores, ks, n_random, threshold, measure, batch_size)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    ks = _check_ks(ks, n_layers * n_heads)
-
-    frame = scores.to_frame().dropna(subset=["value"]).sort_values("value", ascending=False, kind="stable")
-    top_order = [(int(a), int(b)) for a, b in zip(frame["layer"], frame["head"])]
-    if ks[-1] > len(top_order):
-        raise ValueError(f"K={ks[-1]} but only {len(top_order)} heads have a (non-NaN) score.")
-    pool = [(int(a), int(b)) for a, b in (scores.values <= threshold).nonzero().tolist()]
-    if ks[-1] > len(pool):
-        raise ValueError(
-            f"K={ks[-1]} but only {len(pool)} heads are non-retrieval heads (score <= {threshold}); "
-            "use smaller ks or a higher threshold."
-        )
-    orders = _random_orders(pool, n_random, seed)
-
+    top_order, orders = _head_orders(scores, ks[-1], threshold, n_random, seed)
     conditions = [("top", k, top_order[:k]) for k in ks if k] + [
         (d, k, orders[d][:k]) for d in range(n_random) for k in ks if k
     ]
-    accuracy = {}
-    bar = tqdm(total=1 + len(conditions), disable=not progress, desc="masking")
-    try:
-        baseline = needle_accuracy(model, haystacks, measure=measure, batch_size=batch_size)
-        bar.update()
-        for name, k, masked in conditions:
-            accuracy[name, k] = needle_accuracy(model, haystacks, heads=masked, measure=measure, batch_size=batch_size)
-            bar.update()
-    finally:
-        bar.close()
+    baseline, accuracy = _masked_accuracies(model, haystacks, conditions, measure, batch_size, progress)
 
     def acc(name, k):
         return baseline if k == 0 else accuracy[name, k]
@@ -463,85 +474,6 @@ def masking_experiment(
         n_heads=n_layers * n_heads,
         meta=meta,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Scores by haystack, context length and depth
-
-
-def _per_haystack(scores: Result, haystacks: list) -> Tensor:
-    per = scores.meta.get("per_haystack") if isinstance(scores, Result) else None
-    if per is None:
-        raise ValueError("scores has no meta['per_haystack']; pass the Result of heads.retrieval_scores.")
-    if per.shape[0] != len(haystacks):
-        raise ValueError(
-            f"scores were computed on {per.shape[0]} haystacks but {len(haystacks)} were given; "
-            "pass the same haystacks, in the same order."
-        )
-    return per
-
-
-def _head_list(scores: Result, heads) -> list[tuple[int, int]]:
-    if heads is None:
-        n_layers, n_heads = scores.values.shape
-        return [(a, b) for a in range(n_layers) for b in range(n_heads)]
-    if isinstance(heads, int) and not isinstance(heads, bool):
-        return [(int(a), int(b)) for a, b in scores.top(heads)[["layer", "head"]].values.tolist()]
-    return [tuple(x) for x in HeadSet(heads)] if isinstance(heads, HeadSet) else [tuple(map(int, x)) for x in heads]
-
-
-def haystack_frame(scores: Result, haystacks: Sequence, heads=None) -> pd.DataFrame:
-    """The retrieval scores of each head on each haystack, long form.
-
-    One row per (haystack, head): ``haystack`` (index), ``context_length``, ``depth``,
-    ``needle_depth``, ``answered``, ``layer``, ``head``, ``label`` (``"L18H6"``) and ``score``
-    (NaN where the model did not answer). ``heads``: None (all), an int ``n`` (the ``n``
-    best-scoring heads) or a list / :class:`~workbench.techniques.heads.HeadSet`.
-    """
-    haystacks = list(haystacks)
-    per = _per_haystack(scores, haystacks)
-    answered = scores.meta.get("answered", [not torch.isnan(p).all() for p in per])
-    rows = []
-    for i, h in enumerate(haystacks):
-        for layer, head in _head_list(scores, heads):
-            rows.append(dict(
-                haystack=i, context_length=h.context_length, depth=h.depth,
-                needle_depth=getattr(h, "needle_depth", float("nan")), answered=bool(answered[i]),
-                layer=layer, head=head, label=f"L{layer}H{head}", score=float(per[i, layer, head]),
-            ))
-    return pd.DataFrame(rows)
-
-
-def score_summary(
-    scores: Result, haystacks: Sequence, *, by: GroupBy = "length", heads=5, threshold: float = 0.1
-) -> pd.DataFrame:
-    """Retrieval scores grouped by context length or needle depth.
-
-    One row per group (index ``context_length`` or ``depth``): ``haystacks`` (how many),
-    ``accuracy`` (fraction the model answered), ``heads_above`` (how many heads have a mean score
-    over the group's answered haystacks above ``threshold``), then one column per head in
-    ``heads`` (default: the 5 best overall) with its mean score over the group's answered
-    haystacks (NaN if none was answered).
-    """
-    if by not in ("length", "depth"):
-        raise ValueError(f"by must be 'length' or 'depth', got {by!r}.")
-    haystacks = list(haystacks)
-    per = _per_haystack(scores, haystacks)
-    answered = scores.meta.get("answered", [True] * len(haystacks))
-    key = "context_length" if by == "length" else "depth"
-    values = [getattr(h, key) for h in haystacks]
-    chosen = _head_list(scores, heads)
-    rows = {}
-    for v in sorted(set(values)):
-        idx = [i for i, x in enumerate(values) if x == v]
-        group = per[idx]
-        ok = torch.tensor([bool(answered[i]) for i in idx]) & ~torch.isnan(group).all(dim=(1, 2))
-        mean = group[ok].mean(0) if ok.any() else torch.full(group.shape[1:], float("nan"))
-        row = dict(haystacks=len(idx), accuracy=float(ok.float().mean()),
-                   heads_above=int((mean > threshold).sum()))
-        row.update({f"L{a}H{b}": float(mean[a, b]) for a, b in chosen})
-        rows[v] = row
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(key)
 
 
 # --------------------------------------------------------------------------------------------

@@ -280,6 +280,75 @@ def _check_fractions(fractions) -> tuple[float, ...]:
     return fr
 
 
+def _check_curve_options(graph, fractions, ablation, selection, by, n_random) -> tuple[float, ...]:
+    if selection not in SELECTIONS:
+        raise ValueError(f"Unknown selection {selection!r}; choose from {list(SELECTIONS)}.")
+    if ablation not in ABLATIONS:
+        raise ValueError(f"Unknown ablation {ablation!r}; choose from {list(ABLATIONS)}.")
+    if by not in ("abs", "value"):
+        raise ValueError(f"Unknown by={by!r}; choose from ['abs', 'value'].")
+    if not isinstance(n_random, int) or n_random < 0:
+        raise ValueError(f"n_random must be a non-negative int, got {n_random!r}.")
+    fr = _check_fractions(fractions)
+    if not isinstance(graph, Graph):
+        raise TypeError(f"graph must be a workbench.techniques.edges.Graph, got {type(graph).__name__}.")
+    return fr
+
+
+def _curve_patcher(model, graph: Graph, clean_tokens, corrupted_tokens, metric, ablation,
+                   patcher: EdgePatcher | None) -> EdgePatcher:
+    """``patcher``, checked against the graph and the prompts, or a new one."""
+    p = patcher or EdgePatcher(model, clean_tokens, corrupted_tokens, metric, ablation=ablation)
+    if p.layout != graph.layout:
+        raise ValueError(f"The graph's layout {graph.layout} is not the model's {p.layout}.")
+    if patcher is not None and (patcher.ablation != ablation or patcher.clean_tokens is not clean_tokens):
+        raise ValueError("The patcher was built for other prompts or another ablation.")
+    return p
+
+
+def _curve(p: EdgePatcher, fr: tuple[float, ...], sizes: list[int], total: int,
+           masks_for: Callable[[int], list[Tensor]], label: str, empty_per, meta: dict,
+           bar) -> FaithfulnessCurve:
+    """Run every circuit size's masks (averaged over them) into one :class:`FaithfulnessCurve`."""
+    empty = meta["empty"]
+    faith, rows, kept = [], [], []
+    for n in sizes:
+        vals, pers, counts = [], [], []
+        for mask in masks_for(n):
+            v, per = p.run(mask)
+            vals.append(v)
+            pers.append(per)
+            counts.append(int(mask.sum()))
+            bar.update()
+        kept.append(sum(counts) / len(counts))
+        faith.append(sum(_faith(v, p.clean_value, empty) for v in vals) / len(vals))
+        rows.append(None if pers[0] is None else torch.stack(pers).mean(0))
+    per_prompt = None
+    if all(r is not None for r in rows) and p.clean_per_prompt is not None and empty_per is not None:
+        per_prompt = torch.stack(rows + [p.clean_per_prompt, empty_per], dim=1)
+    faith_t = torch.tensor(faith)
+    x = torch.tensor(kept, dtype=torch.float64) / total
+    cpr, cmd = areas(x, faith_t)
+    return FaithfulnessCurve(fr, sizes, x, faith_t, cpr, cmd, label, None, per_prompt, meta,
+                             [round(k) for k in kept])
+
+
+def _random_masks(graph: Graph, n_random: int, gen: torch.Generator,
+                  prune: bool) -> Callable[[int], list[Tensor]]:
+    """``n_random`` uniformly random edge sets of a given size (pruned if ``prune``), from ``gen``."""
+    total = graph.n_edges
+
+    def random_masks(n: int) -> list[Tensor]:
+        out = []
+        for _ in range(n_random):
+            m = torch.zeros(total, dtype=torch.bool)
+            m[torch.randperm(total, generator=gen)[:n]] = True
+            out.append(graph.with_circuit(m).prune().in_circuit if prune else m)
+        return out
+
+    return random_masks
+
+
 def faithfulness_curve(
     model,
     graph: Graph,
@@ -307,67 +376,23 @@ def faithfulness_curve(
     sizes (pruned alike; x is then their mean kept fraction). Pass a ``patcher`` built on the
     same prompts to reuse its ablated outputs across calls.
     """
-    if selection not in SELECTIONS:
-        raise ValueError(f"Unknown selection {selection!r}; choose from {list(SELECTIONS)}.")
-    if ablation not in ABLATIONS:
-        raise ValueError(f"Unknown ablation {ablation!r}; choose from {list(ABLATIONS)}.")
-    if by not in ("abs", "value"):
-        raise ValueError(f"Unknown by={by!r}; choose from ['abs', 'value'].")
-    if not isinstance(n_random, int) or n_random < 0:
-        raise ValueError(f"n_random must be a non-negative int, got {n_random!r}.")
-    fr = _check_fractions(fractions)
-    if not isinstance(graph, Graph):
-        raise TypeError(f"graph must be a workbench.techniques.edges.Graph, got {type(graph).__name__}.")
-    p = patcher or EdgePatcher(model, clean_tokens, corrupted_tokens, metric, ablation=ablation)
-    if p.layout != graph.layout:
-        raise ValueError(f"The graph's layout {graph.layout} is not the model's {p.layout}.")
-    if patcher is not None and (patcher.ablation != ablation or patcher.clean_tokens is not clean_tokens):
-        raise ValueError("The patcher was built for other prompts or another ablation.")
+    fr = _check_curve_options(graph, fractions, ablation, selection, by, n_random)
+    p = _curve_patcher(model, graph, clean_tokens, corrupted_tokens, metric, ablation, patcher)
     total = graph.n_edges
     sizes = [int(f * total) for f in fr]
     empty, empty_per = p.run(torch.zeros(total, dtype=torch.bool))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(sizes) * (1 + n_random), desc="faithfulness curve", disable=not progress, leave=False)
+    meta = {"ablation": ablation, "selection": selection, "clean": p.clean_value, "empty": empty,
+            "metric": metric_name(metric), "n_prompts": int(clean_tokens.shape[0]), "pruned": prune}
 
     def curve(masks_for: Callable[[int], list[Tensor]], label: str) -> FaithfulnessCurve:
-        faith, rows, kept = [], [], []
-        for n in sizes:
-            vals, pers, counts = [], [], []
-            for mask in masks_for(n):
-                v, per = p.run(mask)
-                vals.append(v)
-                pers.append(per)
-                counts.append(int(mask.sum()))
-                bar.update()
-            kept.append(sum(counts) / len(counts))
-            faith.append(sum(_faith(v, p.clean_value, empty) for v in vals) / len(vals))
-            rows.append(None if pers[0] is None else torch.stack(pers).mean(0))
-        per_prompt = None
-        if all(r is not None for r in rows) and p.clean_per_prompt is not None and empty_per is not None:
-            per_prompt = torch.stack(rows + [p.clean_per_prompt, empty_per], dim=1)
-        faith_t = torch.tensor(faith)
-        x = torch.tensor(kept, dtype=torch.float64) / total
-        cpr, cmd = areas(x, faith_t)
-        return FaithfulnessCurve(fr, sizes, x, faith_t, cpr, cmd, label, None, per_prompt,
-                                 {"ablation": ablation, "selection": selection, "clean": p.clean_value, "empty": empty,
-                                  "metric": metric_name(metric), "n_prompts": int(clean_tokens.shape[0]),
-                                  "pruned": prune},
-                                 [round(k) for k in kept])
+        return _curve(p, fr, sizes, total, masks_for, label, empty_per, dict(meta), bar)
 
     result = curve(lambda n: [_circuit(graph, n, selection, by, prune)], graph.meta.get("method", "circuit"))
     if n_random:
-        gen = torch.Generator().manual_seed(seed)
-
-        def random_masks(n: int) -> list[Tensor]:
-            out = []
-            for _ in range(n_random):
-                m = torch.zeros(total, dtype=torch.bool)
-                m[torch.randperm(total, generator=gen)[:n]] = True
-                out.append(graph.with_circuit(m).prune().in_circuit if prune else m)
-            return out
-
-        result.random = curve(random_masks, "random")
+        result.random = curve(_random_masks(graph, n_random, torch.Generator().manual_seed(seed), prune), "random")
         result.random.meta["seed"] = seed
     bar.close()
     return result

@@ -74,17 +74,51 @@ def train_sae(
         A ``sae_lens`` ``TopKSAE`` (inference class, as ``SAE.load_from_disk`` gives it) whose
         ``cfg.metadata`` records the model, hook, context, ``skip_bos`` and training settings.
     """
-    from sae_lens import LoggingConfig, SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
-    from sae_lens.config import SAETrainerConfig
-    from sae_lens.saes.sae import SAEMetadata
+    # SAELens is imported first (the helpers below use it): a missing package fails before any
+    # work, and importing it cannot draw from the random state seeded below.
+    import sae_lens.config  # noqa: F401
+    import sae_lens.saes.sae  # noqa: F401
 
+    _check_sizes(model, hook_name, d_sae=d_sae, k=k, n_tokens=n_tokens, batch_size=batch_size)
+    start = time.perf_counter()
+    activations, max_norm, n_outliers = _training_activations(
+        model, hook_name, corpus, activations, context=context, max_corpus_tokens=max_corpus_tokens,
+        skip_bos=skip_bos, outlier_factor=outlier_factor, batch_size=batch_size, progress=progress,
+    )
+    seconds_activations = time.perf_counter() - start
+
+    torch.manual_seed(seed)
+    training_sae = _training_sae(model, hook_name, activations, d_sae=d_sae, k=k, context=context,
+                                 skip_bos=skip_bos, max_norm=max_norm, b_dec_init=b_dec_init)
+    steps = n_tokens // batch_size
+    trained = _fit(training_sae, activations, steps=steps, batch_size=batch_size, lr=lr, lr_end=lr_end,
+                   dead_feature_window=dead_feature_window, seed=seed, progress=progress)
+    trained.cfg.metadata.workbench_training = dict(
+        n_tokens=steps * batch_size, steps=steps, batch_size=batch_size, lr=lr, b_dec_init=b_dec_init,
+        corpus_activations=len(activations), outliers_left_out=n_outliers,
+        epochs=round(steps * batch_size / len(activations), 2), seed=seed,
+        seconds_activations=round(seconds_activations, 1),
+        seconds_training=round(time.perf_counter() - start - seconds_activations, 1),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        trained.save_inference_model(tmp)
+        return load_dir(tmp)
+
+
+def _check_sizes(model, hook_name: str, *, d_sae, k, n_tokens, batch_size) -> None:
     check_hook(model, hook_name)
     for name, value in dict(d_sae=d_sae, k=k, n_tokens=n_tokens, batch_size=batch_size).items():
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}.")
     if k > d_sae:
         raise ValueError(f"k={k} latents per token cannot exceed d_sae={d_sae}.")
-    start = time.perf_counter()
+
+
+def _training_activations(model, hook_name: str, corpus: Corpus, activations: Tensor | None, *,
+                          context: int, max_corpus_tokens: int | None, skip_bos: bool,
+                          outlier_factor: float | None, batch_size: int,
+                          progress: bool) -> tuple[Tensor, float | None, int]:
+    """(activations to train on, the outlier norm cut-off or None, how many were left out)."""
     if activations is None:
         tokens = corpus_tokens(model, corpus, context=context)
         if max_corpus_tokens is not None:
@@ -102,10 +136,16 @@ def train_sae(
             f"The corpus gives {len(activations)} activations, fewer than one batch of {batch_size}; "
             "pass more text or a smaller batch_size."
         )
-    d_in = activations.shape[-1]
-    seconds_activations = time.perf_counter() - start
+    return activations, max_norm, n_outliers
 
-    torch.manual_seed(seed)
+
+def _training_sae(model, hook_name: str, activations: Tensor, *, d_sae: int, k: int, context: int,
+                  skip_bos: bool, max_norm: float | None, b_dec_init: str):
+    """A fresh SAELens ``TopKTrainingSAE`` (drawing from the global seed), its decoder bias set."""
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    d_in = activations.shape[-1]
     metadata = SAEMetadata(
         model_name=model.cfg.model_name,
         hook_name=hook_name,
@@ -131,7 +171,15 @@ def train_sae(
         training_sae.b_dec.data = (activations.mean(0) * scale).to(training_sae.b_dec.dtype)
     elif b_dec_init != "zeros":
         raise ValueError(f"b_dec_init must be 'zeros' or 'mean', got {b_dec_init!r}.")
-    steps = n_tokens // batch_size
+    return training_sae
+
+
+def _fit(training_sae, activations: Tensor, *, steps: int, batch_size: int, lr: float,
+         lr_end: float | None, dead_feature_window: int, seed: int, progress: bool):
+    """Train with SAELens's ``SAETrainer`` for ``steps`` shuffled batches; the trained SAE."""
+    from sae_lens import LoggingConfig, SAETrainer
+    from sae_lens.config import SAETrainerConfig
+
     trainer_cfg = SAETrainerConfig(
         total_training_samples=steps * batch_size,
         train_batch_size_samples=batch_size,
@@ -145,23 +193,7 @@ def train_sae(
     )
     trainer = SAETrainer(trainer_cfg, training_sae, shuffled_batches(activations, batch_size, seed))
     with _quiet_pbar(progress), torch.enable_grad():  # trains under a caller's no_grad too (e.g. a notebook's)
-        trained = trainer.fit()
-    trained.cfg.metadata.workbench_training = dict(
-        n_tokens=steps * batch_size,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        b_dec_init=b_dec_init,
-        corpus_activations=len(activations),
-        outliers_left_out=n_outliers,
-        epochs=round(steps * batch_size / len(activations), 2),
-        seed=seed,
-        seconds_activations=round(seconds_activations, 1),
-        seconds_training=round(time.perf_counter() - start - seconds_activations, 1),
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        trained.save_inference_model(tmp)
-        return load_dir(tmp)
+        return trainer.fit()
 
 
 @contextlib.contextmanager
