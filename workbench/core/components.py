@@ -28,6 +28,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from workbench.core import checks
+from workbench.core.persist import Persistent
 from workbench.core.results import Result, render
 
 __all__ = [
@@ -169,7 +170,7 @@ def head_set_mean(per_item: Float[Tensor, "batch layer head"], heads) -> Float[T
 
 
 @dataclass(frozen=True)
-class HeadSet:
+class HeadSet(Persistent):
     """A named set of heads ``(layer, head)``.
 
     ``A | B``, ``A & B``, ``A - B`` (or :meth:`union` etc. with a name), overlap measures, and
@@ -334,7 +335,7 @@ def component_label(comp) -> str:
     return f"mlp{comp}" if isinstance(comp, int) else f"L{comp[0]}H{comp[1]}"
 
 
-class Circuit:
+class Circuit(Persistent):
     """A set of heads ``(layer, head)`` and MLP layers (``int``).
 
     ``Circuit([(9, 6), (9, 9)], mlps=[0])``; ``Circuit.full(model)`` is every head and MLP.
@@ -428,3 +429,22 @@ class Circuit:
 
     def __repr__(self) -> str:
         return f"Circuit({', '.join(self.labels()) or 'empty'})"
+
+    def to_state(self) -> dict:
+        return {"heads": sorted(self.heads), "mlps": sorted(self.mlps)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Circuit":
+        return cls(state["heads"], state["mlps"])
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per component: ``kind`` ("head" or "mlp"), ``layer``, ``head`` (-1 for an MLP), ``label``."""
+        rows = [{"kind": "mlp" if isinstance(c, int) else "head", "layer": c if isinstance(c, int) else c[0],
+                 "head": -1 if isinstance(c, int) else c[1], "label": component_label(c)} for c in self]
+        return pd.DataFrame(rows, columns=["kind", "layer", "head", "label"])
+
+    def plot(self, shape: tuple[int, int] | None = None, **kwargs):
+        """The circuit's heads on a layers x heads grid; its MLPs are listed in the title."""
+        mlps = ", ".join(f"mlp{m}" for m in sorted(self.mlps)) or "none"
+        kwargs.setdefault("title", f"{len(self.heads)} heads; MLPs: {mlps}")
+        return render("head_sets", [HeadSet(self.heads, "circuit heads")], shape=shape, **kwargs)

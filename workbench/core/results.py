@@ -24,6 +24,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from workbench.core.persist import Persistent
+
 __all__ = ["AXES", "Result", "register_renderer", "render"]
 
 #: Figures by name, filled by :mod:`workbench.viz` (the package imports it first), so that a
@@ -71,7 +73,7 @@ AXES = frozenset(
 
 
 @dataclass(eq=False)
-class Result:
+class Result(Persistent):
     """Values with named dims.
 
     Attributes:

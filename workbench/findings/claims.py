@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from workbench.core.persist import Persistent, load_state, register_state_class, save_state
 from workbench.core.results import render
 
 __all__ = [
@@ -56,6 +57,7 @@ VERDICTS: tuple[str, ...] = ("replicated", "partial", "not replicated", "inconcl
 N_RESAMPLES = 1000
 
 
+@register_state_class
 @dataclass(frozen=True)
 class Claim:
     """A claim declared before it is measured.
@@ -88,7 +90,7 @@ class Claim:
 
 
 @dataclass(frozen=True)
-class Finding:
+class Finding(Persistent):
     """One claim measured on one model."""
 
     claim: Claim
@@ -115,6 +117,24 @@ class Finding:
             "null": c["null"],
             **{k: _json_number(v) for k, v in d.items()},
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Finding":
+        """The inverse of :meth:`to_dict` (``None`` values read back as NaN). The claim's ``partial``
+        and ``null_level`` are not in the dict: they come back as their defaults."""
+        claim = Claim(d["name"], d["claim"], d["paper"], d["statistic"], d["threshold"], d["direction"], null=d["null"])
+        nan = float("nan")
+        return cls(claim, *(nan if d[k] is None else d[k] for k in ("value", "ci_low", "ci_high")),
+                   d["null_percentile"], d["n_null"], d["n_select"], d["n_eval"], d["verdict"], d.get("note", ""))
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row: the claim and its measurement (the columns of ``findings.json``)."""
+        return pd.DataFrame([self.to_dict()])
+
+    def plot(self, **kwargs):
+        """The value, its interval and the threshold (a one-row :meth:`Scorecard.plot`)."""
+        kwargs.setdefault("title", f"{self.claim.name}: {self.verdict}")
+        return render("scorecard", Scorecard("", self.claim.name, [self]), **kwargs)
 
 
 def _json_number(v):
@@ -223,7 +243,7 @@ def evaluate(
 
 
 @dataclass
-class Scorecard:
+class Scorecard(Persistent):
     """The findings of one notebook on one model: a table, an HTML view and ``findings.json``."""
 
     model: str
@@ -263,11 +283,26 @@ class Scorecard:
         return render("scorecard", self, **kwargs)
 
     def save(self, path: str | Path) -> Path:
+        """Write ``findings.json`` (a ``.pt`` path: the lossless result file of :mod:`workbench.core.persist`)."""
         path = Path(path)
+        if path.suffix == ".pt":
+            return save_state(self, path)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"model": self.model, "notebook": self.notebook, "findings": [f.to_dict() for f in self.findings]}
         path.write_text(json.dumps(payload, indent=2) + "\n")
         return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Scorecard":
+        """Read a scorecard written by :meth:`save`: ``findings.json`` (see :meth:`Finding.from_dict`)
+        or a ``.pt`` result file."""
+        path = Path(path)
+        if path.suffix == ".pt":
+            return load_state(cls, path)
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not {"model", "notebook", "findings"} <= set(data):
+            raise ValueError(f"{path} is not a scorecard's findings.json (needs model, notebook and findings).")
+        return cls(data["model"], data["notebook"], [Finding.from_dict(d) for d in data["findings"]])
 
 
 def not_measured(claim: Claim, *, n_select: int, n_eval: int, note: str) -> Finding:

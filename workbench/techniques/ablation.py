@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 
 from workbench.core.components import Circuit
 from workbench.core.metrics import Metric, check_scalar
+from workbench.core.persist import Persistent
 from workbench.core.results import Result, render
 
 __all__ = [
@@ -325,7 +326,7 @@ def _circuit(model, circuit, *, allow_empty: bool, keep_mlps: bool) -> Circuit:
 
 
 @dataclass
-class Faithfulness:
+class Faithfulness(Persistent):
     """``F(C)``, ``F(M)`` and ``F(empty)`` (everything ablated); ``faithfulness = F(C) / F(M)``."""
 
     circuit: Circuit
@@ -343,6 +344,12 @@ class Faithfulness:
             "F(C)": self.circuit_value, "F(M)": self.model_value, "F(empty)": self.empty_value,
             "faithfulness": self.faithfulness,
         }])
+
+    def plot(self, **kwargs):
+        """Bars of ``F(empty)``, ``F(C)`` and ``F(M)``."""
+        kwargs.setdefault("title", f"faithfulness {self.faithfulness:.3g} ({len(self.circuit)} components)")
+        return render("bars", ["F(empty)", "F(C)", "F(M)"], [self.empty_value, self.circuit_value, self.model_value],
+                      ylabel="metric", **kwargs)
 
 
 def faithfulness(
@@ -365,7 +372,7 @@ def faithfulness(
 
 
 @dataclass
-class Completeness:
+class Completeness(Persistent):
     """For each subset ``K``: ``F(C \\ K)`` and ``F(M \\ K)``; a complete circuit has them close."""
 
     circuit: Circuit
@@ -426,7 +433,7 @@ def completeness(
 
 
 @dataclass
-class Minimality:
+class Minimality(Persistent):
     """For each circuit component ``v``: ``F(C \\ K_v)`` and ``F(C \\ (K_v ∪ {v}))``."""
 
     circuit: Circuit
@@ -451,6 +458,10 @@ class Minimality:
             "F(C\\(K+v))": self.without_k_and_v.numpy(),
             "score": self.scores.values.numpy(),
         })
+
+    def plot(self, **kwargs):
+        """Bars of :attr:`scores`, one per component."""
+        return self.scores.plot(**kwargs)
 
 
 def minimality(

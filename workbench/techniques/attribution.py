@@ -30,12 +30,14 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from functools import partial
 
+import pandas as pd
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
 from workbench.core import checks
 from workbench.core.metrics import Metric, check_scalar, metric_name
+from workbench.core.persist import Persistent
 from workbench.core.results import Result
 
 __all__ = [
@@ -52,7 +54,7 @@ _HOOKS = {"z": "attn.hook_z", "resid_pre": "hook_resid_pre", "attn_out": "hook_a
 
 
 @dataclass
-class Attribution:
+class Attribution(Persistent):
     """Attribution-patching estimates for every site, each laid out like exact patching.
 
     Attributes:
@@ -70,6 +72,21 @@ class Attribution:
 
     def __iter__(self):
         return iter((f.name, getattr(self, f.name)) for f in fields(self))
+
+    def to_frame(self) -> pd.DataFrame:
+        """Every site's :meth:`Result.to_frame`, stacked, with a ``site`` column first."""
+        frames = [r.to_frame().assign(site=name) for name, r in self if r is not None]
+        frame = pd.concat(frames, ignore_index=True)
+        return frame[["site", *[c for c in frame.columns if c != "site"]]]
+
+    def plot(self, site: str | None = None, **kwargs):
+        """The figure of one site's Result (by default ``heads``, else the first 2-d site)."""
+        if site is None:
+            site = next(name for name, r in self if r is not None and r.values.ndim == 2)
+        result = getattr(self, site)
+        if result is None:
+            raise ValueError(f"This attribution has no {site!r} site; it has {[n for n, r in self if r is not None]}.")
+        return result.plot(**kwargs)
 
 
 def _make_leaf(act: Tensor, hook) -> Tensor:

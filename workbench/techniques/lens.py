@@ -33,6 +33,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.core import checks
+from workbench.core.persist import Persistent
 from workbench.core.results import Result, render
 from workbench.core.runtime import resid_to_logits
 
@@ -248,7 +249,7 @@ def _lens_targets(model, tokens: Tensor, targets, pos: Tensor) -> Tensor | None:
 
 
 @dataclass
-class LensResult:
+class LensResult(Persistent):
     """The logit lens of a batch of prompts.
 
     Attributes:

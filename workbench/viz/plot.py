@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "attention_patterns",
+    "bars",
     "completeness_scatter",
     "dose_response",
     "head_sets",
@@ -100,6 +101,21 @@ def lines(
     if len(ys) > 1:
         ax.legend()
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def bars(labels: Sequence[str], values: Sequence[float], *, ylabel: str = "", title: str = "", ax=None):
+    """One bar per label: a handful of named numbers (losses of runs, metric values of circuits)."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.5 + 0.8 * len(labels), 3.5))
+    else:
+        fig = ax.figure
+    ax.bar(range(len(labels)), [float(v) for v in values], color=[f"C{i % 10}" for i in range(len(labels))])
+    ax.set_xticks(range(len(labels)), [str(x) for x in labels], fontsize=8)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     fig.tight_layout()
     return fig
 

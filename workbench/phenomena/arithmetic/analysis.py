@@ -39,7 +39,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.core.components import random_head_sets, top_k_heads
-from workbench.core.results import Result
+from workbench.core.persist import Persistent
+from workbench.core.results import Result, render
 from workbench.core.runtime import logits_at, resid_to_logits
 from workbench.techniques.ablation import AblationKind, ablate
 from workbench.techniques.heads import attention_to
@@ -115,7 +116,7 @@ def random_heads(model, k: int, *, seed: int, exclude: Sequence[Head] = ()) -> l
 
 
 @dataclass
-class TopVsRandom:
+class TopVsRandom(Persistent):
     """Accuracy with the top-k heads ablated against k random heads, for several k.
 
     Attributes:
@@ -152,6 +153,15 @@ class TopVsRandom:
             drop_random=(self.base - self.random.values).tolist(),
             ratio=self.drop_ratio().tolist(),
         ))
+
+    def plot(self, **kwargs):
+        """Accuracy against k with the top-k heads ablated, with k random heads, and with none."""
+        ks = list(self.top.labels["k"])
+        ys = {"top-k heads ablated": self.top.values.tolist(),
+              f"k random heads ablated (mean of {self.draws.shape[1]})": self.random.values.tolist(),
+              "nothing ablated": [self.base] * len(ks)}
+        kwargs.setdefault("title", "Ablating the top heads vs random heads")
+        return render("lines", ks, ys, xlabel="k (heads ablated)", ylabel=self.top.metric, **kwargs)
 
 
 def top_vs_random(

@@ -68,6 +68,7 @@ from workbench.core.components import (
     top_k_heads,
     top_positive,
 )
+from workbench.core.persist import Persistent, load_state, save_state
 from workbench.core.results import Result, render
 from workbench.findings import null_percentile
 from workbench.phenomena import registry
@@ -91,7 +92,7 @@ def finders() -> dict[str, registry.Phenomenon]:
 
 
 @dataclass
-class HeadAtlas:
+class HeadAtlas(Persistent):
     """The heads of each role on one model: ``scores`` per role and the chosen ``sets``."""
 
     model_name: str
@@ -158,13 +159,16 @@ class HeadAtlas:
         return render("head_sets", sets, shape=self.shape, title=title, colors=colours)
 
     def save(self, folder: str | Path) -> list[Path]:
-        """Write ``atlas.png``, ``atlas_heads.csv`` and ``atlas_overlaps.csv`` into ``folder``.
+        """Write ``atlas.png``, ``atlas_heads.csv`` and ``atlas_overlaps.csv`` into ``folder``
+        (a ``.pt`` path instead: the whole atlas in one result file, which :meth:`load` reads).
 
         Files are written under temporary names and renamed at the end, so a folder never holds
         a mix of an old and a new atlas.
         """
         import matplotlib.pyplot as plt
 
+        if Path(folder).suffix == ".pt":
+            return [save_state(self, folder)]
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         final = [folder / "atlas.png", folder / "atlas_heads.csv", folder / "atlas_overlaps.csv"]
@@ -177,6 +181,13 @@ class HeadAtlas:
         for t, f in zip(tmp, final):
             t.replace(f)
         return final
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HeadAtlas":
+        """Read an atlas saved to a ``.pt`` file (a report folder's csv files hold too little)."""
+        if Path(path).is_dir():
+            raise ValueError(f"{path} is a report folder; an atlas loads from the .pt file save('atlas.pt') writes.")
+        return load_state(cls, path)
 
 
 def layer_matched_overlap_null(a, b, shape: tuple[int, int], *, n_draws: int, seed: int = 0) -> torch.Tensor:

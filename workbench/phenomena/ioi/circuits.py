@@ -42,7 +42,8 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from workbench.core import checks
-from workbench.core.results import Result
+from workbench.core.persist import Persistent
+from workbench.core.results import Result, render
 from workbench.core.runtime import logits_at
 from workbench.techniques.heads import HeadSet
 
@@ -185,7 +186,7 @@ def split_by_attention(
 
 
 @dataclass
-class CircuitChoice:
+class CircuitChoice(Persistent):
     """A circuit of heads built from named classes, and where each head came from.
 
     Attributes:
@@ -220,6 +221,13 @@ class CircuitChoice:
             for layer, h in self.heads
         ]
         return pd.DataFrame(rows, columns=["layer", "head", "class", "priority"])
+
+    def plot(self, **kwargs):
+        """The circuit's heads on a layers x heads grid, coloured by class (and "fill")."""
+        sets = [HeadSet(hs.heads & self.heads.heads, name) for name, hs in self.classes.items()]
+        sets = [s for s in [*sets, HeadSet(self.filled.heads, "fill")] if len(s)] or [self.heads]
+        kwargs.setdefault("title", f"circuit of {len(self.heads)} heads (cap {self.max_heads})")
+        return render("head_sets", sets, shape=tuple(self.priority.shape), **kwargs)
 
 
 def _priority(classes: dict[str, HeadSet], effects: Mapping[str, Result]) -> Tensor:
@@ -472,7 +480,7 @@ def attention_by_prompt(
 
 
 @dataclass
-class IOIClasses:
+class IOIClasses(Persistent):
     """The head classes of the IOI circuit and the path patching sweeps that found them."""
 
     classes: dict[str, HeadSet]  # name mover, negative name mover, S-inhibition, duplicate-token, induction, other S2, previous-token
@@ -482,6 +490,13 @@ class IOIClasses:
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([{"class": k, "heads": " ".join(f"L{l}H{h}" for l, h in v)} for k, v in self.classes.items()])
+
+    def plot(self, **kwargs):
+        """The classes' heads on a layers x heads grid (the grid of the sweeps)."""
+        grids = [r.shape for r in self.sweeps.values() if r.dims == ("layer", "head")]
+        sets = [s for s in self.classes.values() if len(s)] or [self.s2_heads]
+        kwargs.setdefault("title", "IOI head classes")
+        return render("head_sets", sets, shape=grids[0] if grids else None, **kwargs)
 
 
 def find_ioi_classes(model, ds, *, rel: float = 0.1, min_effect: float = 0.01) -> IOIClasses:

@@ -47,6 +47,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.core import runtime
+from workbench.core.persist import Persistent
 from workbench.core.results import Result, render
 from workbench.core.runtime import (
     cache_prefix,
@@ -245,7 +246,7 @@ def needle_accuracy(
 
 
 @dataclass
-class MaskingResult:
+class MaskingResult(Persistent):
     """Needle accuracy with the top-K retrieval heads masked vs K random non-retrieval heads.
 
     Attributes:

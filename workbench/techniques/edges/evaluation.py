@@ -37,6 +37,7 @@ from torch import Tensor
 
 from workbench.core import checks
 from workbench.core.metrics import metric_name
+from workbench.core.persist import Persistent
 from workbench.core.results import render
 from workbench.techniques.edges.engine import (
     input_sites,
@@ -177,7 +178,7 @@ def areas(fractions: Sequence[float], faithfulness: Sequence[float] | Tensor, *,
 
 
 @dataclass
-class FaithfulnessCurve:
+class FaithfulnessCurve(Persistent):
     """Faithfulness of circuits of growing size, with CPR and CMD.
 
     Attributes:

@@ -46,6 +46,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from workbench.core.persist import Persistent, register_state_class
 from workbench.core.results import render
 
 __all__ = ["Graph", "Layout", "check_model"]
@@ -79,6 +80,7 @@ def check_model(model) -> None:
         raise NotImplementedError("ungroup_grouped_query_attention=True is not supported.")
 
 
+@register_state_class
 @dataclass(frozen=True)
 class Layout:
     """Where every node sits: names, layers, and which writers each input can read."""
@@ -231,7 +233,7 @@ class Layout:
 
 
 @dataclass
-class Graph:
+class Graph(Persistent):
     """Edge scores of one model's computation graph, and optionally a circuit (a set of edges).
 
     Attributes:

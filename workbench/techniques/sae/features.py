@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from workbench.core.persist import Persistent
 from workbench.core.results import Result, render
 from workbench.techniques.sae.core import (
     Corpus,
@@ -152,7 +153,7 @@ def contexts_html(frame: pd.DataFrame) -> HTML:
 
 
 @dataclass
-class LogitEffects:
+class LogitEffects(Persistent):
     """Direct effect of a feature's decoder direction on the logits (through ln_final's weight).
 
     Attributes:

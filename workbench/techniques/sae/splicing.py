@@ -13,6 +13,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from workbench.core.persist import Persistent
+from workbench.core.results import render
 from workbench.techniques.sae.core import (
     Corpus,
     check_sae,
@@ -69,7 +71,7 @@ def _token_losses(logits: Tensor, tokens: Tensor) -> Tensor:
 
 
 @dataclass
-class Splice:
+class Splice(Persistent):
     """Next-token loss of the clean model, with the SAE spliced in, and with the layer zeroed.
 
     ``recovered = (zero - spliced) / (zero - clean)``: 1 when splicing costs nothing, 0 when it is
@@ -94,6 +96,12 @@ class Splice:
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame({"run": ["clean", "spliced", "zero-ablated"],
                              "loss": [self.clean_loss, self.spliced_loss, self.zero_loss]})
+
+    def plot(self, **kwargs):
+        """Bars of the three losses."""
+        kwargs.setdefault("title", f"SAE spliced in: {self.recovered:.1%} of the loss recovered")
+        return render("bars", ["clean", "spliced", "zero-ablated"], [self.clean_loss, self.spliced_loss, self.zero_loss],
+                      ylabel="next-token loss", **kwargs)
 
 
 @torch.no_grad()
