@@ -36,6 +36,7 @@ from workbench.phenomena.retrieval.analysis import MaskingResult  # noqa: E402
 from workbench.techniques import ablation, attribution, lens  # noqa: E402
 from workbench.techniques.sae.features import LogitEffects  # noqa: E402
 from workbench.techniques.sae.splicing import Splice  # noqa: E402
+from workbench.techniques.tuned_lens import TunedLens, fit_tuned_lens
 
 PKG = Path(wb.__file__).parent
 
@@ -79,6 +80,7 @@ def _edge_graph(tiny, pair):
 
 # One builder per result type: (tiny model, token pair) -> a small instance.
 BUILDERS = {
+    TunedLens: lambda m, p: fit_tuned_lens(m, p[0], steps=2, lr=1e-2),
     Result: lambda m, p: Result(torch.tensor([[1.0, float("nan")], [3.0, 4.0]]), ("layer", "pos"), "x",
                                 labels={"pos": ["a", "b"]}, meta={"model": "t", "opts": {1: (2, 3)}}),
     HeadSet: lambda m, p: HeadSet({(0, 1), (1, 3)}, "induction"),
@@ -237,6 +239,8 @@ NOT_RESULTS = {
     "ToyProblems": "a dataset", "ToyConfig": "a config", "OfflineModel": "a model description",
     "InputSite": "an engine detail", "EdgePatcher": "an engine", "Exercise": "a course exercise",
     "LetterTokenizer": "a course tokenizer", "AttentionExplorer": "a widget", "HTML": "a string shown as HTML",
+    "Source": "a model source (models.registry)", "Role": "a registry entry", "Phenomenon": "a registry entry",
+    "Lens": "a way of reading the residual stream (the logit lens has no state)",
 }
 
 PROTOCOL = ("to_frame", "plot", "_repr_html_", "save", "load")

@@ -30,3 +30,12 @@ def test_fitting_lowers_the_kl_on_held_out_prompts_and_leaves_the_model_alone():
     fitted = lens_kl(model, tuned, held_out)
     assert (fitted < plain).all(), (fitted, plain)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_fitted_lens_saves_and_loads(tmp_path):
+    model = models.tiny_model()
+    tuned = fit_tuned_lens(model, _tokens(), steps=5, lr=1e-2)
+    back = TunedLens.load(tuned.save(tmp_path / "lens.pt"))
+    assert torch.equal(back.weight, tuned.weight) and torch.equal(back.bias, tuned.bias)
+    assert list(tuned.to_frame().columns) == ["layer", "weight_norm", "bias_norm"]
+    assert tuned.plot() is not None

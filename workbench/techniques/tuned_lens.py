@@ -19,11 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench.core import checks
+from workbench.core.persist import Persistent
+from workbench.core.results import render
 from workbench.core.runtime import resid_to_logits
 from workbench.techniques.lens import Lens
 
@@ -31,9 +34,10 @@ __all__ = ["TunedLens", "fit_tuned_lens", "lens_kl"]
 
 
 @dataclass(frozen=True, eq=False)
-class TunedLens(Lens):
+class TunedLens(Lens, Persistent):
     """Per-layer translators ``weight [layer, d_model, d_model]`` and ``bias [layer, d_model]``
-    (identity at the final layer). Pass it as ``logit_lens(model, tokens, lens=tuned)``."""
+    (identity at the final layer). Pass it as ``logit_lens(model, tokens, lens=tuned)``; it saves
+    and loads like every result (``tuned.save("lens.pt")``, ``TunedLens.load("lens.pt")``)."""
 
     name: str = "tuned"
     title: str = "tuned lens"
@@ -45,6 +49,20 @@ class TunedLens(Lens):
             return resid  # the final residual is read as it is
         w, b = self.weight[layer].to(resid), self.bias[layer].to(resid)
         return resid + resid @ w + b
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per layer: the Frobenius norm of its translator's matrix and of its bias."""
+        return pd.DataFrame({
+            "layer": range(self.weight.shape[0]),
+            "weight_norm": self.weight.flatten(1).norm(dim=1).tolist(),
+            "bias_norm": self.bias.norm(dim=1).tolist(),
+        })
+
+    def plot(self, **kwargs):
+        """The size of each layer's translator: how far the tuned lens moves from the logit lens."""
+        frame = self.to_frame()
+        return render("bars", [f"L{l}" for l in frame["layer"]], frame["weight_norm"],
+                      ylabel="|A_l| (Frobenius)", title="tuned lens: translator sizes", **kwargs)
 
 
 def _residuals(model, tokens: Tensor) -> tuple[Tensor, Tensor]:
