@@ -59,75 +59,55 @@ def _all_notebooks() -> list[Path]:
 
 
 def find_notebook(name: str) -> Path:
-    """A notebook by path, file name, stem, or number prefix (``01``)."""
+    """A notebook by path, file name, stem, number prefix (``01``) or the name of the phenomenon
+    it tells the story of (``retrieval``, from :mod:`workbench.phenomena.registry`)."""
+    from workbench.phenomena import registry
+
     p = Path(name)
     if p.suffix == ".ipynb" and p.exists():
         return p.resolve()
+    if name in registry.PHENOMENA and registry.PHENOMENA[name].notebook:
+        name = str(registry.PHENOMENA[name].notebook)
     for nb in _all_notebooks():
         if name in (nb.name, nb.stem) or nb.stem.split("_", 1)[0] == name:
             return nb
     known = ", ".join(nb.stem for nb in _all_notebooks())
-    raise SystemExit(f"Unknown notebook {name!r}. Known notebooks: {known}, or 'all'.")
+    phenomena = ", ".join(n for n, ph in registry.PHENOMENA.items() if ph.notebook)
+    raise SystemExit(f"Unknown notebook {name!r}. Known notebooks: {known}; phenomena: {phenomena}; or 'all'.")
 
 
 def check_model_name(name: str) -> str:
     """Fail at once, before any kernel starts, on a model nothing could load; return the name
     to pass to the notebook (a local path made absolute, since notebooks run in their folder).
 
-    Offline models, every name TransformerLens knows (official names and aliases), checkpoint
-    folders and ``.gguf`` files pass; a hub repository (``org/name``) passes with a note. A known
-    hub model that cannot be downloaded fails later, when the notebook loads it, with
-    :class:`workbench.models.ModelNotAvailableError`.
+    The source's kind comes from :func:`workbench.models.registry.resolve` (offline models,
+    checkpoint folders, ``.gguf`` files, TransformerLens names, hub repositories); each kind checks
+    itself cheaply. A hub repository (``org/name``) passes with a note; a hub model that cannot be
+    downloaded fails later, when the notebook loads it.
     """
     from workbench import models
-    from workbench.models import sources
-
-    if name in models.OFFLINE_MODELS:
-        return name
-    if sources.is_local_source(name):
-        path = Path(name).expanduser().resolve()
-        if not path.exists():
-            raise SystemExit(f"Model {name!r}: no such file or folder.")
-        if path.suffix != ".gguf":
-            try:
-                sources.check_checkpoint(path)
-            except models.CheckpointError as e:
-                raise SystemExit(str(e)) from None
-        return str(path)
-    from transformer_lens.loading_from_pretrained import get_official_model_name
+    from workbench.models.registry import resolve
 
     try:
-        get_official_model_name(name)
-    except ValueError:
-        if "/" in name:
-            print(f"Note: {name!r} is not a name TransformerLens knows; its files will be fetched "
-                  "from the hub (which must be reachable) and loaded as a folder.", file=sys.stderr)
-            return name
-        raise SystemExit(
-            f"Unknown model {name!r}. Offline models: {', '.join(models.OFFLINE_MODELS)} "
-            f"(see `workbench models`); a checkpoint folder or .gguf file; any TransformerLens "
-            f"model name also works where its weights can be downloaded."
-        ) from None
-    return name
+        source = resolve(name)
+        checked = source.check()
+    except (models.ModelNotAvailableError, models.CheckpointError) as e:
+        raise SystemExit(f"Model {name!r}: {e}") from None
+    if source.kind == "hub":
+        print(f"Note: {name!r} is not a name TransformerLens knows; its files will be fetched "
+              "from the hub (which must be reachable) and loaded as a folder.", file=sys.stderr)
+    return checked
 
 
 def report_name(model: str) -> str:
     """The report folder's name: a model name as it is (``/`` made ``--``); for a local path,
     its folder or file name and 8 hex digits of the absolute path."""
-    import hashlib
+    from workbench.models.registry import resolve
 
-    from workbench.models import cache, sources
-
-    if sources.is_local_source(model) and model not in _offline_names():
-        path = Path(model).expanduser().resolve()
-        return f"{cache.readable_name(path)}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", model.replace("/", "--")).strip("-") or "model"
-
-
-def _offline_names() -> list[str]:
-    from workbench import models
-
-    return list(models.OFFLINE_MODELS)
+    try:
+        return resolve(model).report_name()
+    except Exception:  # a name no source claims still gets a folder-safe report name
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", model.replace("/", "--")).strip("-") or "model"
 
 
 def _parse_params(pairs: list[str]) -> dict[str, object]:
@@ -427,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         return course_cli.main(args)
 
     from workbench import models
+    from workbench.models.registry import resolve
 
     if args.command == "models":
         import pandas as pd
@@ -441,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "atlas":
         run_atlas(model, Path(args.out), k=args.k, device=args.device, dtype=args.dtype)
         return 0
-    if model not in models.OFFLINE_MODELS and not Path(model).exists():
+    if resolve(model).kind == "transformerlens":
         print(
             f"Note: {model!r} is not an offline model; it will load through TransformerLens "
             f"if its weights are reachable (offline models: {', '.join(models.OFFLINE_MODELS)}).",

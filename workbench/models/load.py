@@ -1,10 +1,11 @@
 """``load_model``: any source to a ``HookedTransformer`` on any device, in any float dtype.
 
-Every local source (offline model, checkpoint folder, GGUF file) goes the same way: the
+A source's kind comes from :func:`workbench.models.registry.resolve`. Every local source
+(offline model, checkpoint folder, GGUF file, fetched hub repository) goes the same way: the
 converted weights are read from the cache (:mod:`workbench.models.cache`) or, the first time,
 converted by TransformerLens (:mod:`workbench.models.sources`) and written there; then
-:func:`build_model` makes the model, on the device and in the dtype asked for. Hub names go to
-``HookedTransformer.from_pretrained``.
+:func:`build_model` makes the model, on the device and in the dtype asked for. TransformerLens
+names go to ``HookedTransformer.from_pretrained``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import torch
 
 from workbench.models import cache, fast_attention, sources
 from workbench.models.devices import resolve_device, resolve_dtype
-from workbench.models.errors import CacheCorruptedError, ModelNotAvailableError
-from workbench.models.zoo import DEFAULT_MODEL, OFFLINE_MODELS, load_hf_model, offline_spec
+from workbench.models.errors import CacheCorruptedError
+from workbench.models.registry import Source, resolve
+from workbench.models.zoo import DEFAULT_MODEL, OFFLINE_MODELS
 
 __all__ = ["load_model", "build_model", "list_models", "model_label", "random_init_model"]
 
@@ -54,74 +56,29 @@ def build_model(cfg_dict: dict, state_dict, tokenizer, *, device: torch.device, 
     return model
 
 
-def _local_source(source: str) -> tuple[str, dict, object]:
-    """(cache key, manifest source record, converter) of an offline name, folder or GGUF file."""
-    if source in OFFLINE_MODELS:
-        offline_spec(source)  # clear error before any work if a package is missing
-        record = {"kind": "offline", "path": source}
-        return source, record, lambda: load_hf_model(source)
-    path = Path(source).expanduser().resolve()
-    if not path.exists():
-        raise ModelNotAvailableError(f"{source!r}: no such file or folder.")
-    if path.suffix == ".gguf":
-        files, kind = [path], "gguf"
-    else:
-        sources.check_checkpoint(path)
-        files, kind = sources.checkpoint_files(path), "folder"
-    digest = cache.content_digest(files)
-    key = f"{cache.readable_name(path)}-{digest[:12]}"
-    record = {"kind": kind, "path": str(path), "digest": digest}
-    return key, record, lambda: load_hf_model(path)
-
-
-def _convert(source: str, load_hf):
+def _convert(source: Source):
+    _, _, load_hf = source.cache_entry()
     hf, tokenizer = load_hf()
-    name = source if source in OFFLINE_MODELS else cache.readable_name(Path(source))
-    cfg = sources.tl_config(hf.config, model_name=name)
+    cfg = sources.tl_config(hf.config, model_name=source.model_name())
     state_dict = sources.convert_weights(hf, cfg)
     del hf
     return cfg, state_dict, tokenizer
 
 
-def _hub_source(source: str, *, dev: torch.device, dt: torch.dtype, n_devices: int, kwargs: dict):
-    """``(source, None)`` for a local source (a hub repository TransformerLens does not know is
-    downloaded to a folder first), or ``(source, model)`` for a model TransformerLens loads."""
-    offline = list(OFFLINE_MODELS)
-    if source not in OFFLINE_MODELS and not sources.is_local_source(source):
-        from transformer_lens.loading_from_pretrained import get_official_model_name
-
-        try:
-            get_official_model_name(source)
-        except ValueError:
-            if "/" not in source:
-                raise ModelNotAvailableError(
-                    f"Unknown model {source!r}: not an offline model ({', '.join(offline)}), not "
-                    "an existing folder or .gguf file, and not a name TransformerLens knows. "
-                    "See workbench.list_models()."
-                ) from None
-            source = str(sources.download_folder(source, offline_names=offline))
-        else:
-            return source, fast_attention.enable(sources.load_from_hub(
-                source, offline_names=offline, device=str(dev), dtype=dt, n_devices=n_devices,
-                **kwargs,
-            ))  # scaled-dot-product attention unless a hook reads the pattern
-    return source, None
-
-
-def _cached_weights(source: str, refresh: bool) -> tuple[tuple, str]:
+def _cached_weights(source: Source, refresh: bool) -> tuple[tuple, str]:
     """(the cached ``(config, weights, tokenizer)`` of a local source, where they came from);
     converted and cached first if missing, damaged or ``refresh``."""
-    key, record, load_hf = _local_source(source)
+    key, record, _ = source.cache_entry()
     origin, loaded = "cache", None
     if not refresh and cache.entry_dir(key).exists():
         try:
             loaded = cache.read_entry(key)
         except CacheCorruptedError as e:
             # stacklevel=3: the frame that calls load_model.
-            warnings.warn(f"Cached weights for {source!r} are damaged ({e}); rebuilding them.", stacklevel=3)
+            warnings.warn(f"Cached weights for {source.text!r} are damaged ({e}); rebuilding them.", stacklevel=3)
     if loaded is None:
         origin = "converted and cached"
-        cfg, state_dict, tokenizer = _convert(source, load_hf)
+        cfg, state_dict, tokenizer = _convert(source)
         record["architecture"] = cfg.original_architecture
         cache.write_entry(key, cfg, state_dict, tokenizer, source=record)
         del state_dict
@@ -172,14 +129,14 @@ def load_model(
         raise ValueError(f"n_devices must be a positive int, got {n_devices!r}.")
     if n_devices > 1 and dev.type != "cuda":
         raise ValueError(f"n_devices={n_devices} splits a model over GPUs; device must be CUDA.")
-    source, hub_model = _hub_source(str(source), dev=dev, dt=dt, n_devices=n_devices, kwargs=kwargs)
-    if hub_model is not None:
-        return hub_model
+    src = resolve(source)  # the registered kind of source (workbench.models.registry)
+    if not src.local:  # scaled-dot-product attention unless a hook reads the pattern
+        return fast_attention.enable(src.load(device=str(dev), dtype=dt, n_devices=n_devices, **kwargs))
     if kwargs:
-        raise TypeError(f"Model {source!r} is loaded from a local source and takes no extra "
+        raise TypeError(f"Model {src.text!r} is loaded from a local source and takes no extra "
                         f"options, got {sorted(kwargs)}")
     start = time.perf_counter()
-    loaded, origin = _cached_weights(source, refresh)
+    loaded, origin = _cached_weights(src, refresh)
     model = build_model(*loaded, device=dev, dtype=dt, n_devices=n_devices)
     if verbose:
         where = f"{dev}" + (f" x{n_devices}" if n_devices > 1 else "")

@@ -161,7 +161,7 @@ class GGUFFile(_LocalPath):
 
     @classmethod
     def claims(cls, text: str) -> bool:
-        return text.endswith(".gguf") or (sources.is_local_source(text) and Path(text).expanduser().is_file())
+        return text.endswith(".gguf")
 
     def _files(self) -> list[Path]:
         return [self.path]
