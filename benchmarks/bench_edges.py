@@ -63,7 +63,7 @@ def bench(name: str, n: int, steps: int, progress: bool) -> None:
     ig, t_ig = timed(lambda: edges.attribute(model, clean, corrupted, metric, method="eap-ig", steps=steps,
                                              progress=progress))
     _eap, t_eap = timed(lambda: edges.attribute(model, clean, corrupted, metric, method="eap", progress=progress))
-    curve, t_curve = timed(lambda: edges.faithfulness_curve(model, ig, clean, corrupted, metric, n_random=1,
+    curve, t_curve = timed(lambda: edges.faithfulness_curve(model, ig, clean, corrupted, metric, n_draws=1,
                                                             progress=progress))
     print(f"edges: {ig.n_edges} ({ig.layout.n_forward} writers x {ig.layout.n_backward} inputs, upstream only)")
     print(f"EAP-IG ({steps} steps): {t_ig} | EAP: {t_eap} | faithfulness curve "

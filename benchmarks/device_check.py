@@ -36,7 +36,7 @@ def techniques(model, ds):
         return lens.logit_lens(model, clean, targets, top_k=1).logit.values
 
     def ablated():
-        with ablation.ablate(model, heads=[(layers[0], 0), (layers[1], 1)], kind="mean", reference=clean):
+        with ablation.ablate(model, heads=[(layers[0], 0), (layers[1], 1)], ablation="mean", reference=clean):
             return metric(model(clean))[None]
 
     return {

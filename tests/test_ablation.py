@@ -41,7 +41,7 @@ def test_zero_head_and_mlp_equal_hand_hooks(tiny, data):
 
     want = tiny.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", zero_head),
                                                   ("blocks.1.hook_mlp_out", zero)])
-    with ablate(tiny, heads=[(0, 2)], mlps=[1], kind="zero"):
+    with ablate(tiny, heads=[(0, 2)], mlps=[1], ablation="zero"):
         got = tiny(tokens)
     assert torch.allclose(got, want, atol=1e-6)
     assert not torch.allclose(got, tiny(tokens), atol=1e-3)
@@ -51,7 +51,7 @@ def test_zero_head_and_mlp_equal_hand_hooks(tiny, data):
 def test_mean_with_input_as_reference_keeps_per_position_mean(tiny, data):
     tokens, _, _ = data
     clean_z = capture_z(tiny, tokens, 1)
-    with ablate(tiny, heads=[(1, 0), (1, 3)], kind="mean", reference=tokens,
+    with ablate(tiny, heads=[(1, 0), (1, 3)], ablation="mean", reference=tokens,
                 template_ids=[0] * 6):
         z = capture_z(tiny, tokens, 1)
     mean = clean_z.mean(0)  # [pos, head, d_head]
@@ -60,7 +60,7 @@ def test_mean_with_input_as_reference_keeps_per_position_mean(tiny, data):
         assert torch.allclose(z[:, :, h].mean(0), clean_z[:, :, h].mean(0), atol=1e-6)
     assert torch.equal(z[:, :, 1], clean_z[:, :, 1])  # other heads untouched
     # Without template ids the mean is the same (one template).
-    with ablate(tiny, heads=[(1, 0)], kind="mean", reference=tokens):
+    with ablate(tiny, heads=[(1, 0)], ablation="mean", reference=tokens):
         z2 = capture_z(tiny, tokens, 1)
     assert torch.allclose(z2[:, :, 0], z[:, :, 0], atol=1e-6)
 
@@ -70,7 +70,7 @@ def test_mean_per_template(tiny, data):
     ref_ids = torch.tensor([0, 1, 0, 1, 1, 0])
     ids = torch.tensor([1, 1, 0, 0, 1, 0])
     ref_z = capture_z(tiny, reference, 0)
-    with ablate(tiny, heads=[(0, 1)], kind="mean", reference=reference, template_ids=ids,
+    with ablate(tiny, heads=[(0, 1)], ablation="mean", reference=reference, template_ids=ids,
                 reference_template_ids=ref_ids):
         z = capture_z(tiny, tokens, 0)
     for b in range(6):
@@ -81,7 +81,7 @@ def test_mean_per_template(tiny, data):
 def test_mean_mlp_per_position(tiny, data):
     tokens, reference, _ = data
     _, ref = tiny.run_with_cache(reference, names_filter="blocks.0.hook_mlp_out")
-    with ablate(tiny, mlps=[0], kind="mean", reference=reference):
+    with ablate(tiny, mlps=[0], ablation="mean", reference=reference):
         _, c = tiny.run_with_cache(tokens, names_filter="blocks.0.hook_mlp_out")
     want = ref["blocks.0.hook_mlp_out"].mean(0, keepdim=True).expand(6, -1, -1)
     assert torch.allclose(c["blocks.0.hook_mlp_out"], want, atol=1e-6)
@@ -92,7 +92,7 @@ def test_resample_is_seeded_and_uses_other_prompts(tiny, data):
     clean_z = capture_z(tiny, tokens, 0)
 
     def run(seed, ref=tokens):
-        with ablate(tiny, heads=[(0, 3)], kind="resample", reference=ref, seed=seed):
+        with ablate(tiny, heads=[(0, 3)], ablation="resample", reference=ref, seed=seed):
             return capture_z(tiny, tokens, 0)[:, :, 3]
 
     a, b, c = run(0), run(0), run(1)
@@ -103,7 +103,7 @@ def test_resample_is_seeded_and_uses_other_prompts(tiny, data):
         assert len(match) == 1 and match[0] != i
     # Per template: the donor shares the template.
     ids = [0, 0, 0, 1, 1, 1]
-    with ablate(tiny, heads=[(0, 3)], kind="resample", reference=tokens, template_ids=ids):
+    with ablate(tiny, heads=[(0, 3)], ablation="resample", reference=tokens, template_ids=ids):
         z = capture_z(tiny, tokens, 0)[:, :, 3]
     for i in range(6):
         j = next(j for j in range(6) if torch.allclose(z[i], clean_z[j, :, 3]))
@@ -112,25 +112,25 @@ def test_resample_is_seeded_and_uses_other_prompts(tiny, data):
 
 def test_hooks_removed_on_exit_and_error(tiny, data):
     tokens, reference, _ = data
-    with ablate(tiny, heads=[(0, 0)], mlps=[0], kind="mean", reference=reference):
+    with ablate(tiny, heads=[(0, 0)], mlps=[0], ablation="mean", reference=reference):
         assert tiny.hook_dict["blocks.0.attn.hook_z"].fwd_hooks
     assert_no_hooks(tiny)
     with pytest.raises(RuntimeError, match="boom"):
-        with ablate(tiny, heads=[(0, 0)], kind="resample", reference=reference):
+        with ablate(tiny, heads=[(0, 0)], ablation="resample", reference=reference):
             tiny(tokens)
             raise RuntimeError("boom")
     assert_no_hooks(tiny)
     # An error raised by the ablation itself, inside the forward pass.
     with pytest.raises(ValueError, match="sequence length"):
-        with ablate(tiny, heads=[(0, 0)], kind="mean", reference=reference[:, :5]):
+        with ablate(tiny, heads=[(0, 0)], ablation="mean", reference=reference[:, :5]):
             tiny(tokens)
     assert_no_hooks(tiny)
 
 
 def test_ablation_hooks_for_run_with_hooks(tiny, data):
     tokens, reference, _ = data
-    hooks = ablation_hooks(tiny, heads=[(1, 1)], kind="mean", reference=reference)
-    with ablate(tiny, heads=[(1, 1)], kind="mean", reference=reference):
+    hooks = ablation_hooks(tiny, heads=[(1, 1)], ablation="mean", reference=reference)
+    with ablate(tiny, heads=[(1, 1)], ablation="mean", reference=reference):
         want = tiny(tokens)
     assert torch.allclose(tiny.run_with_hooks(tokens, fwd_hooks=hooks), want, atol=1e-6)
 
@@ -142,7 +142,7 @@ def test_faithfulness_full_and_empty(tiny, data):
     assert full.model_value == pytest.approx(metric(tiny(tokens)).item(), abs=1e-6)
     empty = faithfulness(tiny, tokens, metric, [], reference=reference)
     everything = Circuit.full(tiny)
-    with ablate(tiny, heads=everything.heads, mlps=everything.mlps, kind="mean",
+    with ablate(tiny, heads=everything.heads, mlps=everything.mlps, ablation="mean",
                 reference=reference):
         want = metric(tiny(tokens)).item()
     assert empty.circuit_value == pytest.approx(want, abs=1e-6)
@@ -151,7 +151,7 @@ def test_faithfulness_full_and_empty(tiny, data):
     c = Circuit([(0, 1), (1, 2)]).with_all_mlps(tiny)
     f = faithfulness(tiny, tokens, metric, c, reference=reference)
     rest = [(i, h) for i in range(2) for h in range(4) if (i, h) not in c]
-    with ablate(tiny, heads=rest, kind="mean", reference=reference):
+    with ablate(tiny, heads=rest, ablation="mean", reference=reference):
         want = metric(tiny(tokens)).item()
     assert f.circuit_value == pytest.approx(want, abs=1e-6)
     assert f.faithfulness == pytest.approx(want / f.model_value, rel=1e-6)
@@ -169,7 +169,7 @@ def test_completeness(tiny, data):
     assert res.circuit_values[0] == pytest.approx(f.circuit_value, abs=1e-6)  # K empty: F(C)
     assert res.model_values[0] == pytest.approx(f.model_value, abs=1e-6)  # K empty: F(M)
     assert res.circuit_values[2] == pytest.approx(f.empty_value, abs=1e-6)  # K = C: F(empty)
-    with ablate(tiny, heads=[(1, 2)], kind="mean", reference=reference):
+    with ablate(tiny, heads=[(1, 2)], ablation="mean", reference=reference):
         want = metric(tiny(tokens)).item()
     assert res.model_values[1] == pytest.approx(want, abs=1e-6)
     assert torch.allclose(res.incompleteness, (res.circuit_values - res.model_values).abs())
@@ -212,7 +212,7 @@ def test_keep_mlps(tiny, data):
     withm = faithfulness(tiny, tokens, metric, heads.with_all_mlps(tiny), reference=reference)
     assert kept.circuit_value == pytest.approx(withm.circuit_value, abs=1e-6)
     assert kept.circuit == heads  # MLPs are not part of the evaluated circuit
-    with ablate(tiny, heads=Circuit.full(tiny).heads, kind="mean", reference=reference):
+    with ablate(tiny, heads=Circuit.full(tiny).heads, ablation="mean", reference=reference):
         assert kept.empty_value == pytest.approx(metric(tiny(tokens)).item(), abs=1e-6)
     comp = completeness(tiny, tokens, metric, heads | [0, 1], reference=reference, n_samples=6,
                         keep_mlps=True, progress=False)
@@ -226,24 +226,24 @@ def test_keep_mlps(tiny, data):
 
 def test_errors(tiny, data):
     tokens, reference, metric = data
-    with pytest.raises(ValueError, match="Unknown ablation kind"):
-        with ablate(tiny, heads=[(0, 0)], kind="gaussian", reference=reference):
+    with pytest.raises(ValueError, match="Unknown ablation"):
+        with ablate(tiny, heads=[(0, 0)], ablation="gaussian", reference=reference):
             pass
     with pytest.raises(ValueError, match="out of range"):
-        with ablate(tiny, heads=[(0, 4)], kind="zero"):
+        with ablate(tiny, heads=[(0, 4)], ablation="zero"):
             pass
     with pytest.raises(ValueError, match="out of range"):
-        with ablate(tiny, heads=[(2, 0)], kind="zero"):
+        with ablate(tiny, heads=[(2, 0)], ablation="zero"):
             pass
     with pytest.raises(ValueError, match="MLP 7 is out of range"):
-        with ablate(tiny, mlps=[7], kind="zero"):
+        with ablate(tiny, mlps=[7], ablation="zero"):
             pass
     with pytest.raises(TypeError, match="pair"):
         Circuit([3])
     with pytest.raises(TypeError, match="ambiguous"):
         Circuit([(0, 1)]) - (0, 1)
     with pytest.raises(ValueError, match="needs reference"):
-        with ablate(tiny, heads=[(0, 0)], kind="mean"):
+        with ablate(tiny, heads=[(0, 0)], ablation="mean"):
             pass
     with pytest.raises(ValueError, match="sequence length"):
         faithfulness(tiny, tokens, metric, [(0, 0)], reference=reference[:, :6])

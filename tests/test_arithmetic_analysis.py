@@ -42,8 +42,8 @@ def test_accuracy_matches_hand_count(tiny, problems):
 
 def test_ablated_accuracy_matches_plain_loop(tiny, problems):
     heads = [(0, 1), (1, 2)]
-    got = answer_accuracy(tiny, problems, heads=heads, kind="mean", batch_size=4)
-    with ablate(tiny, heads=heads, kind="mean", reference=problems.clean_tokens):
+    got = answer_accuracy(tiny, problems, heads=heads, ablation="mean", batch_size=4)
+    with ablate(tiny, heads=heads, ablation="mean", reference=problems.clean_tokens):
         logits = tiny(problems.clean_tokens)
     want = (logits[:, -1].argmax(-1) == problems.answer_ids).float().mean().item()
     assert got == pytest.approx(want)
@@ -62,7 +62,7 @@ def test_top_heads_order_and_random_heads_seeded(tiny):
 
 def test_top_vs_random_values(tiny, problems):
     scores = Result(torch.arange(8.0).reshape(2, 4), ("layer", "head"))
-    r = top_vs_random(tiny, problems, scores, ks=[2], n_random=2, seed=3, progress=False)
+    r = top_vs_random(tiny, problems, scores, ks=[2], n_draws=2, seed=3, progress=False)
     assert r.heads[2] == [(1, 3), (1, 2)]
     assert r.top.values[0] == pytest.approx(answer_accuracy(tiny, problems, heads=[(1, 3), (1, 2)]))
     for j, chosen in enumerate(r.random_sets[2]):
@@ -83,8 +83,8 @@ def test_operand_attention_matches_patterns(tiny, problems):
 
 
 def test_bad_input(tiny, problems):
-    with pytest.raises(ValueError, match="kind"):
-        answer_accuracy(tiny, problems, heads=[(0, 0)], kind="max")
+    with pytest.raises(ValueError, match="ablation"):
+        answer_accuracy(tiny, problems, heads=[(0, 0)], ablation="max")
     with pytest.raises(TypeError, match="clean_tokens"):
         answer_accuracy(tiny, object())
     with pytest.raises(ValueError, match="roles"):
@@ -97,7 +97,7 @@ def test_no_hooks_left_after_error(tiny, problems):
     bad = dict(vars(problems))
     bad["answer_ids"] = problems.answer_ids[:2]  # wrong length: the comparison raises inside ablate
     with pytest.raises(RuntimeError):
-        answer_accuracy(tiny, _Problems(**bad), heads=[(0, 0)], kind="zero")
+        answer_accuracy(tiny, _Problems(**bad), heads=[(0, 0)], ablation="zero")
     assert_no_hooks(tiny)
 
 
@@ -132,7 +132,7 @@ def test_sum_correct_matches_mean_ablation_per_set(tiny, sums):
     got = sum_correct(tiny, sums, sets, means=head_means(tiny, sums.full_tokens), sets_per_pass=2)
     want = []
     for s in sets:
-        with ablate(tiny, heads=s, kind="mean", reference=sums.full_tokens):
+        with ablate(tiny, heads=s, ablation="mean", reference=sums.full_tokens):
             logits = tiny(sums.full_tokens)[:, 6:8]
         want.append((logits.argmax(-1) == sums.answer_ids).all(-1).float())
     assert torch.equal(got, torch.stack(want))

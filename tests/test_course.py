@@ -858,7 +858,7 @@ def test_paths_and_ablations_agree_with_the_package(model):
     tokens, reference, metric = paths.ablation_case(3)
     for kind, fn, extra in (("zero", paths.zero_ablate_head, ()),
                             ("mean", paths.mean_ablate_head, (reference,))):
-        with ablation.ablate(model, heads=[(1, 2)], kind=kind, reference=reference):
+        with ablation.ablate(model, heads=[(1, 2)], ablation=kind, reference=reference):
             expected = metric(model(tokens)).item()
         assert fn(model, tokens, metric, 1, 2, *extra) == pytest.approx(expected, abs=1e-5)
     circuit = [(0, 1), (1, 2)]

@@ -281,19 +281,19 @@ def test_full_and_empty_circuits_are_clean_and_corrupted(model, pair, metric):
 def test_faithfulness_curve(tiny, pair, metric):
     g = edges.attribute(tiny, *pair, metric, method="eap-ig", steps=2)
     fr = (0.05, 0.1, 0.5, 1.0)
-    c = edges.faithfulness_curve(tiny, g, *pair, metric, fractions=fr, n_random=2, seed=1)
+    c = edges.faithfulness_curve(tiny, g, *pair, metric, fractions=fr, n_draws=2, seed=1)
     assert c.n_edges == [int(f * g.n_edges) for f in fr]
     assert abs(c.faithfulness[-1].item() - 1) < 1e-4 and abs(c.random.faithfulness[-1].item() - 1) < 1e-4
     assert (c.cpr, c.cmd) == areas(c.x, c.faithfulness)
     assert all(k <= n for k, n in zip(c.n_kept, c.n_edges)) and c.n_kept[-1] == g.n_edges
     assert torch.allclose(c.x, torch.tensor(c.n_kept, dtype=torch.float64) / g.n_edges)
-    unpruned = edges.faithfulness_curve(tiny, g, *pair, metric, fractions=fr, n_random=0, prune=False)
+    unpruned = edges.faithfulness_curve(tiny, g, *pair, metric, fractions=fr, n_draws=0, prune=False)
     assert unpruned.n_kept == unpruned.n_edges
     assert torch.allclose(unpruned.faithfulness, c.faithfulness, atol=1e-5)  # pruning moves x, not y
     # the bootstrap statistic on all prompts gives the curve's own figures
     assert abs(c.statistic("cmd")(c.per_prompt).item() - c.cmd) < 1e-4
     assert abs(c.statistic("cpr")(c.per_prompt).item() - c.cpr) < 1e-4
-    again = edges.faithfulness_curve(tiny, g, *pair, metric, fractions=fr, n_random=2, seed=1)
+    again = edges.faithfulness_curve(tiny, g, *pair, metric, fractions=fr, n_draws=2, seed=1)
     assert torch.equal(again.random.faithfulness, c.random.faithfulness)  # seeded
     frame = c.to_frame()
     assert set(frame["circuit"]) == {"eap-ig", "random"} and len(frame) == 2 * len(fr)

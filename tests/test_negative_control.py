@@ -35,7 +35,7 @@ def test_random_init_model_keeps_the_architecture_and_tokenizer(smollm2):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stem", NOTEBOOKS)
-def test_no_finding_replicates_on_random_weights(stem, tmp_path):
+def test_no_finding_replicates_on_draws_weights(stem, tmp_path):
     params = {"OUT": str(tmp_path / "atlas")} if stem == "06_head_atlas" else {}
     report = cli.run_notebook(cli.find_notebook(stem), "smollm2-135m", params, tmp_path, random_init=True)
     assert report.name == "smollm2-135m-random-init"

@@ -73,7 +73,7 @@ def test_ablation_agrees(models_and_data):
     full, half, clean, _, metric = models_and_data
     out = []
     for model in (full, half):
-        with ablation.ablate(model, heads=[(0, 1), (1, 2)], mlps=[0], kind="mean", reference=clean):
+        with ablation.ablate(model, heads=[(0, 1), (1, 2)], mlps=[0], ablation="mean", reference=clean):
             out.append(metric(model(clean)).float()[None])
     close(*out)
 

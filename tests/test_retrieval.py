@@ -187,7 +187,7 @@ def test_masking_by_hand(tiny):
     top = sorted(breakers)[0]
     scores[top] = 0.9
     r = retrieval.masking_experiment(tiny, hs, Result(scores, ("layer", "head")), [0, 1],
-                                     n_random=4, seed=3, progress=False)
+                                     n_draws=4, seed=3, progress=False)
     assert list(r.top_heads(1)) == [top]
     assert r.top.values.tolist() == [1.0, 0.0]
     assert r.random.values.tolist() == [1.0, 1.0]
@@ -204,7 +204,7 @@ def test_masking_matches_a_plain_loop(request, fixture):
     hs = fixed_point_haystacks(model, 3) + [random_haystack(7, answer_len=1)]
     scores = Result(torch.tensor([[0.0, 0.5, 0.05, 0.2], [0.1, 0.0, 0.3, 0.02]]), ("layer", "head"))
     ks = [3, 0, 1, 2]
-    r = retrieval.masking_experiment(model, hs, scores, ks, n_random=3, seed=5, progress=False)
+    r = retrieval.masking_experiment(model, hs, scores, ks, n_draws=3, seed=5, progress=False)
     assert r.ks == [0, 1, 2, 3]
     assert r.top_order[:4] == [(0, 1), (1, 2), (0, 3), (1, 0)]  # by score; tie 0.1 vs 0.1 none
     assert r.top_order[4:] == [(0, 2), (1, 3), (0, 0), (1, 1)]  # then lower index first on ties
@@ -231,9 +231,9 @@ def test_random_draws_are_seeded_non_retrieval_and_nested(tiny):
     hs = [random_haystack(0, answer_len=1)]
     scores = Result(torch.tensor([[0.9, 0.0, 0.05, 0.1], [0.2, 0.0, 0.0, float("nan")]]), ("layer", "head"))
     pool = {(0, 1), (0, 2), (0, 3), (1, 1), (1, 2)}  # <= 0.1; NaN and retrieval heads excluded
-    a = retrieval.masking_experiment(tiny, hs, scores, [1, 5], n_random=6, seed=0, progress=False)
-    b = retrieval.masking_experiment(tiny, hs, scores, [1, 5], n_random=6, seed=0, progress=False)
-    c = retrieval.masking_experiment(tiny, hs, scores, [1, 5], n_random=6, seed=1, progress=False)
+    a = retrieval.masking_experiment(tiny, hs, scores, [1, 5], n_draws=6, seed=0, progress=False)
+    b = retrieval.masking_experiment(tiny, hs, scores, [1, 5], n_draws=6, seed=0, progress=False)
+    c = retrieval.masking_experiment(tiny, hs, scores, [1, 5], n_draws=6, seed=1, progress=False)
     assert a.random_orders == b.random_orders
     assert a.random_orders != c.random_orders
     assert len({tuple(o) for o in a.random_orders}) > 1  # draws differ from each other
@@ -248,7 +248,7 @@ def test_random_draws_are_seeded_non_retrieval_and_nested(tiny):
 def test_masking_plot(tiny):
     hs = fixed_point_haystacks(tiny, 2)
     scores = Result(torch.arange(8.0).reshape(2, 4) / 100, ("layer", "head"))
-    r = retrieval.masking_experiment(tiny, hs, scores, [0, 1, 2], n_random=2, progress=False)
+    r = retrieval.masking_experiment(tiny, hs, scores, [0, 1, 2], n_draws=2, progress=False)
     fig = r.plot()
     lines = fig.axes[0].get_lines()
     assert len(lines) == 3
@@ -279,8 +279,8 @@ def test_masking_errors(tiny):
         run([1, 1])
     with pytest.raises(TypeError, match="list of head counts"):
         run(3)
-    with pytest.raises(ValueError, match="n_random"):
-        run([1], n_random=0)
+    with pytest.raises(ValueError, match="n_draws"):
+        run([1], n_draws=0)
     with pytest.raises(ValueError, match="measure"):
         run([1], measure="loose")
     with pytest.raises(TypeError, match="dims"):

@@ -96,7 +96,7 @@ def test_ablation_table_matches_ablate(tiny):
     ds = make_ds()
     table = tp.ablation_table(tiny, {"d": ds}, {"none": [], "x": [(1, 1)]}, batch_size=4,
                               progress=False)
-    with ablate(tiny, heads=[(1, 1)], kind="mean", reference=ds.corrupted_tokens,
+    with ablate(tiny, heads=[(1, 1)], ablation="mean", reference=ds.corrupted_tokens,
                 template_ids=tp.group_ids(ds)):
         expected = tp.score(tiny, ds)["logit_diff"]
     row = table.set_index("heads").loc["x"]
@@ -165,15 +165,15 @@ def test_edit_table_matches_edit_heads(tiny):
 def test_ablated_diffs_per_prompt_match_ablate(tiny, kind):
     ds = make_ds(end=torch.tensor([7, 7, 5, 7, 7, 5]))
     sets = [[], [(1, 1)], [(0, 2), (1, 3)]]
-    got = tp.ablated_diffs(tiny, ds, sets, kind=kind, batch_size=4)
+    got = tp.ablated_diffs(tiny, ds, sets, ablation=kind, batch_size=4)
     assert got.shape == (3, 6)
     torch.testing.assert_close(got[0], tp.score(tiny, ds)["diff"])
     for row, heads in zip(got[1:], sets[1:]):
         ref = None if kind == "zero" else ds.corrupted_tokens
         ids = None if kind == "zero" else tp.group_ids(ds)
-        with ablate(tiny, heads=heads, kind=kind, reference=ref, template_ids=ids):
+        with ablate(tiny, heads=heads, ablation=kind, reference=ref, template_ids=ids):
             want = tp.score(tiny, ds)["diff"]
         torch.testing.assert_close(row, want)
         assert not torch.allclose(row, got[0])  # the ablation changes something
-    with pytest.raises(ValueError, match="kind must be"):
-        tp.ablated_diffs(tiny, ds, sets, kind="resample")
+    with pytest.raises(ValueError, match="ablation must be"):
+        tp.ablated_diffs(tiny, ds, sets, ablation="resample")

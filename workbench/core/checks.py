@@ -19,15 +19,22 @@ torch.Size([1, 3])
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-__all__ = ["head", "head_pair", "heads", "indices", "layer", "option", "position_mask", "token_pair", "tokens"]
+__all__ = ["Ablation", "head", "head_pair", "heads", "indices", "layer", "option", "position_mask", "token_pair", "tokens"]
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
+
+
+#: The one ablation vocabulary: what replaces a component's output when it is ablated. ``"zero"``
+#: zeros; ``"mean"``: its mean over reference prompts; ``"resample"``: its value on another
+#: (reference) prompt; ``"patch"``: its value on the corrupted prompt of the same pair. Each
+#: technique takes the subset it runs, under the argument name ``ablation``.
+Ablation = Literal["zero", "mean", "resample", "patch"]
 
 
 def tokens(model, toks, *, name: str = "tokens") -> Int[Tensor, "batch pos"]:

@@ -1,7 +1,7 @@
 """Zero, mean and resample ablation of heads and MLPs, and circuit evaluation (Wang et al. 2022).
 
 Ablating a head replaces its ``hook_z`` (its output before ``W_O``) for every position; ablating
-an MLP replaces its ``hook_mlp_out``. What replaces it depends on ``kind``:
+an MLP replaces its ``hook_mlp_out``. What replaces it depends on ``ablation``:
 
 - ``"zero"``: zeros (the layer's bias ``b_O``, shared by its heads, is kept);
 - ``"mean"``: the mean over a reference batch of prompts, **per position**, and per template if
@@ -15,7 +15,7 @@ an MLP replaces its ``hook_mlp_out``. What replaces it depends on ``kind``:
 Replacing ``hook_z`` is exact also on models that normalise the attention output again
 (Gemma-3): the norm is applied to the sum of the heads, after the replacement.
 
-Inside ``with ablate(model, heads=..., mlps=..., kind=..., reference=...):`` every forward pass is
+Inside ``with ablate(model, heads=..., mlps=..., ablation=..., reference=...):`` every forward pass is
 ablated; the hooks are removed on exit, also when the block raises.
 
 Circuit evaluation as in the IOI paper, with ``F(X)`` the metric of the model in which every
@@ -35,7 +35,7 @@ alone, the circuit ``Circuit(heads).with_all_mlps(model)``.
 >>> model = tiny_model()
 >>> tokens, abc = torch.randint(0, 100, (2, 4, 8)).unbind(0)
 >>> metric = LogitDiff(answers=[1, 2, 3, 4], wrong=[5, 6, 7, 8])
->>> with ablate(model, heads=[(0, 1)], kind="mean", reference=abc):
+>>> with ablate(model, heads=[(0, 1)], ablation="mean", reference=abc):
 ...     ablated = metric(model(tokens))
 >>> circuit = Circuit([(0, 1), (1, 2)]).with_all_mlps(model)
 >>> f = faithfulness(model, tokens, metric, circuit, reference=abc)
@@ -61,7 +61,7 @@ from workbench.core.persist import Persistent
 from workbench.core.results import Result, render
 
 __all__ = [
-    "AblationKind",
+    "ComponentAblation",
     "Circuit",
     "ablate",
     "ablation_hooks",
@@ -74,7 +74,8 @@ __all__ = [
     "Minimality",
 ]
 
-AblationKind = Literal["zero", "mean", "resample"]
+#: The ablations of whole components this module runs (a subset of :data:`workbench.core.checks.Ablation`).
+ComponentAblation = Literal["zero", "mean", "resample"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,22 +94,22 @@ def _as_ids(ids, name: str) -> Tensor:
 class _Ablator:
     """Replacement activations for every component that may be ablated, built once."""
 
-    def __init__(self, model, kind, components: Circuit, reference, template_ids,
+    def __init__(self, model, ablation, components: Circuit, reference, template_ids,
                  reference_template_ids, seed: int):
-        if kind not in get_args(AblationKind):
+        if ablation not in get_args(ComponentAblation):
             raise ValueError(
-                f"Unknown ablation kind {kind!r}; choose one of {get_args(AblationKind)}."
+                f"Unknown ablation {ablation!r}; choose one of {get_args(ComponentAblation)}."
             )
-        self.kind, self.seed = kind, seed
+        self.ablation, self.seed = ablation, seed
         self.template_ids = None if template_ids is None else _as_ids(template_ids, "template_ids")
         self.seq = None
         self._rows: dict[int, Tensor] = {}
         self.stats: dict[str, Tensor] = {}
-        if kind == "zero":
+        if ablation == "zero":
             return
         if not isinstance(reference, Tensor) or reference.ndim != 2:
             raise ValueError(
-                f"kind={kind!r} needs reference=tokens [batch, pos], a batch of prompts to take "
+                f"ablation={ablation!r} needs reference=tokens [batch, pos], a batch of prompts to take "
                 "activations from (for IOI: the ABC distribution, ds.abc_tokens)."
             )
         self.n_ref, self.seq = reference.shape
@@ -132,9 +133,9 @@ class _Ablator:
         )
         for name in names:
             acts = cache[name]
-            if kind == "mean" and self.ref_ids is None:
+            if ablation == "mean" and self.ref_ids is None:
                 self.stats[name] = acts.mean(0, keepdim=True)  # [1, pos, ...]
-            elif kind == "mean":
+            elif ablation == "mean":
                 self.stats[name] = torch.stack(
                     [acts[self.ref_ids == t].mean(0) for t in self.templates]
                 )  # [template, pos, ...]
@@ -171,7 +172,7 @@ class _Ablator:
 
     def replacement(self, name: str, act: Tensor) -> Tensor:
         """What replaces ``act`` (``[batch, pos, ...]``) at hook ``name``, broadcastable to it."""
-        if self.kind == "zero":
+        if self.ablation == "zero":
             return torch.zeros_like(act)
         batch, seq = act.shape[:2]
         if seq != self.seq:
@@ -180,7 +181,7 @@ class _Ablator:
                 f"{seq}; per-position ablation needs prompts of the same length."
             )
         stats = self.stats[name]
-        if self.kind == "resample":
+        if self.ablation == "resample":
             return stats[self._resample_rows(batch)]
         if self.template_ids is None:
             return stats.expand_as(act)
@@ -208,11 +209,11 @@ class _Ablator:
         return hooks
 
 
-def ablation_hooks(model, *, heads=(), mlps=(), kind: AblationKind = "mean", reference=None,
+def ablation_hooks(model, *, heads=(), mlps=(), ablation: ComponentAblation = "mean", reference=None,
                    template_ids=None, reference_template_ids=None, seed: int = 0):
     """The ``(hook_name, fn)`` pairs that :func:`ablate` attaches, for ``run_with_hooks``."""
     circuit = Circuit(heads, mlps).validate(model)
-    ablator = _Ablator(model, kind, circuit, reference, template_ids, reference_template_ids, seed)
+    ablator = _Ablator(model, ablation, circuit, reference, template_ids, reference_template_ids, seed)
     return ablator.hooks(circuit)
 
 
@@ -222,7 +223,7 @@ def ablate(
     *,
     heads: Iterable[tuple[int, int]] = (),
     mlps: Iterable[int] = (),
-    kind: AblationKind = "mean",
+    ablation: ComponentAblation = "mean",
     reference: Int[Tensor, "batch pos"] | None = None,
     template_ids=None,
     reference_template_ids=None,
@@ -232,7 +233,7 @@ def ablate(
 
     Args:
         heads, mlps: what to ablate: heads ``(layer, head)`` and MLP layers.
-        kind: ``"zero"``, ``"mean"`` or ``"resample"`` (see the module docstring).
+        ablation: ``"zero"``, ``"mean"`` or ``"resample"`` (see the module docstring).
         reference: ``[batch, pos]`` prompts whose activations give the means or the resamples
             (not needed for ``"zero"``); the ablated prompts must have the same length ``pos``.
         template_ids: ``[batch]`` one template id per ablated prompt: means (and resamples) are
@@ -242,7 +243,7 @@ def ablate(
             ``ds.abc_tokens`` is with ``ds.clean_tokens``).
         seed: the resampling seed; the same seed gives the same draw.
     """
-    hooks = ablation_hooks(model, heads=heads, mlps=mlps, kind=kind, reference=reference,
+    hooks = ablation_hooks(model, heads=heads, mlps=mlps, ablation=ablation, reference=reference,
                            template_ids=template_ids,
                            reference_template_ids=reference_template_ids, seed=seed)
     with model.hooks(fwd_hooks=hooks):
@@ -288,7 +289,7 @@ def mask_attention(model, heads: Iterable[tuple[int, int]]):
 class _Evaluator:
     """``F(X)``: the metric with every component outside ``X`` ablated, for many ``X``."""
 
-    def __init__(self, model, tokens, metric, keep_mlps, kind, reference, template_ids,
+    def __init__(self, model, tokens, metric, keep_mlps, ablation, reference, template_ids,
                  reference_template_ids, seed):
         if not isinstance(tokens, Tensor) or tokens.ndim != 2:
             raise ValueError("tokens must be a token tensor [batch, pos].")
@@ -296,14 +297,14 @@ class _Evaluator:
         self.full = Circuit.full(model)  # every component that may be ablated
         if keep_mlps:
             self.full = Circuit(self.full.heads)
-        self.ablator = _Ablator(model, kind, self.full, reference, template_ids,
+        self.ablator = _Ablator(model, ablation, self.full, reference, template_ids,
                                 reference_template_ids, seed)
         if self.ablator.seq is not None and self.ablator.seq != tokens.shape[1]:
             raise ValueError(
                 f"The reference batch has sequence length {self.ablator.seq} but tokens have "
                 f"{tokens.shape[1]}; mean and resample ablation are per position."
             )
-        if kind != "zero" and self.ablator.template_ids is not None:
+        if ablation != "zero" and self.ablator.template_ids is not None:
             self.ablator._input_ids(tokens.shape[0])  # checks length and coverage now
         self._memo: dict[Circuit, float] = {}
 
@@ -354,19 +355,19 @@ class Faithfulness(Persistent):
 
 def faithfulness(
     model, tokens: Int[Tensor, "batch pos"], metric: Metric, circuit, *,
-    reference: Int[Tensor, "batch pos"] | None = None, kind: AblationKind = "mean",
+    reference: Int[Tensor, "batch pos"] | None = None, ablation: ComponentAblation = "mean",
     template_ids=None, reference_template_ids=None, seed: int = 0, keep_mlps: bool = False,
 ) -> Faithfulness:
     """The metric with everything outside ``circuit`` ablated, relative to the full model.
 
-    ``circuit`` is a :class:`Circuit` or a list of heads and MLP ints; ``kind``, ``reference``,
+    ``circuit`` is a :class:`Circuit` or a list of heads and MLP ints; ``ablation``, ``reference``,
     ``template_ids``, ``reference_template_ids`` and ``seed`` are those of :func:`ablate`.
     MLPs are components like heads unless ``keep_mlps=True``: then no MLP is ever ablated and
     the circuit, its subsets ``K`` and its components ``v`` are heads only (the IOI paper's
     setting). The same holds for :func:`completeness` and :func:`minimality`.
     """
     c = _circuit(model, circuit, allow_empty=True, keep_mlps=keep_mlps)
-    F = _Evaluator(model, tokens, metric, keep_mlps, kind, reference, template_ids,
+    F = _Evaluator(model, tokens, metric, keep_mlps, ablation, reference, template_ids,
                    reference_template_ids, seed)
     return Faithfulness(c, F(c), F(F.full), F(Circuit()))
 
@@ -402,7 +403,7 @@ class Completeness(Persistent):
 def completeness(
     model, tokens: Int[Tensor, "batch pos"], metric: Metric, circuit, *,
     reference: Int[Tensor, "batch pos"] | None = None, subsets: Sequence | None = None,
-    n_samples: int = 10, p: float = 0.5, kind: AblationKind = "mean", template_ids=None,
+    n_samples: int = 10, p: float = 0.5, ablation: ComponentAblation = "mean", template_ids=None,
     reference_template_ids=None, seed: int = 0, keep_mlps: bool = False, progress: bool = True,
 ) -> Completeness:
     """Compare ``F(C \\ K)`` with ``F(M \\ K)`` for subsets ``K`` of the circuit.
@@ -423,7 +424,7 @@ def completeness(
         for k in ks:
             if k - c:
                 raise ValueError(f"Subset {k} has components outside the circuit: {k - c}.")
-    F = _Evaluator(model, tokens, metric, keep_mlps, kind, reference, template_ids,
+    F = _Evaluator(model, tokens, metric, keep_mlps, ablation, reference, template_ids,
                    reference_template_ids, seed)
     circ, full = [], []
     for k in tqdm(ks, desc="completeness", disable=not progress):
@@ -467,7 +468,7 @@ class Minimality(Persistent):
 def minimality(
     model, tokens: Int[Tensor, "batch pos"], metric: Metric, circuit, *,
     reference: Int[Tensor, "batch pos"] | None = None, k: Sequence | Mapping | None = None,
-    kind: AblationKind = "mean", template_ids=None, reference_template_ids=None, seed: int = 0,
+    ablation: ComponentAblation = "mean", template_ids=None, reference_template_ids=None, seed: int = 0,
     keep_mlps: bool = False, progress: bool = True,
 ) -> Minimality:
     """How much each circuit component ``v`` matters once ``K`` is removed from the circuit.
@@ -489,7 +490,7 @@ def minimality(
     for kv in ks:
         if kv - c:
             raise ValueError(f"K = {kv} has components outside the circuit: {kv - c}.")
-    F = _Evaluator(model, tokens, metric, keep_mlps, kind, reference, template_ids,
+    F = _Evaluator(model, tokens, metric, keep_mlps, ablation, reference, template_ids,
                    reference_template_ids, seed)
     base, removed = [], []
     for v, kv in tqdm(list(zip(c, ks)), desc="minimality", disable=not progress):

@@ -22,7 +22,7 @@ dataset with ``clean_tokens``, ``answer_ids`` and ``pos["END"]`` (the text datas
 >>> answer_accuracy(model, ds)
 1.0
 >>> scores = Result(torch.tensor([[0.1, 0.9, 0.2, 0.3]]), ("layer", "head"))
->>> r = top_vs_random(model, ds, scores, ks=[1], n_random=2, progress=False)
+>>> r = top_vs_random(model, ds, scores, ks=[1], n_draws=2, progress=False)
 >>> r.top.dims, r.random.dims, tuple(r.draws.shape)
 (('k',), ('k',), (1, 2))
 """
@@ -42,7 +42,7 @@ from workbench.core.components import random_head_sets, top_k_heads
 from workbench.core.persist import Persistent
 from workbench.core.results import Result, render
 from workbench.core.runtime import logits_at, resid_to_logits
-from workbench.techniques.ablation import AblationKind, ablate
+from workbench.techniques.ablation import ComponentAblation, ablate
 from workbench.techniques.heads import attention_to
 
 __all__ = ["answer_accuracy", "random_heads", "top_heads", "TopVsRandom", "top_vs_random",
@@ -61,9 +61,9 @@ def _check_dataset(ds) -> None:
         )
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in get_args(AblationKind):
-        raise ValueError(f"kind must be one of {list(get_args(AblationKind))}, got {kind!r}.")
+def _check_ablation(ablation: str) -> None:
+    if ablation not in get_args(ComponentAblation):
+        raise ValueError(f"ablation must be one of {list(get_args(ComponentAblation))}, got {ablation!r}.")
 
 
 @torch.no_grad()
@@ -82,24 +82,24 @@ def answer_accuracy(
     ds,
     *,
     heads: Sequence[Head] = (),
-    kind: AblationKind = "mean",
+    ablation: ComponentAblation = "mean",
     reference: Int[Tensor, "batch pos"] | None = None,
     batch_size: int = 64,
 ) -> float:
     """Share of ``ds`` whose top next token at ``pos["END"]`` is the answer, ``heads`` ablated.
 
-    ``kind="mean"`` (the paper's ablation) replaces each head's output by its mean over
+    ``ablation="mean"`` (the paper's ablation) replaces each head's output by its mean over
     ``reference`` per position; ``reference`` defaults to ``ds.clean_tokens``, the problems
     themselves. No heads: the plain accuracy.
     """
     _check_dataset(ds)
-    _check_kind(kind)
+    _check_ablation(ablation)
     heads = list(heads)
     if not heads:
         return _correct(model, ds, batch_size).float().mean().item()
-    if reference is None and kind != "zero":
+    if reference is None and ablation != "zero":
         reference = ds.clean_tokens
-    with ablate(model, heads=heads, kind=kind, reference=reference):
+    with ablate(model, heads=heads, ablation=ablation, reference=reference):
         return _correct(model, ds, batch_size).float().mean().item()
 
 
@@ -170,34 +170,34 @@ def top_vs_random(
     scores: Result,
     *,
     ks: Sequence[int] = (1, 5, 10),
-    n_random: int = 5,
+    n_draws: int = 5,
     seed: int = 0,
-    kind: AblationKind = "mean",
+    ablation: ComponentAblation = "mean",
     reference: Int[Tensor, "batch pos"] | None = None,
     batch_size: int = 64,
     progress: bool = True,
 ) -> TopVsRandom:
-    """Ablate the ``k`` heads with the largest ``scores`` vs ``n_random`` seeded draws of ``k``
+    """Ablate the ``k`` heads with the largest ``scores`` vs ``n_draws`` seeded draws of ``k``
     random heads from the other heads, and measure :func:`answer_accuracy` on ``ds``.
 
     Draw ``j`` for ``k`` is seeded by ``(seed, k, j)`` alone (``seed * 10**6 + k * 1000 + j``),
     so adding a ``k`` never changes the other draws.
     """
-    _check_kind(kind)
+    _check_ablation(ablation)
     ks = [int(k) for k in ks]
-    if not ks or n_random < 1:
-        raise ValueError(f"Give at least one k and n_random >= 1, got ks={ks}, n_random={n_random}.")
-    kw = dict(kind=kind, reference=reference, batch_size=batch_size)
+    if not ks or n_draws < 1:
+        raise ValueError(f"Give at least one k and n_draws >= 1, got ks={ks}, n_draws={n_draws}.")
+    kw = dict(ablation=ablation, reference=reference, batch_size=batch_size)
     base = answer_accuracy(model, ds, **kw)
-    top, draws, heads, sets = [], torch.zeros(len(ks), n_random), {}, {}
+    top, draws, heads, sets = [], torch.zeros(len(ks), n_draws), {}, {}
     for i, k in enumerate(tqdm(ks, disable=not progress, desc="top vs random")):
         heads[k] = top_heads(scores, k)
         top.append(answer_accuracy(model, ds, heads=heads[k], **kw))
         sets[k] = [random_heads(model, k, seed=seed * 10**6 + k * 1000 + j, exclude=heads[k])
-                   for j in range(n_random)]
+                   for j in range(n_draws)]
         for j, chosen in enumerate(sets[k]):
             draws[i, j] = answer_accuracy(model, ds, heads=chosen, **kw)
-    meta = dict(kind=kind, n_random=n_random, seed=seed, base=base)
+    meta = dict(ablation=ablation, n_draws=n_draws, seed=seed, base=base)
     labels = {"k": ks}
     return TopVsRandom(
         top=Result(torch.tensor(top), ("k",), "accuracy, top-k heads ablated", labels, meta),

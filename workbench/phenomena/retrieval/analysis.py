@@ -358,21 +358,21 @@ def _check_ks(ks, n_heads: int) -> list[int]:
     return sorted(ks)
 
 
-def _check_masking(model, haystacks, scores: Result, ks, n_random, threshold, measure, batch_size):
+def _check_masking(model, haystacks, scores: Result, ks, n_draws, threshold, measure, batch_size):
     """(haystacks, sorted ks), checked."""
     _check_measure(measure)
     _check_batch_size(batch_size)
     haystacks = _check_haystacks(model, haystacks)
     _check_scores(model, scores)
-    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
-        raise ValueError(f"n_random must be an int >= 1, got {n_random!r}.")
+    if isinstance(n_draws, bool) or not isinstance(n_draws, int) or n_draws < 1:
+        raise ValueError(f"n_draws must be an int >= 1, got {n_draws!r}.")
     if not isinstance(threshold, (int, float)) or math.isnan(threshold):
         raise TypeError(f"threshold must be a number, got {threshold!r}.")
     return haystacks, _check_ks(ks, model.cfg.n_layers * model.cfg.n_heads)
 
 
-def _head_orders(scores: Result, k_max: int, threshold: float, n_random: int, seed: int):
-    """(heads by decreasing score, ``n_random`` seeded orders of the non-retrieval heads)."""
+def _head_orders(scores: Result, k_max: int, threshold: float, n_draws: int, seed: int):
+    """(heads by decreasing score, ``n_draws`` seeded orders of the non-retrieval heads)."""
     frame = scores.to_frame().dropna(subset=["value"]).sort_values("value", ascending=False, kind="stable")
     top_order = [(int(a), int(b)) for a, b in zip(frame["layer"], frame["head"])]
     if k_max > len(top_order):
@@ -383,9 +383,9 @@ def _head_orders(scores: Result, k_max: int, threshold: float, n_random: int, se
             f"K={k_max} but only {len(pool)} heads are non-retrieval heads (score <= {threshold}); "
             "use smaller ks or a higher threshold."
         )
-    # n_random seeded permutations of the pool, from one generator seeded with seed
+    # n_draws seeded permutations of the pool, from one generator seeded with seed
     gen = torch.Generator().manual_seed(seed)
-    return top_order, [[pool[i] for i in torch.randperm(len(pool), generator=gen).tolist()] for _ in range(n_random)]
+    return top_order, [[pool[i] for i in torch.randperm(len(pool), generator=gen).tolist()] for _ in range(n_draws)]
 
 
 def _masked_accuracies(model, haystacks: list, conditions: list, measure: str, batch_size: int,
@@ -410,7 +410,7 @@ def masking_experiment(
     scores: Result,
     ks: Sequence[int],
     *,
-    n_random: int = 3,
+    n_draws: int = 3,
     threshold: float = 0.1,
     seed: int = 0,
     measure: Measure = "exact",
@@ -421,8 +421,8 @@ def masking_experiment(
 
     The experiment of Wu et al. (2024): for each K in ``ks``, mask the K heads with the highest
     ``scores`` (ties: lower layer, then head, first), and separately K heads drawn at random
-    from the *non-retrieval* heads (score ``<= threshold``, NaN never drawn), ``n_random`` seeded
-    draws whose accuracies are averaged. Cost: ``1 + (1 + n_random) * len(ks without 0)``
+    from the *non-retrieval* heads (score ``<= threshold``, NaN never drawn), ``n_draws`` seeded
+    draws whose accuracies are averaged. Cost: ``1 + (1 + n_draws) * len(ks without 0)``
     accuracy evaluations over ``haystacks`` (K = 0 is the unmasked baseline).
 
     Args:
@@ -431,7 +431,7 @@ def masking_experiment(
         scores: ``[layer, head]`` retrieval scores (:func:`workbench.techniques.heads.retrieval_scores`).
         ks: numbers of heads to mask, each in ``0..n_layers * n_heads``; a K above the number
             of non-retrieval heads is an error.
-        n_random: random draws per K (``>= 1``); ``seed`` seeds them.
+        n_draws: random draws per K (``>= 1``); ``seed`` seeds them.
         threshold: heads scoring above it are retrieval heads, never drawn as random heads.
         measure, batch_size: as in :func:`needle_correct`.
 
@@ -443,15 +443,15 @@ def masking_experiment(
     >>> h = Haystack(tokens=torch.arange(1, 13)[None], needle_span=(3, 7), answer_span=(4, 6),
     ...              answer_ids=torch.tensor([5, 6]))
     >>> scores = Result(torch.arange(8.).reshape(2, 4) / 10, ("layer", "head"))
-    >>> r = masking_experiment(model, [h], scores, [0, 1, 2], n_random=2, progress=False)
+    >>> r = masking_experiment(model, [h], scores, [0, 1, 2], n_draws=2, progress=False)
     >>> r.to_frame().columns.tolist()[:3], r.top_heads(2)
     (['k', 'fraction_of_heads', 'top_k'], HeadSet('top 2 retrieval heads', 2 heads: L1H2, L1H3))
     """
-    haystacks, ks = _check_masking(model, haystacks, scores, ks, n_random, threshold, measure, batch_size)
+    haystacks, ks = _check_masking(model, haystacks, scores, ks, n_draws, threshold, measure, batch_size)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    top_order, orders = _head_orders(scores, ks[-1], threshold, n_random, seed)
+    top_order, orders = _head_orders(scores, ks[-1], threshold, n_draws, seed)
     conditions = [("top", k, top_order[:k]) for k in ks if k] + [
-        (d, k, orders[d][:k]) for d in range(n_random) for k in ks if k
+        (d, k, orders[d][:k]) for d in range(n_draws) for k in ks if k
     ]
     baseline, accuracy = _masked_accuracies(model, haystacks, conditions, measure, batch_size, progress)
 
@@ -459,9 +459,9 @@ def masking_experiment(
         return baseline if k == 0 else accuracy[name, k]
 
     metric = "needle accuracy" if measure == "exact" else "needle accuracy (answer tokens right)"
-    meta = dict(model=model.cfg.model_name, threshold=threshold, seed=seed, n_random=n_random,
+    meta = dict(model=model.cfg.model_name, threshold=threshold, seed=seed, n_draws=n_draws,
                 measure=measure, n_haystacks=len(haystacks))
-    draws = torch.tensor([[acc(d, k) for k in ks] for d in range(n_random)])
+    draws = torch.tensor([[acc(d, k) for k in ks] for d in range(n_draws)])
     return MaskingResult(
         ks=ks,
         top=Result(torch.tensor([acc("top", k) for k in ks]), ("k",), metric=metric,

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from workbench.core import checks, components
 from workbench.core.results import Result
 from workbench.core.runtime import logits_at, resid_to_logits, supports_fast_path
-from workbench.techniques.ablation import AblationKind, ablate
+from workbench.techniques.ablation import ComponentAblation, ablate
 from workbench.techniques.heads import attention_to
 
 __all__ = [
@@ -269,7 +269,7 @@ def random_head_sets(model, k: int, n: int, *, seed: int = 0,
 
 
 def ablation_table(
-    model, datasets: dict, head_sets: dict, *, kind: AblationKind = "mean",
+    model, datasets: dict, head_sets: dict, *, ablation: ComponentAblation = "mean",
     batch_size: int = 64, progress: bool = True,
 ) -> pd.DataFrame:
     """Logit difference and accuracy of each dataset with each head set ablated.
@@ -287,11 +287,11 @@ def ablation_table(
         items = tqdm(head_sets.items(), desc=f"ablating ({dname})", disable=not progress)
         for sname, heads in items:
             if heads:
-                ref = None if kind == "zero" else ds.corrupted_tokens
-                ids = None if kind == "zero" else group_ids(ds)
+                ref = None if ablation == "zero" else ds.corrupted_tokens
+                ids = None if ablation == "zero" else group_ids(ds)
                 # per-group means need the whole batch in one pass (template ids per prompt)
-                size = batch_size if kind == "zero" else len(ds.clean_tokens)
-                with ablate(model, heads=heads, kind=kind, reference=ref, template_ids=ids):
+                size = batch_size if ablation == "zero" else len(ds.clean_tokens)
+                with ablate(model, heads=heads, ablation=ablation, reference=ref, template_ids=ids):
                     s = score(model, ds, batch_size=size)
             else:
                 s = base
@@ -320,24 +320,24 @@ def edit_table(model, ds, head_sets: dict, scales: Sequence[float], *, batch_siz
     return pd.DataFrame(rows)
 
 
-def ablated_diffs(model, ds, head_sets: Sequence[Sequence[tuple[int, int]]], *, kind: AblationKind = "mean",
+def ablated_diffs(model, ds, head_sets: Sequence[Sequence[tuple[int, int]]], *, ablation: ComponentAblation = "mean",
                   batch_size: int = 64) -> Float[Tensor, "head_set batch"]:
     """Per-prompt logit difference with each head set ablated, ``[set, prompt]`` (an empty set: none).
 
     The ablation of :func:`ablation_table` (mean: the head's mean over the same prompt at other
     times, :func:`group_ids`; zero: nothing written), kept per prompt for intervals and nulls.
     """
-    if kind not in ("mean", "zero"):
-        raise ValueError(f"kind must be 'mean' or 'zero', got {kind!r}.")
+    if ablation not in ("mean", "zero"):
+        raise ValueError(f"ablation must be 'mean' or 'zero', got {ablation!r}.")
     out = []
     for heads in head_sets:
         heads = checks.heads(model, heads) if heads else []
         if not heads:
             out.append(score(model, ds, batch_size=batch_size)["diff"])
             continue
-        ref = None if kind == "zero" else ds.corrupted_tokens
-        ids = None if kind == "zero" else group_ids(ds)
-        size = batch_size if kind == "zero" else len(ds.clean_tokens)
-        with ablate(model, heads=heads, kind=kind, reference=ref, template_ids=ids):
+        ref = None if ablation == "zero" else ds.corrupted_tokens
+        ids = None if ablation == "zero" else group_ids(ds)
+        size = batch_size if ablation == "zero" else len(ds.clean_tokens)
+        with ablate(model, heads=heads, ablation=ablation, reference=ref, template_ids=ids):
             out.append(score(model, ds, batch_size=size)["diff"])
     return torch.stack(out)

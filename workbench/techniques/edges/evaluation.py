@@ -60,7 +60,9 @@ __all__ = [
 ]
 
 MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-Ablation = Literal["patch", "mean"]
+#: The ablations edge patching runs (a subset of :data:`workbench.core.checks.Ablation`): the
+#: corrupted run's activation, or its mean over the corrupted prompts.
+EdgeAblation = Literal["patch", "mean"]
 ABLATIONS: tuple[str, ...] = ("patch", "mean")
 Selection = Literal["top-n", "greedy"]
 SELECTIONS: tuple[str, ...] = ("top-n", "greedy")
@@ -81,7 +83,7 @@ class EdgePatcher:
     """
 
     def __init__(self, model, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
-                 metric, *, ablation: Ablation = "patch") -> None:
+                 metric, *, ablation: EdgeAblation = "patch") -> None:
         if ablation not in ABLATIONS:
             raise ValueError(f"Unknown ablation {ablation!r}; choose from {list(ABLATIONS)}.")
         checks.token_pair(model, clean_tokens, corrupted_tokens)
@@ -281,15 +283,15 @@ def _check_fractions(fractions) -> tuple[float, ...]:
     return fr
 
 
-def _check_curve_options(graph, fractions, ablation, selection, by, n_random) -> tuple[float, ...]:
+def _check_curve_options(graph, fractions, ablation, selection, by, n_draws) -> tuple[float, ...]:
     if selection not in SELECTIONS:
         raise ValueError(f"Unknown selection {selection!r}; choose from {list(SELECTIONS)}.")
     if ablation not in ABLATIONS:
         raise ValueError(f"Unknown ablation {ablation!r}; choose from {list(ABLATIONS)}.")
     if by not in ("abs", "value"):
         raise ValueError(f"Unknown by={by!r}; choose from ['abs', 'value'].")
-    if not isinstance(n_random, int) or n_random < 0:
-        raise ValueError(f"n_random must be a non-negative int, got {n_random!r}.")
+    if not isinstance(n_draws, int) or n_draws < 0:
+        raise ValueError(f"n_draws must be a non-negative int, got {n_draws!r}.")
     fr = _check_fractions(fractions)
     if not isinstance(graph, Graph):
         raise TypeError(f"graph must be a workbench.techniques.edges.Graph, got {type(graph).__name__}.")
@@ -334,14 +336,14 @@ def _curve(p: EdgePatcher, fr: tuple[float, ...], sizes: list[int], total: int,
                              [round(k) for k in kept])
 
 
-def _random_masks(graph: Graph, n_random: int, gen: torch.Generator,
+def _random_masks(graph: Graph, n_draws: int, gen: torch.Generator,
                   prune: bool) -> Callable[[int], list[Tensor]]:
-    """``n_random`` uniformly random edge sets of a given size (pruned if ``prune``), from ``gen``."""
+    """``n_draws`` uniformly random edge sets of a given size (pruned if ``prune``), from ``gen``."""
     total = graph.n_edges
 
     def random_masks(n: int) -> list[Tensor]:
         out = []
-        for _ in range(n_random):
+        for _ in range(n_draws):
             m = torch.zeros(total, dtype=torch.bool)
             m[torch.randperm(total, generator=gen)[:n]] = True
             out.append(graph.with_circuit(m).prune().in_circuit if prune else m)
@@ -358,10 +360,10 @@ def faithfulness_curve(
     metric,
     *,
     fractions: Sequence[float] = MIB_FRACTIONS,
-    ablation: Ablation = "patch",
+    ablation: EdgeAblation = "patch",
     selection: Selection = "top-n",
     by: SelectBy = "abs",
-    n_random: int = 1,
+    n_draws: int = 1,
     seed: int = 0,
     prune: bool = True,
     progress: bool = False,
@@ -373,18 +375,18 @@ def faithfulness_curve(
     default) or grown greedily from the logits (``"greedy"``). With ``prune=True`` (MIB's
     protocol) each circuit loses its dangling edges (:meth:`Graph.prune`) before it is run and
     counted, so the curve's x axis is the size of the circuit that does the work. ``random``
-    holds the mean over ``n_random`` seeded draws of uniformly random edge sets of the same
+    holds the mean over ``n_draws`` seeded draws of uniformly random edge sets of the same
     sizes (pruned alike; x is then their mean kept fraction). Pass a ``patcher`` built on the
     same prompts to reuse its ablated outputs across calls.
     """
-    fr = _check_curve_options(graph, fractions, ablation, selection, by, n_random)
+    fr = _check_curve_options(graph, fractions, ablation, selection, by, n_draws)
     p = _curve_patcher(model, graph, clean_tokens, corrupted_tokens, metric, ablation, patcher)
     total = graph.n_edges
     sizes = [int(f * total) for f in fr]
     empty, empty_per = p.run(torch.zeros(total, dtype=torch.bool))
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(sizes) * (1 + n_random), desc="faithfulness curve", disable=not progress, leave=False)
+    bar = tqdm(total=len(sizes) * (1 + n_draws), desc="faithfulness curve", disable=not progress, leave=False)
     meta = {"ablation": ablation, "selection": selection, "clean": p.clean_value, "empty": empty,
             "metric": metric_name(metric), "n_prompts": int(clean_tokens.shape[0]), "pruned": prune}
 
@@ -392,15 +394,15 @@ def faithfulness_curve(
         return _curve(p, fr, sizes, total, masks_for, label, empty_per, dict(meta), bar)
 
     result = curve(lambda n: [_circuit(graph, n, selection, by, prune)], graph.meta.get("method", "circuit"))
-    if n_random:
-        result.random = curve(_random_masks(graph, n_random, torch.Generator().manual_seed(seed), prune), "random")
+    if n_draws:
+        result.random = curve(_random_masks(graph, n_draws, torch.Generator().manual_seed(seed), prune), "random")
         result.random.meta["seed"] = seed
     bar.close()
     return result
 
 
 def evaluate_circuit(model, graph: Graph, clean_tokens, corrupted_tokens, metric, *,
-                     ablation: Ablation = "patch", prune: bool = True,
+                     ablation: EdgeAblation = "patch", prune: bool = True,
                      patcher: EdgePatcher | None = None) -> dict[str, float]:
     """Faithfulness of ``graph``'s circuit (``graph.in_circuit``): ``{"n_edges", "fraction",
     "value", "faithfulness"}`` under the same normalisation as :func:`faithfulness_curve`
