@@ -60,10 +60,10 @@ def bench(name: str, n: int, steps: int, progress: bool) -> None:
     clean, corrupted = ds.clean_tokens, ds.corrupted_tokens
     metric = normalise(model, clean, corrupted, ds.logit_diff())
     print(f"\n== {name}: {n} IOI prompts of {clean.shape[1]} tokens, torch threads {torch.get_num_threads()}")
-    ig, t_ig = timed(lambda: edges.attribute(model, clean, corrupted, metric, method="eap-ig", steps=steps,
+    ig, t_ig = timed(lambda: edges.attribute_edges(model, clean, corrupted, metric, method="eap-ig", steps=steps,
                                              progress=progress))
-    _eap, t_eap = timed(lambda: edges.attribute(model, clean, corrupted, metric, method="eap", progress=progress))
-    curve, t_curve = timed(lambda: edges.faithfulness_curve(model, ig, clean, corrupted, metric, n_draws=1,
+    _eap, t_eap = timed(lambda: edges.attribute_edges(model, clean, corrupted, metric, method="eap", progress=progress))
+    curve, t_curve = timed(lambda: edges.faithfulness_curve(model, clean, corrupted, metric, graph=ig, n_draws=1,
                                                             progress=progress))
     print(f"edges: {ig.n_edges} ({ig.layout.n_forward} writers x {ig.layout.n_backward} inputs, upstream only)")
     print(f"EAP-IG ({steps} steps): {t_ig} | EAP: {t_eap} | faithfulness curve "

@@ -903,7 +903,7 @@ def test_sae_exercises_agree_with_sae(model):
     clean[:, 0] = corrupted[:, 0] = 0
     torch.testing.assert_close(csae.sae_encode(sae, csae.sae_input(model, clean)),
                                wsae.encode(model, sae, clean))
-    ref = wsae.attribute_features(model, sae, clean, corrupted, metric).values
+    ref = wsae.attribute_features(model, clean, corrupted, metric, sae=sae).values
     torch.testing.assert_close(csae.feature_attribution(model, sae, clean, corrupted, metric), ref,
                                atol=1e-5, rtol=1e-4)
 

@@ -198,7 +198,7 @@ def test_node_outputs_sum_to_the_residual_stream(model, pair):
 
 
 def test_eap_equals_the_linearised_exact_effect(model, pair, metric):
-    g = edges.attribute(model, *pair, metric, method="eap")
+    g = edges.attribute_edges(model, *pair, metric, method="eap")
     valid = g.layout.valid()
     pairs = valid.nonzero().tolist()
     ref = torch.tensor(linearised_scores(model, *pair, metric, pairs))
@@ -208,26 +208,26 @@ def test_eap_equals_the_linearised_exact_effect(model, pair, metric):
 
 
 def test_eap_ig_equals_the_mean_of_linearised_effects(model, pair, metric):
-    g = edges.attribute(model, *pair, metric, method="eap-ig", steps=3)
+    g = edges.attribute_edges(model, *pair, metric, method="eap-ig", steps=3)
     valid = g.layout.valid()
     pairs = valid.nonzero().tolist()[::3]
     ref = sum(torch.tensor(linearised_scores(model, *pair, metric, pairs, embed_alpha=k / 3)) for k in (1, 2, 3)) / 3
     got = torch.stack([g.matrix[u, v] for u, v in pairs])
     assert (got - ref).abs().max() < 1e-4
-    eap = edges.attribute(model, *pair, metric, method="eap")
+    eap = edges.attribute_edges(model, *pair, metric, method="eap")
     assert (torch.stack([eap.matrix[u, v] for u, v in pairs]) - got).abs().max() > 1e-4  # IG differs
 
 
 @pytest.mark.parametrize("method", ["eap-ig", "eap-ig-activations"])
 def test_one_step_ig_is_eap(model, pair, metric, method):
-    eap = edges.attribute(model, *pair, metric, method="eap")
-    one = edges.attribute(model, *pair, metric, method=method, steps=1)
+    eap = edges.attribute_edges(model, *pair, metric, method="eap")
+    one = edges.attribute_edges(model, *pair, metric, method=method, steps=1)
     assert (eap.matrix - one.matrix).abs().max() < 1e-5
 
 
 def test_eap_ig_activations_differs_and_correlates(tiny, pair, metric):
-    eap = edges.attribute(tiny, *pair, metric, method="eap")
-    act = edges.attribute(tiny, *pair, metric, method="eap-ig-activations", steps=4)
+    eap = edges.attribute_edges(tiny, *pair, metric, method="eap")
+    act = edges.attribute_edges(tiny, *pair, metric, method="eap-ig-activations", steps=4)
     assert (eap.scores - act.scores).abs().max() > 1e-4
     assert spearmanr(eap.scores, act.scores).statistic > 0.5
 
@@ -279,27 +279,27 @@ def test_full_and_empty_circuits_are_clean_and_corrupted(model, pair, metric):
 
 
 def test_faithfulness_curve(tiny, pair, metric):
-    g = edges.attribute(tiny, *pair, metric, method="eap-ig", steps=2)
+    g = edges.attribute_edges(tiny, *pair, metric, method="eap-ig", steps=2)
     fr = (0.05, 0.1, 0.5, 1.0)
-    c = edges.faithfulness_curve(tiny, g, *pair, metric, fractions=fr, n_draws=2, seed=1)
+    c = edges.faithfulness_curve(tiny, *pair, metric, graph=g, fractions=fr, n_draws=2, seed=1)
     assert c.n_edges == [int(f * g.n_edges) for f in fr]
     assert abs(c.faithfulness[-1].item() - 1) < 1e-4 and abs(c.random.faithfulness[-1].item() - 1) < 1e-4
     assert (c.cpr, c.cmd) == areas(c.x, c.faithfulness)
     assert all(k <= n for k, n in zip(c.n_kept, c.n_edges)) and c.n_kept[-1] == g.n_edges
     assert torch.allclose(c.x, torch.tensor(c.n_kept, dtype=torch.float64) / g.n_edges)
-    unpruned = edges.faithfulness_curve(tiny, g, *pair, metric, fractions=fr, n_draws=0, prune=False)
+    unpruned = edges.faithfulness_curve(tiny, *pair, metric, graph=g, fractions=fr, n_draws=0, prune=False)
     assert unpruned.n_kept == unpruned.n_edges
     assert torch.allclose(unpruned.faithfulness, c.faithfulness, atol=1e-5)  # pruning moves x, not y
     # the bootstrap statistic on all prompts gives the curve's own figures
     assert abs(c.statistic("cmd")(c.per_prompt).item() - c.cmd) < 1e-4
     assert abs(c.statistic("cpr")(c.per_prompt).item() - c.cpr) < 1e-4
-    again = edges.faithfulness_curve(tiny, g, *pair, metric, fractions=fr, n_draws=2, seed=1)
+    again = edges.faithfulness_curve(tiny, *pair, metric, graph=g, fractions=fr, n_draws=2, seed=1)
     assert torch.equal(again.random.faithfulness, c.random.faithfulness)  # seeded
     frame = c.to_frame()
     assert set(frame["circuit"]) == {"eap-ig", "random"} and len(frame) == 2 * len(fr)
     assert "CPR" in c._repr_html_()
     assert c.plot() is not None
-    one = edges.evaluate_circuit(tiny, g.top_n(fraction=0.1), *pair, metric)
+    one = edges.evaluate_circuit(tiny, *pair, metric, graph=g.top_n(fraction=0.1))
     assert abs(one["faithfulness"] - c.faithfulness[1].item()) < 1e-5
 
 
@@ -318,7 +318,7 @@ def test_areas_follow_the_trapezoid_rule():
 
 
 def test_top_n_and_greedy(tiny, pair, metric):
-    g = edges.attribute(tiny, *pair, metric, method="eap")
+    g = edges.attribute_edges(tiny, *pair, metric, method="eap")
     top = g.top_n(10)
     assert int(top.in_circuit.sum()) == 10
     assert top.scores[top.in_circuit].abs().min() >= top.scores[~top.in_circuit].abs().max()
@@ -404,24 +404,24 @@ def test_gqa_key_value_inputs_are_per_group():
 
 def test_bad_input(tiny, pair, metric):
     with pytest.raises(ValueError, match="'eap-xx'.*'eap'"):
-        edges.attribute(tiny, *pair, metric, method="eap-xx")
+        edges.attribute_edges(tiny, *pair, metric, method="eap-xx")
     with pytest.raises(ValueError, match="steps"):
-        edges.attribute(tiny, *pair, metric, steps=0)
+        edges.attribute_edges(tiny, *pair, metric, steps=0)
     with pytest.raises(ValueError, match="same"):
-        edges.attribute(tiny, pair[0], pair[1][:, :-1], metric)
-    g = edges.attribute(tiny, *pair, metric, method="eap")
+        edges.attribute_edges(tiny, pair[0], pair[1][:, :-1], metric)
+    g = edges.attribute_edges(tiny, *pair, metric, method="eap")
     with pytest.raises(ValueError, match="'zero'.*'patch'"):
-        edges.faithfulness_curve(tiny, g, *pair, metric, ablation="zero")
+        edges.faithfulness_curve(tiny, *pair, metric, graph=g, ablation="zero")
     with pytest.raises(ValueError, match="fractions"):
-        edges.faithfulness_curve(tiny, g, *pair, metric, fractions=(0.5, 0.1))
+        edges.faithfulness_curve(tiny, *pair, metric, graph=g, fractions=(0.5, 0.1))
     with pytest.raises(ValueError, match="selection"):
-        edges.faithfulness_curve(tiny, g, *pair, metric, selection="best")
+        edges.faithfulness_curve(tiny, *pair, metric, graph=g, selection="best")
     with pytest.raises(ValueError, match="layout"):
-        edges.faithfulness_curve(models.tiny_model(n_layers=3), g, *pair, metric)
+        edges.faithfulness_curve(models.tiny_model(n_layers=3), *pair, metric, graph=g)
     with pytest.raises(ValueError, match="n must be"):
         g.top_n(g.n_edges + 1)
     with pytest.raises(ValueError, match="circuit"):
-        edges.evaluate_circuit(tiny, g, *pair, metric)
+        edges.evaluate_circuit(tiny, *pair, metric, graph=g)
     with pytest.raises(TypeError, match="HookedTransformer"):
         Layout.from_model(torch.nn.Linear(2, 2))
 
@@ -439,17 +439,17 @@ def test_errors_leave_no_hooks_and_restore_settings(tiny, pair, metric):
     for method in edges.METHODS:
         calls["n"] = 0
         with pytest.raises(RuntimeError, match="boom"):
-            edges.attribute(tiny, *pair, flaky, method=method)
+            edges.attribute_edges(tiny, *pair, flaky, method=method)
         assert_no_hooks(tiny)
         assert (tiny.cfg.use_split_qkv_input, tiny.cfg.use_hook_mlp_in, tiny.cfg.use_attn_result) == before
     calls["n"] = 0
-    g = edges.attribute(tiny, *pair, metric, method="eap")
+    g = edges.attribute_edges(tiny, *pair, metric, method="eap")
     with pytest.raises(RuntimeError, match="boom"):
-        edges.faithfulness_curve(tiny, g, *pair, flaky)
+        edges.faithfulness_curve(tiny, *pair, flaky, graph=g)
     assert_no_hooks(tiny)
     assert (tiny.cfg.use_split_qkv_input, tiny.cfg.use_hook_mlp_in, tiny.cfg.use_attn_result) == before
     # and a normal call leaves the model as it was
-    edges.faithfulness_curve(tiny, g, *pair, metric, fractions=(0.5, 1.0))
+    edges.faithfulness_curve(tiny, *pair, metric, graph=g, fractions=(0.5, 1.0))
     assert_no_hooks(tiny)
     assert (tiny.cfg.use_split_qkv_input, tiny.cfg.use_hook_mlp_in, tiny.cfg.use_attn_result) == before
 
@@ -464,8 +464,8 @@ def test_smollm2_ig_ranks_edges_like_exact_patching(smollm2):
 
     ds = ioi_dataset(smollm2, n=8, templates=[0], seed=5)
     metric = normalise(smollm2, ds.clean_tokens, ds.corrupted_tokens, ds.logit_diff())
-    eap = edges.attribute(smollm2, ds.clean_tokens, ds.corrupted_tokens, metric, method="eap")
-    ig = edges.attribute(smollm2, ds.clean_tokens, ds.corrupted_tokens, metric, method="eap-ig", steps=5)
+    eap = edges.attribute_edges(smollm2, ds.clean_tokens, ds.corrupted_tokens, metric, method="eap")
+    ig = edges.attribute_edges(smollm2, ds.clean_tokens, ds.corrupted_tokens, metric, method="eap-ig", steps=5)
     assert eap.n_edges == Layout.edge_count(30, 9, 3, True)
     p = EdgePatcher(smollm2, ds.clean_tokens, ds.corrupted_tokens, metric)
     gen = torch.Generator().manual_seed(0)

@@ -75,7 +75,7 @@ def _by_k(values, metric="accuracy") -> Result:
 
 
 def _edge_graph(tiny, pair):
-    return edges.attribute(tiny, *pair, METRIC, method="eap").top_n(fraction=0.2)
+    return edges.attribute_edges(tiny, *pair, METRIC, method="eap").top_n(fraction=0.2)
 
 
 # One builder per result type: (tiny model, token pair) -> a small instance.
@@ -92,7 +92,7 @@ BUILDERS = {
     attribution.Attribution: lambda m, p: attribution.attribute(m, *p, METRIC),
     edges.Graph: _edge_graph,
     edges.FaithfulnessCurve: lambda m, p: edges.faithfulness_curve(
-        m, _edge_graph(m, p), *p, METRIC, fractions=(0.1, 0.5, 1.0), n_draws=1, seed=1),
+        m, *p, METRIC, graph=_edge_graph(m, p), fractions=(0.1, 0.5, 1.0), n_draws=1, seed=1),
     ablation.Faithfulness: lambda m, p: ablation.faithfulness(m, p[0], METRIC, [(0, 1), (1, 2)], reference=p[1]),
     ablation.Completeness: lambda m, p: ablation.completeness(m, p[0], METRIC, [(0, 1), (1, 2), 1], reference=p[1],
                                                               n_samples=2, progress=False),

@@ -185,9 +185,9 @@ def test_no_hooks_left_after_errors(tiny, sae, corpus):
         with wsae.spliced(tiny, sae, with_error=True):
             raise RuntimeError("inside")
     with pytest.raises(ValueError, match="scalar"):
-        wsae.attribute_features(tiny, sae, corpus[:2], corpus[2:4], lambda logits: logits[:, -1, 0])
+        wsae.attribute_features(tiny, corpus[:2], corpus[2:4], lambda logits: logits[:, -1, 0], sae=sae)
     with pytest.raises(RuntimeError, match="metric failed"):
-        wsae.patch_features(tiny, sae, corpus[:2], corpus[2:4], broken, [0], progress=False)
+        wsae.patch_features(tiny, corpus[:2], corpus[2:4], broken, sae=sae, features=[0])
     assert_no_hooks(tiny)
 
 
@@ -354,9 +354,9 @@ def test_attribution_equals_exact_patching_where_linear(tiny):
     # After ln_final the logits are linear in the activation, so the first-order estimate is exact.
     sae = random_sae(tiny, "ln_final.hook_normalized", d_sae=48, k=12)
     clean, corrupted, metric = _ioi_like(tiny)
-    approx = wsae.attribute_features(tiny, sae, clean, corrupted, metric, by_pos=True)
+    approx = wsae.attribute_features(tiny, clean, corrupted, metric, sae=sae, by_pos=True)
     feats = approx.values.abs().sum(0).topk(6).indices.tolist()
-    exact = wsae.patch_features(tiny, sae, clean, corrupted, metric, feats, by_pos=True, progress=False)
+    exact = wsae.patch_features(tiny, clean, corrupted, metric, sae=sae, features=feats, by_pos=True, progress=False)
     torch.testing.assert_close(approx.values[:, feats], exact.values, atol=1e-4, rtol=1e-4)
     assert approx.meta["corrupted"] == pytest.approx(exact.meta["corrupted"], abs=1e-6)
     assert exact.values[0].eq(exact.meta["corrupted"]).all()  # BOS is never patched
@@ -365,10 +365,10 @@ def test_attribution_equals_exact_patching_where_linear(tiny):
 
 def test_attribution_agrees_with_exact_patching_mid_layer(tiny, sae):
     clean, corrupted, metric = _ioi_like(tiny)
-    approx = wsae.attribute_features(tiny, sae, clean, corrupted, metric)
+    approx = wsae.attribute_features(tiny, clean, corrupted, metric, sae=sae)
     base = approx.meta["corrupted"]
     feats = (approx.values - base).abs().topk(8).indices.tolist()
-    exact = wsae.patch_features(tiny, sae, clean, corrupted, metric, feats, progress=False)
+    exact = wsae.patch_features(tiny, clean, corrupted, metric, sae=sae, features=feats, progress=False)
     a, e = approx.values[feats] - base, exact.values - base
     assert torch.corrcoef(torch.stack([a, e]))[0, 1] > 0.95
     assert float((a - e).norm() / e.norm()) < 0.35  # first order: close, not exact

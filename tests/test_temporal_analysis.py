@@ -84,14 +84,6 @@ def test_time_attention_reference(tiny):
         assert torch.allclose(got[layer], p, atol=1e-5)
 
 
-def test_random_head_sets_seeded_and_exclusive(tiny):
-    a = tp.random_head_sets(tiny, 3, 4, seed=1, exclude=[(0, 0)])
-    assert a == tp.random_head_sets(tiny, 3, 4, seed=1, exclude=[(0, 0)])
-    assert all(len(set(s)) == 3 and (0, 0) not in s for s in a)
-    with pytest.raises(ValueError, match="k must be"):
-        tp.random_head_sets(tiny, 0, 1)
-
-
 def test_ablation_table_matches_ablate(tiny):
     ds = make_ds()
     table = tp.ablation_table(tiny, {"d": ds}, {"none": [], "x": [(1, 1)]}, batch_size=4,

@@ -45,7 +45,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from workbench.core import checks, components
+from workbench.core import checks
 from workbench.core.results import Result
 from workbench.core.runtime import logits_at, resid_to_logits, supports_fast_path
 from workbench.techniques.ablation import ComponentAblation, ablate
@@ -58,7 +58,6 @@ __all__ = [
     "group_ids",
     "patch_each_head",
     "edit_heads",
-    "random_head_sets",
     "ablation_table",
     "edit_table",
     "ablated_diffs",
@@ -256,16 +255,6 @@ def edit_heads(model, ds, heads: Sequence[tuple[int, int]], *, scale: float = 1.
     last = _edited_logits(model, ds.clean_tokens, ds.pos["END"], source, heads, float(scale),
                           batch_size)
     return _scores_from_logits(ds, last)["diff"]
-
-
-def random_head_sets(model, k: int, n: int, *, seed: int = 0,
-                     exclude: Sequence[tuple[int, int]] = ()) -> list[list[tuple[int, int]]]:
-    """``n`` seeded draws of ``k`` distinct heads each, none in ``exclude``
-    (:func:`workbench.core.components.random_head_sets` over the model's heads)."""
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}.")
-    return components.random_head_sets(model.cfg.n_layers, model.cfg.n_heads, k=k, n_draws=n, seed=seed,
-                                       exclude=exclude)
 
 
 def ablation_table(

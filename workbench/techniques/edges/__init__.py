@@ -2,12 +2,12 @@
 
 - :mod:`.graph`: nodes and edges of a ``HookedTransformer`` (grouped-query and post-norm aware),
   :class:`Graph` (scores, circuits: top-n and greedy growth from the logits, head-level circuits).
-- :mod:`.attribution`: :func:`attribute` (``"eap"``, ``"eap-ig"``, ``"eap-ig-activations"``).
+- :mod:`.attribution`: :func:`attribute_edges` (``"eap"``, ``"eap-ig"``, ``"eap-ig-activations"``).
 - :mod:`.evaluation`: edge patching of a circuit (:class:`EdgePatcher`), :func:`faithfulness_curve`
   with MIB's CPR and CMD, and random circuits of the same sizes.
 """
 
-from workbench.techniques.edges.attribution import METHODS, attribute
+from workbench.techniques.edges.attribution import METHODS, attribute_edges
 from workbench.techniques.edges.evaluation import (
     MIB_FRACTIONS,
     EdgePatcher,
@@ -26,7 +26,7 @@ __all__ = [
     "Graph",
     "Layout",
     "areas",
-    "attribute",
+    "attribute_edges",
     "evaluate_circuit",
     "faithfulness_curve",
 ]

@@ -47,7 +47,7 @@ from workbench.techniques.edges.engine import (
 from workbench.techniques.edges.graph import Graph, Layout
 from workbench.techniques.patching import shared_prefix
 
-__all__ = ["METHODS", "attribute"]
+__all__ = ["METHODS", "attribute_edges"]
 
 Method = Literal["eap", "eap-ig", "eap-ig-activations"]
 METHODS: tuple[str, ...] = ("eap", "eap-ig", "eap-ig-activations")
@@ -96,7 +96,7 @@ def _check(method: str, steps: int) -> None:
         raise ValueError(f"steps must be a positive int, got {steps!r}.")
 
 
-def attribute(
+def attribute_edges(
     model,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupted_tokens: Int[Tensor, "batch pos"],

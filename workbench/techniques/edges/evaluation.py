@@ -354,11 +354,11 @@ def _random_masks(graph: Graph, n_draws: int, gen: torch.Generator,
 
 def faithfulness_curve(
     model,
-    graph: Graph,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupted_tokens: Int[Tensor, "batch pos"],
     metric,
     *,
+    graph: Graph,
     fractions: Sequence[float] = MIB_FRACTIONS,
     ablation: EdgeAblation = "patch",
     selection: Selection = "top-n",
@@ -401,7 +401,7 @@ def faithfulness_curve(
     return result
 
 
-def evaluate_circuit(model, graph: Graph, clean_tokens, corrupted_tokens, metric, *,
+def evaluate_circuit(model, clean_tokens, corrupted_tokens, metric, *, graph: Graph,
                      ablation: EdgeAblation = "patch", prune: bool = True,
                      patcher: EdgePatcher | None = None) -> dict[str, float]:
     """Faithfulness of ``graph``'s circuit (``graph.in_circuit``): ``{"n_edges", "fraction",

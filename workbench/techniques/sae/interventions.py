@@ -84,11 +84,11 @@ def ablate_features(model, sae, features, *, positions=None, value: float = 0.0)
 
 def attribute_features(
     model,
-    sae,
     clean: Int[Tensor, "batch pos"],
     corrupted: Int[Tensor, "batch pos"],
     metric: Metric,
     *,
+    sae,
     by_pos: bool = False,
 ) -> Result:
     """Attribution patching on SAE latents: one forward/backward on the corrupted run.
@@ -130,14 +130,14 @@ def attribute_features(
 @torch.no_grad()
 def patch_features(
     model,
-    sae,
     clean: Int[Tensor, "batch pos"],
     corrupted: Int[Tensor, "batch pos"],
     metric: Metric,
-    features: Sequence[int],
     *,
+    sae,
+    features: Sequence[int],
     by_pos: bool = False,
-    progress: bool = True,
+    progress: bool = False,
 ) -> Result:
     """Exact patching of SAE latents: the corrupted run with one feature set to its clean value.
 
