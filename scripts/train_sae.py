@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     sae = wsae.train_sae(
         model, args.hook, train_docs, d_sae=args.d_sae, k=args.k, n_tokens=args.n_tokens,
         batch_size=args.batch_size, lr=args.lr, context=args.context, seed=args.seed,
-        b_dec_init=args.b_dec_init,
+        b_dec_init=args.b_dec_init, progress=True,
     )
     training = dict(sae.cfg.metadata.workbench_training)
     wsae.save_sae(sae, args.out, half=not args.full_precision)

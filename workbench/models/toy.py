@@ -171,7 +171,7 @@ def toy_accuracy(model, pairs: Int[Tensor, "batch 2"]) -> float:
     return (logits.argmax(-1) == pairs.sum(1) % p).float().mean().item()
 
 
-def train_toy(config: ToyConfig = ToyConfig(), *, progress: bool = True):
+def train_toy(config: ToyConfig = ToyConfig(), *, progress: bool = False):
     """Train the toy model from scratch, full batch; returns ``(model, metrics)``.
 
     ``metrics`` holds train/test accuracy and loss, the number of steps, the wall-clock and CPU
@@ -243,7 +243,7 @@ def save_toy(model, metrics: dict, folder: str | Path = TOY_DIR) -> Path:
 
 
 def load_toy_model(folder: str | Path = TOY_DIR, *, train_if_missing: bool = True,
-                   progress: bool = True):
+                   progress: bool = False):
     """The trained toy model from ``folder`` (eval mode, gradients off).
 
     If the weights are missing and ``train_if_missing``, train with the config in ``folder``

@@ -404,7 +404,7 @@ def completeness(
     model, tokens: Int[Tensor, "batch pos"], metric: Metric, circuit, *,
     reference: Int[Tensor, "batch pos"] | None = None, subsets: Sequence | None = None,
     n_samples: int = 10, p: float = 0.5, ablation: ComponentAblation = "mean", template_ids=None,
-    reference_template_ids=None, seed: int = 0, keep_mlps: bool = False, progress: bool = True,
+    reference_template_ids=None, seed: int = 0, keep_mlps: bool = False, progress: bool = False,
 ) -> Completeness:
     """Compare ``F(C \\ K)`` with ``F(M \\ K)`` for subsets ``K`` of the circuit.
 
@@ -469,7 +469,7 @@ def minimality(
     model, tokens: Int[Tensor, "batch pos"], metric: Metric, circuit, *,
     reference: Int[Tensor, "batch pos"] | None = None, k: Sequence | Mapping | None = None,
     ablation: ComponentAblation = "mean", template_ids=None, reference_template_ids=None, seed: int = 0,
-    keep_mlps: bool = False, progress: bool = True,
+    keep_mlps: bool = False, progress: bool = False,
 ) -> Minimality:
     """How much each circuit component ``v`` matters once ``K`` is removed from the circuit.
 

@@ -328,7 +328,7 @@ def copy_scores(
     method: Literal["top_k", "eigen"] = "top_k",
     embedding: Literal["embed", "mlp0"] = "embed",
     seed: int = 0,
-    progress: bool = True,
+    progress: bool = False,
 ) -> Result:
     """Does each head's OV circuit map a token to itself? ``[layer, head]``, in [0, 1] or [-1, 1].
 
@@ -521,7 +521,7 @@ def retrieval_hits(model, haystack) -> tuple[Int[Tensor, "layer head"], bool]:
     return hits, answered
 
 
-def retrieval_scores(model, haystacks: Sequence, *, progress: bool = True) -> Result:
+def retrieval_scores(model, haystacks: Sequence, *, progress: bool = False) -> Result:
     """Retrieval score of every head (Wu et al. 2024), ``[layer, head]``, in [0, 1].
 
     For each haystack the model answers (its greedy continuation is the answer, checked at every

@@ -376,7 +376,7 @@ def patch(
     heads: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
     batch_size: int = 64,
-    progress: bool = True,
+    progress: bool = False,
 ) -> Result:
     """Patch each clean activation at ``site`` into the corrupted run; the metric of each.
 
@@ -423,7 +423,7 @@ def patch(
 
 @torch.no_grad()
 def patch_reference(model, clean_tokens, corrupted_tokens, metric, *, site: Site, by_pos: bool = True,
-                    layers=None, heads=None, positions=None, progress: bool = True) -> Result:
+                    layers=None, heads=None, positions=None, progress: bool = False) -> Result:
     """The slow, obviously correct loop: one hooked forward of the corrupted batch per index."""
     _check_options(site, 1)
     _, seq = checks.token_pair(model, clean_tokens, corrupted_tokens)
@@ -447,7 +447,7 @@ def patch_reference(model, clean_tokens, corrupted_tokens, metric, *, site: Site
 
 def patch_heads(model, clean_tokens, corrupted_tokens, metric, *, by_pos: bool = False,
                 site: HeadSite = "z", layers=None, heads=None, positions=None,
-                batch_size: int = 64, progress: bool = True) -> Result:
+                batch_size: int = 64, progress: bool = False) -> Result:
     """Patch attention heads: output ``z`` (default), ``q``, ``k``, ``v`` or ``pattern``.
 
     Same layout and values as ``transformer_lens.patching.get_act_patch_attn_head_out_all_pos``
@@ -465,7 +465,7 @@ def patch_heads(model, clean_tokens, corrupted_tokens, metric, *, by_pos: bool =
 
 def _layer_pos_variant(site: str, what: str):
     def variant(model, clean_tokens, corrupted_tokens, metric, *, layers=None, positions=None,
-                batch_size: int = 64, progress: bool = True) -> Result:
+                batch_size: int = 64, progress: bool = False) -> Result:
         return patch(model, clean_tokens, corrupted_tokens, metric, site=site, layers=layers,
                      positions=positions, batch_size=batch_size, progress=progress)
 

@@ -430,7 +430,7 @@ def path_patch_heads(
     receiver_pos=None,
     freeze_mlps: bool = True,
     max_batch: int = 256,
-    progress: bool = True,
+    progress: bool = False,
 ) -> Result:
     """:func:`path_patch` from every single head as the sender, to the same receivers.
 

@@ -175,7 +175,7 @@ def top_vs_random(
     ablation: ComponentAblation = "mean",
     reference: Int[Tensor, "batch pos"] | None = None,
     batch_size: int = 64,
-    progress: bool = True,
+    progress: bool = False,
 ) -> TopVsRandom:
     """Ablate the ``k`` heads with the largest ``scores`` vs ``n_draws`` seeded draws of ``k``
     random heads from the other heads, and measure :func:`answer_accuracy` on ``ds``.

@@ -415,7 +415,7 @@ def masking_experiment(
     seed: int = 0,
     measure: Measure = "exact",
     batch_size: int = 8,
-    progress: bool = True,
+    progress: bool = False,
 ) -> MaskingResult:
     """Needle accuracy with the top-K retrieval heads masked vs K random non-retrieval heads.
 

@@ -203,7 +203,7 @@ def _edited_logits(model, tokens, end, source_z: dict[int, Tensor], heads, scale
 
 
 def patch_each_head(
-    model, ds, heads: Sequence[tuple[int, int]], *, batch_size: int = 64, progress: bool = True
+    model, ds, heads: Sequence[tuple[int, int]], *, batch_size: int = 64, progress: bool = False
 ) -> Result:
     """Exact activation patching of each head in ``heads`` alone, clean INTO corrupted.
 
@@ -259,7 +259,7 @@ def edit_heads(model, ds, heads: Sequence[tuple[int, int]], *, scale: float = 1.
 
 def ablation_table(
     model, datasets: dict, head_sets: dict, *, ablation: ComponentAblation = "mean",
-    batch_size: int = 64, progress: bool = True,
+    batch_size: int = 64, progress: bool = False,
 ) -> pd.DataFrame:
     """Logit difference and accuracy of each dataset with each head set ablated.
 
@@ -292,7 +292,7 @@ def ablation_table(
 
 
 def edit_table(model, ds, head_sets: dict, scales: Sequence[float], *, batch_size: int = 64,
-               progress: bool = True) -> pd.DataFrame:
+               progress: bool = False) -> pd.DataFrame:
     """For each head set and scale, the mean logit difference after :func:`edit_heads` and the
     fraction of prompts whose answer moved to the other year's object (difference below 0)."""
     rows = []

@@ -129,7 +129,7 @@ def collect_activations(
     batch_size: int = 8,
     skip_bos: bool = True,
     max_norm: float | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> Float[Tensor, "batch d_model"]:
     """The activations at ``hook_name`` of every token, one row per token (BOS left out by default).
 

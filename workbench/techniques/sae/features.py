@@ -65,7 +65,7 @@ def top_contexts(
     window: int = 8,
     context: int = 64,
     batch_size: int = 16,
-    progress: bool = True,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """The ``k`` corpus tokens where ``feature`` fires most, each with ``window`` tokens either side.
 

@@ -189,7 +189,7 @@ def steer(
     metric: Metric,
     *,
     positions=None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> Result:
     """Dose-response of adding ``scale`` units of a feature's direction at the SAE's hook.
 

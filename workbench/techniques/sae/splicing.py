@@ -129,7 +129,7 @@ def evaluate_sae(
     context: int = 128,
     batch_size: int = 8,
     max_tokens: int | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> dict:
     """Held-out quality of an SAE: explained variance, L0, dead latents and the loss when spliced.
 

@@ -44,7 +44,7 @@ def train_sae(
     b_dec_init: Literal["zeros", "mean"] = "zeros",
     seed: int = 0,
     activations: Tensor | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ):
     """Train a TopK SAE on ``hook_name`` with SAELens's ``SAETrainer``; return the inference SAE.
 
