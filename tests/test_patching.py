@@ -142,7 +142,7 @@ def test_readout_before_last_position_and_per_prompt_positions(tiny, pair):
     clean, corrupted = pair
     for pos in (3, torch.tensor([2, 4, 5])):  # positions after the readout cannot matter
         m = LogitDiff(answers=[1, 2, 3], wrong=[4, 5, 6], pos=pos)
-        opts = dict(by_pos=True, heads=[1, 2], progress=False)
+        opts = dict(by_pos=True, heads=[(0, 1), (0, 2), (1, 1), (1, 2)], progress=False)
         fast = patching.patch_heads(tiny, clean, corrupted, m, batch_size=3, **opts)
         ref = patching.patch_reference(tiny, clean, corrupted, m, site="z", **opts)
         assert (fast.values - ref.values).abs().max() < TOL
@@ -171,8 +171,8 @@ def test_batch_size_does_not_change_values(tiny_gqa, pair, metric):
 def test_selection_is_a_slice_of_the_full_sweep(tiny, pair, metric):
     clean, corrupted = pair
     full = patching.patch_heads(tiny, clean, corrupted, metric, by_pos=True, progress=False)
-    part = patching.patch_heads(tiny, clean, corrupted, metric, by_pos=True, layers=[1],
-                                heads=[3, 0], positions=[-1, 2], progress=False)
+    part = patching.patch_heads(tiny, clean, corrupted, metric, by_pos=True,
+                                heads=[(1, 3), "L1H0"], positions=[-1, 2], progress=False)
     assert part.labels["layer"] == [1] and part.labels["head"] == [3, 0] and part.labels["pos"] == [5, 2]
     expected = full.values[1][[5, 2]][:, [3, 0]]
     assert (part.values[0] - expected).abs().max() < TOL
@@ -245,14 +245,16 @@ def test_bad_selection_and_options(tiny, tiny_gqa, pair, metric):
     clean, corrupted = pair
     args = (clean, corrupted, metric)
     _raises(tiny, ValueError, "layer 2 is out of range", *args, site="z", layers=[0, 2], progress=False)
-    _raises(tiny, ValueError, "head 4 is out of range", *args, site="z", heads=[4], progress=False)
-    _raises(tiny_gqa, ValueError, "head 2 is out of range", *args, site="k", heads=[2], progress=False)
+    _raises(tiny, ValueError, "L0H4 does not exist", *args, site="z", heads=[(0, 4)], progress=False)
+    _raises(tiny_gqa, ValueError, "L0H2 does not exist", *args, site="k", heads=[(0, 2)], progress=False)
+    _raises(tiny, TypeError, "pair \\(layer, head\\)", *args, site="z", heads=[1], progress=False)
+    _raises(tiny, ValueError, "not both", *args, site="z", layers=[0], heads=[(0, 1)], progress=False)
     _raises(tiny, ValueError, "position 6 is out of range", *args, site="resid_pre", positions=[6],
             progress=False)
     _raises(tiny, ValueError, "empty", *args, site="z", layers=[], progress=False)
     _raises(tiny, ValueError, "needs by_pos=True", *args, site="z", by_pos=False, positions=[1],
             progress=False)
-    _raises(tiny, ValueError, "has no heads", *args, site="attn_out", heads=[0], progress=False)
+    _raises(tiny, ValueError, "has no heads", *args, site="attn_out", heads=[(0, 0)], progress=False)
     _raises(tiny, ValueError, "Unknown site", *args, site="resid_mid", progress=False)
     _raises(tiny, ValueError, "batch_size", *args, site="z", batch_size=0, progress=False)
     with pytest.raises(ValueError, match="patch_heads site"):
@@ -342,14 +344,13 @@ def test_smollm2_ioi_heads_equal_transformer_lens(smollm2):
     ds, metric = _ioi(smollm2, 3)
     clean, corrupted = ds.clean_tokens, ds.corrupted_tokens
     cache = tl_cache(smollm2, clean)
-    layers, heads = [0, 14, 29], list(range(9))
+    layers = [0, 14, 29]
     index = tlp.make_df_from_ranges([30, 9], ["layer", "head"])
     index = index[index.layer.isin(layers)]
     theirs = tlp.generic_activation_patch(smollm2, corrupted, cache, metric,
                                           patch_setter=tlp.layer_head_vector_patch_setter,
                                           activation_name="z", index_df=index).reshape(3, 9)
-    ours = patching.patch_heads(smollm2, clean, corrupted, metric, layers=layers, heads=heads,
-                                progress=False)
+    ours = patching.patch_heads(smollm2, clean, corrupted, metric, layers=layers, progress=False)
     assert (ours.values - theirs).abs().max() < TOL
     # by position, at a few positions that matter in IOI (S2, END) and one that does not
     s2, end = int(ds.pos["S2"][0]), int(ds.pos["END"][0])
@@ -360,8 +361,8 @@ def test_smollm2_ioi_heads_equal_transformer_lens(smollm2):
                                           patch_setter=tlp.layer_pos_head_vector_patch_setter,
                                           activation_name="z",
                                           index_df=pd.DataFrame(rows, columns=["layer", "pos", "head"]))
-    ours = patching.patch_heads(smollm2, clean, corrupted, metric, by_pos=True, layers=[9, 24],
-                                positions=[3, s2, end], heads=[0, 4, 8], progress=False)
+    ours = patching.patch_heads(smollm2, clean, corrupted, metric, by_pos=True, positions=[3, s2, end],
+                                heads=[(L, h) for L in (9, 24) for h in (0, 4, 8)], progress=False)
     assert (ours.values.flatten() - theirs).abs().max() < TOL
     assert_no_hooks(smollm2)
 
@@ -375,3 +376,17 @@ def test_smollm2_gqa_values_match_reference(smollm2):
     ref = patching.patch_reference(smollm2, clean, corrupted, metric, **opts)
     assert fast.dims == ("layer", "pos", "kv_head") and fast.meta["query_heads"][1] == [3, 4, 5]
     assert (fast.values - ref.values).abs().max() < TOL
+
+
+def test_heads_are_layer_head_pairs_and_only_they_are_patched(tiny, pair, metric):
+    clean, corrupted = pair
+    full = patching.patch_heads(tiny, clean, corrupted, metric, progress=False)
+    some = patching.patch_heads(tiny, clean, corrupted, metric, heads=["L0H1", (1, 3)], progress=False)
+    assert some.labels["layer"] == [0, 1] and some.labels["head"] == [1, 3]
+    assert some.values[0, 0] == pytest.approx(full.values[0, 1].item(), abs=TOL)
+    assert some.values[1, 1] == pytest.approx(full.values[1, 3].item(), abs=TOL)
+    assert torch.isnan(some.values[0, 1]) and torch.isnan(some.values[1, 0])  # not asked for
+    ref = patching.patch_reference(tiny, clean, corrupted, metric, site="z", by_pos=False,
+                                   heads=["L0H1", (1, 3)])
+    assert torch.equal(ref.values.isnan(), some.values.isnan())
+    assert (ref.values - some.values).nan_to_num().abs().max() < TOL

@@ -167,18 +167,20 @@ def head(model, x, *, name: str = "head", n_heads: int | None = None) -> tuple[i
     return pair
 
 
-def heads(model, xs, *, name: str = "heads") -> list[tuple[int, int]]:
+def heads(model, xs, *, name: str = "heads", n_heads: int | None = None) -> list[tuple[int, int]]:
     """Heads as a list of distinct ``(layer, head)`` in the order given; any iterable of heads (a HeadSet too).
 
-    ``None`` is every head of the model; a single pair ``(layer, head)`` is one head.
+    ``None`` is every head of the model; a single pair ``(layer, head)`` is one head. ``n_heads``
+    overrides the number of heads per layer (key/value heads of a grouped-query model).
     """
     if xs is None:
-        return [(lay, h) for lay in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+        n = n_heads or model.cfg.n_heads
+        return [(lay, h) for lay in range(model.cfg.n_layers) for h in range(n)]
     if isinstance(xs, (str, bytes)) or not isinstance(xs, Iterable):
         raise TypeError(f"{name} must be an iterable of heads ((layer, head) pairs or 'L3H2' labels), got {xs!r}.")
     if isinstance(xs, tuple) and len(xs) == 2 and all(isinstance(i, int) and not isinstance(i, bool) for i in xs):
         xs = [xs]
-    out = list(dict.fromkeys(head(model, x, name=name) for x in xs))
+    out = list(dict.fromkeys(head(model, x, name=name, n_heads=n_heads) for x in xs))
     if not out:
         raise ValueError(f"{name} is empty; pass None for every head.")
     return out

@@ -137,6 +137,11 @@ class _Plan:
     positions: list[int] | None  # None: all positions at once
     heads: list[int] | None  # None: no head axis
     seq: int
+    wanted: frozenset[tuple[int, int]] | None = None  # the (layer, head) pairs asked for; None: all
+
+    def asked(self, layer: int, index: tuple[int | None, int | None]) -> bool:
+        """Whether the index ``(pos, head)`` of ``layer`` is to be patched."""
+        return self.wanted is None or (layer, index[1]) in self.wanted
 
     @property
     def indices(self) -> list[tuple[int | None, int | None]]:
@@ -168,13 +173,22 @@ def _make_plan(model, site, by_pos, layers, heads, positions, seq) -> _Plan:
         raise ValueError(f"Site {site!r} has no heads; drop heads= or use patch_heads.")
     if is_head_site and not by_pos and positions is not None:
         raise ValueError("positions= needs by_pos=True (all-position patching has no position axis).")
+    wanted = None
+    if heads is not None:  # (layer, head) pairs or "L3H2" labels, as everywhere
+        if layers is not None:
+            raise ValueError("Give heads= as (layer, head) pairs or layers= to sweep whole layers, not both.")
+        pairs = checks.heads(model, heads, name="heads", n_heads=n_heads_at(model, site))
+        wanted = frozenset(pairs)
+        layers = list(dict.fromkeys(lay for lay, _ in pairs))
+    head_axis = list(dict.fromkeys(h for _, h in pairs)) if heads is not None else None
     plan = _Plan(
         site=site,
         spec=spec,
         layers=checks.indices(layers, model.cfg.n_layers, "layer"),
         positions=checks.indices(positions, seq, "position") if (by_pos or not is_head_site) else None,
-        heads=checks.indices(heads, n_heads_at(model, site), "head") if is_head_site else None,
+        heads=(head_axis or checks.indices(None, n_heads_at(model, site), "head")) if is_head_site else None,
         seq=seq,
+        wanted=wanted,
     )
     missing = [n for n in (_hook_name(site, L) for L in plan.layers) if n not in model.hook_dict]
     if site == "mlp_out" and getattr(model.cfg, "attn_only", False):
@@ -373,7 +387,7 @@ def patch(
     site: Site,
     by_pos: bool = True,
     layers: Sequence[int] | None = None,
-    heads: Sequence[int] | None = None,
+    heads=None,
     positions: Sequence[int] | None = None,
     batch_size: int = 64,
     progress: bool = False,
@@ -385,8 +399,12 @@ def patch(
             ``corrupted_tokens``; the patched value comes from ``clean_tokens``.
         metric: ``logits [batch, pos, d_vocab] -> scalar`` (see :mod:`workbench.core.metrics`).
         site: see :data:`Site`. ``by_pos`` only matters for head sites.
-        layers, heads, positions: restrict the sweep (default all). For ``k``/``v`` on a
-            grouped-query model ``heads`` are key/value heads.
+        layers: sweep only these layers (default all).
+        heads: patch only these heads, as ``(layer, head)`` pairs or ``"L3H2"`` labels (not with
+            ``layers``); the result keeps its ``layer x head`` grid over the layers and heads
+            named, with NaN where a pair was not asked for. For ``k``/``v`` on a grouped-query
+            model they are key/value heads.
+        positions: sweep only these positions, the same in every prompt (default all).
         batch_size: patched indices per forward pass, counted at full length (a pass that
             starts at a later position holds proportionally more); peak memory grows with it.
         progress: a tqdm bar over layers.
@@ -402,7 +420,7 @@ def patch(
     fast = supports_fast_path(model)
     ctx, baselines = _prepare(model, plan, clean_tokens, corrupted_tokens, metric, fast)
     indices = plan.indices
-    values = torch.empty(len(plan.layers), len(indices))
+    values = torch.full((len(plan.layers), len(indices)), float("nan"))
     shape = tuple(ctx.clean[_hook_name(site, plan.layers[0])].shape[1:])
     mask = torch.zeros(len(indices), *shape, dtype=torch.bool)
     for i, (p, h) in enumerate(indices):
@@ -411,11 +429,13 @@ def patch(
     # and corrupted agree on them the patch writes the value already there: the corrupted metric.
     shared = shared_prefix(clean_tokens, corrupted_tokens)
     noop = torch.tensor([p is not None and p < shared for p, _ in indices], dtype=torch.bool)
-    values[:, noop] = baselines[1]
     todo = (~noop).nonzero().flatten().tolist()
-    chunks = _chunks(indices, todo, batch_size, ctx.seq, ctx.max_start if ctx.kv is not None else 0)
+    max_start = ctx.max_start if ctx.kv is not None else 0
     for li, layer in enumerate(tqdm(plan.layers, desc=f"patching {site}", disable=not progress)):
-        for rows, start in chunks:
+        asked = torch.tensor([plan.asked(layer, ix) for ix in indices], dtype=torch.bool)
+        values[li, noop & asked] = baselines[1]
+        mine = [i for i in todo if asked[i]]
+        for rows, start in _chunks(indices, mine, batch_size, ctx.seq, max_start):
             values[li, rows] = _run_chunk(model, ctx, plan, layer, metric, mask[rows], start,
                                           corrupted_tokens)
     return _result(model, plan, values.reshape(plan.shape), metric, clean_tokens, baselines, "batched")
@@ -431,11 +451,13 @@ def patch_reference(model, clean_tokens, corrupted_tokens, metric, *, site: Site
     names = {_hook_name(site, L) for L in plan.layers}
     clean_logits, cache = model.run_with_cache(clean_tokens, names_filter=lambda n: n in names)
     baselines = (check_scalar(metric(clean_logits)).item(), check_scalar(metric(model(corrupted_tokens))).item())
-    values = torch.empty(len(plan.layers), len(plan.indices))
+    values = torch.full((len(plan.layers), len(plan.indices)), float("nan"))
     for li, layer in enumerate(tqdm(plan.layers, desc=f"reference {site}", disable=not progress)):
         name = _hook_name(site, layer)
         clean = cache[name]
         for i, (p, h) in enumerate(plan.indices):
+            if not plan.asked(layer, (p, h)):
+                continue
             hook = partial(_set_index_hook, clean=clean, index=plan.selector(p, h, clean.ndim - 1))
             logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])
             values[li, i] = check_scalar(metric(logits))
