@@ -42,6 +42,7 @@ from pathlib import Path
 __all__ = [
     "main",
     "run_notebook",
+    "export_html",
     "run_atlas",
     "notebooks_dir",
     "find_notebook",
@@ -223,6 +224,19 @@ def _findings(nb) -> str:
     return "\n".join(lines)
 
 
+def export_html(nb) -> str:
+    """The HTML report of an executed notebook, referencing no CDN, so it opens from disk with the
+    network off: JupyterLab's template without require.js, MathJax (TeX shows as source), the
+    widgets manager (widget outputs are not drawn) or mermaid; interactive views
+    (:mod:`workbench.viz.interactive`) carry their own script and still draw."""
+    from nbconvert import HTMLExporter
+
+    from workbench.core.resources import data_path
+
+    exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(data_path("nbconvert"))])
+    return exporter.from_notebook_node(nb)[0]
+
+
 def run_notebook(
     notebook: Path,
     model: str,
@@ -241,7 +255,6 @@ def run_notebook(
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
-    from nbconvert import HTMLExporter
 
     stem = notebook.stem
     nb = nbformat.read(notebook, as_version=4)
@@ -294,8 +307,7 @@ def run_notebook(
             os.environ["MPLBACKEND"] = env_backup
     elapsed = time.perf_counter() - start
     nbformat.write(nb, tmp / f"{stem}.ipynb")
-    html, _ = HTMLExporter().from_notebook_node(nb)
-    (tmp / f"{stem}.html").write_text(html)
+    (tmp / f"{stem}.html").write_text(export_html(nb))
     (tmp / "figures").mkdir()
     _figures(nb, stem, tmp / "figures")
     # Everything exists: move it into place.

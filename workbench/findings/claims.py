@@ -262,6 +262,10 @@ class Scorecard:
 
         return render("scorecard", self, **kwargs)
 
+    def view(self, **kwargs):
+        """The interactive table: sortable, filtered by verdict, each interval drawn (no network)."""
+        return render("view_scorecard", self, **kwargs)
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
