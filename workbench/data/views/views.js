@@ -254,8 +254,10 @@
     var data = JSON.parse(root.querySelector("script.wb-data").textContent);
     var placeholder = root.querySelector(".wb-placeholder");
     if (placeholder) placeholder.remove();
+    var start = window.performance ? performance.now() : 0;
     tooltips(root);
     KINDS[data.kind](root, data);
+    if (window.performance) root.setAttribute("data-render-ms", (performance.now() - start).toFixed(1));
     root.setAttribute("data-ready", "1");
   }
 

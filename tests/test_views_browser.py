@@ -1,0 +1,147 @@
+"""Interactive views in a real browser with the network blocked: a page saved to disk, opened from
+``file://`` in headless Chromium (Playwright). Every request other than file/localhost is aborted
+and counted (must be zero). Hovers a heatmap cell, moves the edge slider, picks an attention head,
+sorts the scorecard; saves a screenshot of each view to ``reports/browser/`` and prints how long
+each view took to draw.
+"""
+
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import torch
+from test_browser import CHROMIUM, CHROMIUM_FLAGS
+
+from workbench.core.results import Result
+from workbench.findings.claims import Claim, Finding, Scorecard
+from workbench.techniques.edges.graph import Graph, Layout
+from workbench.viz.interactive import attention_view, page
+from workbench.viz.interactive_graph import graph_view
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "reports" / "browser"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(),
+        reason="Chromium is not installed (apt-get install chromium; `make test` does it as root)",
+    ),
+]
+
+
+def views():
+    g = torch.Generator().manual_seed(0)
+    heads = Result(torch.randn(30, 9, generator=g), ("layer", "head"), "head attribution",
+                   meta={"ci_low": torch.full((30, 9), -0.5), "ci_high": torch.full((30, 9), 0.5)})
+    tokens = ["<s>", "When", " Mary", " and", " John", " went", " to", " the", " store"]
+    n = len(tokens)
+    scores = torch.randn(2, 3, n, n, generator=g).masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), -1e9)
+    patterns = torch.softmax(scores * 3, -1)
+    lay = Layout(30, 9, 3, True)  # SmolLM2's graph: 70,651 edges
+    graph = Graph(lay, torch.randn(lay.n_forward, lay.n_backward, generator=g) * lay.valid(), meta={"method": "EAP"})
+    card = Scorecard("tiny", "01_ioi")
+    for name, value, lo, hi, verdict in [("name_movers", 0.8, 0.7, 0.9, "replicated"),
+                                         ("s_inhibition", 0.45, 0.2, 0.6, "inconclusive"),
+                                         ("backup", 0.1, 0.05, 0.2, "not replicated")]:
+        card.add(Finding(Claim(name, f"{name} holds", "paper", "stat", 0.5), value, lo, hi, 99.0, 200, 10, 20, verdict))
+    return {"heatmap": heads.view(), "attention": attention_view(patterns, tokens),
+            "graph": graph_view(graph), "scorecard": card.view()}, heads, patterns
+
+
+def blocked_browser(pw):
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    outside = []
+
+    def route(r):
+        url = urlparse(r.request.url)
+        if url.scheme in ("file", "data", "blob", "about") or url.hostname in ("localhost", "127.0.0.1"):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort()
+
+    context.route("**/*", route)
+    return browser, context, outside
+
+
+def test_views_work_from_disk_with_the_network_blocked(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    made, heads, patterns = views()
+    path = page(list(made.values()), tmp_path / "views.html", title="workbench views")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser, context, outside = blocked_browser(pw)
+        try:
+            pg = context.new_page()
+            errors = []
+            pg.on("pageerror", lambda e: errors.append(str(e)))
+            start = time.perf_counter()
+            pg.goto(path.as_uri())
+            pg.wait_for_function("document.querySelectorAll('.wb-view[data-ready]').length == 4", timeout=60_000)
+            load = time.perf_counter() - start
+            view = {k: pg.locator(f"#{v.id}") for k, v in made.items()}
+            ms = {k: float(v.get_attribute("data-render-ms")) for k, v in view.items()}
+            print(f"\npage {path.stat().st_size / 1e3:.0f} kB loaded and drawn in {load:.2f} s; render ms: {ms}; "
+                  f"bytes per view: { {k: v.size for k, v in made.items()} }")
+
+            # Heatmap: hover L16H5 and read the tooltip.
+            cell = view["heatmap"].locator("rect.wb-cell").nth(16 * 9 + 5)
+            cell.hover()
+            tip = view["heatmap"].locator(".wb-tip")
+            text = tip.inner_text()
+            assert text.startswith("L16H5: ") and f"{heads.values[16, 5].item():.3f}"[:4] in text, text
+            assert "[-0.5, 0.5]" in text
+            view["heatmap"].screenshot(path=str(SHOTS / "views-heatmap.png"))
+
+            # Edge graph: move the slider, count the drawn edges, hover one, click a node.
+            g = view["graph"]
+            assert g.locator("line.wb-edge").count() == 200
+            for k in (50, 5000):
+                t0 = time.perf_counter()
+                g.locator(".wb-slider").fill(str(k))
+                assert g.locator("line.wb-edge").count() == k
+                print(f"slider to {k} edges: redrawn in {time.perf_counter() - t0:.2f} s")
+            g.locator(".wb-slider").fill("300")
+            assert g.locator("line.wb-edge").count() == 300
+            g.locator("line.wb-edge").first.hover(force=True)
+            assert " \u2192 " in g.locator(".wb-tip").inner_text()
+            g.screenshot(path=str(SHOTS / "views-graph.png"))
+            first = made["graph"].data["edges"][0][0]
+            g.locator(f"circle.wb-node[data-node='{first}']").click(force=True)
+            focused = g.locator("line.wb-edge").count()
+            assert 0 < focused < 300, focused
+            assert "only edges of" in g.locator(".wb-count").inner_text()
+            g.screenshot(path=str(SHOTS / "views-graph-node.png"))
+
+            # Attention: pick another head, see the pattern change; hover a query token.
+            a = view["attention"]
+            fills = "el => Array.from(el.querySelectorAll('.wb-grid rect')).map(r => r.getAttribute('fill')).join()"
+            before = a.evaluate(fills)
+            assert a.get_attribute("data-head") == "L0H0"
+            a.locator("select.wb-layer").select_option("1")
+            a.locator("select.wb-head").select_option(label="2")
+            assert a.get_attribute("data-head") == "L1H2"
+            assert a.evaluate(fills) != before
+            a.locator(".wb-tok").nth(8).hover()
+            shade = a.locator(".wb-tok").nth(4).evaluate("el => getComputedStyle(el).backgroundColor")
+            assert shade.startswith("rgba(33, 102, 172"), shade
+            expected = patterns[1, 2, 8, 4].item()
+            assert abs(float(shade.split(",")[-1].rstrip(")")) - expected) < 0.01, (shade, expected)
+            a.screenshot(path=str(SHOTS / "views-attention.png"))
+
+            # Scorecard: filter by verdict, sort by value.
+            s = view["scorecard"]
+            s.locator("select.wb-filter").select_option("inconclusive")
+            assert s.locator("tbody tr").count() == 1
+            s.locator("select.wb-filter").select_option("")
+            s.locator("th[data-key='value']").click()
+            assert s.locator("tbody tr td:first-child").all_inner_texts() == ["backup", "s_inhibition", "name_movers"]
+            s.screenshot(path=str(SHOTS / "views-scorecard.png"))
+            assert errors == [], errors
+            assert outside == [], f"requests outside file/localhost: {outside}"
+        finally:
+            browser.close()
