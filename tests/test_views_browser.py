@@ -145,3 +145,59 @@ def test_views_work_from_disk_with_the_network_blocked(tmp_path):
             assert outside == [], f"requests outside file/localhost: {outside}"
         finally:
             browser.close()
+
+
+NOTEBOOK_CELLS = [
+    "import json\nimport torch\nfrom workbench.core.results import Result\n"
+    "from workbench.viz.interactive import attention_view",
+    'Result(torch.load("heads.pt"), ("layer", "head"), "head score").view()',
+    'attention_view(torch.load("patterns.pt"), json.load(open("tokens.json")))',
+]
+
+
+def test_views_in_jupyterlab_from_saved_tensors(tmp_path):
+    """A short notebook builds the views from small saved tensors; run in JupyterLab with every
+    request outside localhost blocked, its views draw and the heatmap's tooltip shows."""
+    import json
+
+    import nbformat
+    from playwright.sync_api import sync_playwright
+    from test_browser import jupyterlab_server
+
+    heads = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+    torch.save(heads, tmp_path / "heads.pt")
+    torch.save(torch.softmax(torch.randn(2, 2, 5, 5), -1), tmp_path / "patterns.pt")
+    (tmp_path / "tokens.json").write_text(json.dumps(["a", "b", "c", "d", "e"]))
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in NOTEBOOK_CELLS])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "views.ipynb")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with jupyterlab_server(tmp_path) as (base, token), sync_playwright() as pw:
+        browser, context, outside = blocked_browser(pw)
+        try:
+            pg = context.new_page()
+            pg.goto(f"{base}/lab/tree/views.ipynb?token={token}")
+            pg.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+            try:
+                pg.click(".jp-Dialog button.jp-mod-accept", timeout=15_000)
+            except Exception:  # noqa: BLE001 - no dialog: the kernel started by itself
+                pass
+            pg.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+            pg.click("text=Run", timeout=30_000)
+            pg.click("text=Run All Cells", timeout=30_000)
+            try:
+                pg.wait_for_function("document.querySelectorAll('.wb-view[data-ready]').length == 2",
+                                     timeout=180_000)
+            finally:
+                pg.screenshot(path=str(SHOTS / "views-jupyterlab.png"))
+            heatmap = pg.locator(".wb-view.wb-heatmap")
+            heatmap.locator("rect.wb-cell").nth(2 * 3 + 1).hover()
+            text = heatmap.locator(".wb-tip").inner_text()
+            pg.screenshot(path=str(SHOTS / "views-jupyterlab.png"))
+            assert text.startswith("L2H1: ") and f"{heads[2, 1].item():.2f}"[:3] in text, text
+            att = pg.locator(".wb-view.wb-attention")
+            att.locator("select.wb-head").select_option(label="1")
+            assert att.get_attribute("data-head") == "L0H1"
+            assert outside == [], f"requests outside localhost: {outside}"
+        finally:
+            browser.close()

@@ -48,7 +48,8 @@
     var nr = d.rows.length, nc = d.cols.length;
     var cw = Math.max(6, Math.min(28, 760 / nc)), ch = Math.max(6, Math.min(22, 560 / nr));
     var showR = nr <= 60, showC = nc <= 60, left = showR ? 80 : 20, top = 8;
-    var bottom = showC ? 70 : 10, w = left + nc * cw + 10, h = top + nr * ch + bottom;
+    var longest = Math.max.apply(null, d.cols.map(function (c) { return String(c).length; }));
+    var bottom = showC ? Math.min(70, 12 + 5 * longest) : 10, w = left + nc * cw + 10, h = top + nr * ch + bottom;
     var vmax = 0;
     d.values.forEach(function (row) { row.forEach(function (v) { if (v !== null) vmax = Math.max(vmax, Math.abs(v)); }); });
     vmax = vmax || 1;
