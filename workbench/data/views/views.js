@@ -159,6 +159,7 @@
     root.appendChild(holder);
     var slider = controls.querySelector(".wb-slider"), focus = null;
     function draw() {
+      var start = window.performance ? performance.now() : 0;
       var k = +slider.value, s = ['<svg class="wb-svg" width="' + w + '" height="' + h + '">'], used = {}, drawn = 0;
       for (var L = 0; L < nl; L++) s.push('<text x="4" y="' + (top + (nl - L) * dy + dy / 2 + 3) + '" font-size="9">L' + L + "</text>");
       for (var i = 0; i < Math.min(k, E.length); i++) {
@@ -179,6 +180,7 @@
       s.push("</svg>");
       holder.innerHTML = s.join("");
       root.setAttribute("data-drawn", drawn);
+      if (window.performance) root.setAttribute("data-draw-ms", (performance.now() - start).toFixed(1));
       controls.querySelector(".wb-count").textContent = drawn + " drawn of the top " + Math.min(k, E.length) + " by |score| (" +
         E.length + " embedded of " + d.n_total + ")" + (focus === null ? "" : "; only edges of " + nodes[focus][0]);
     }
