@@ -104,7 +104,7 @@ def test_attention_view_from_tensor_and_dict():
     view = attention_view(p, tokens)
     data = payload(view)
     assert data["tokens"] == tokens and len(data["keys"]) == 6 and data["keys"][4] == [1, 1]
-    assert data["patterns"][4][3][2] == pytest.approx(p[1, 1, 3, 2].item(), rel=1e-4)
+    assert data["patterns"][4][3][2] == pytest.approx(p[1, 1, 3, 2].item(), abs=5e-4)
     assert not URL.search(view.to_html())
     as_dict = attention_view({(1, 1): p[1, 1][None].repeat(2, 1, 1), (0, 2): p[0, 2][None].repeat(2, 1, 1)},
                              tokens, batch=1)
@@ -121,7 +121,7 @@ def test_attention_view_of_real_patterns(tiny, random_tokens):
     patterns = get_patterns(tiny, random_tokens, None)
     data = payload(attention_view(patterns, [f"t{i}" for i in range(10)], batch=2))
     assert len(data["keys"]) == 8 and len(data["patterns"][0]) == 10
-    assert data["patterns"][7][9][0] == pytest.approx(patterns[(1, 3)][2, 9, 0].item(), rel=1e-4, abs=1e-6)
+    assert data["patterns"][7][9][0] == pytest.approx(patterns[(1, 3)][2, 9, 0].item(), abs=5e-4)
 
 
 def test_graph_view_embeds_at_most_max_edges_largest_first():

@@ -85,11 +85,20 @@ def number(x: float) -> float | None:
     return float(f"{x:.{DIGITS}g}") if math.isfinite(x) else None
 
 
-def grid(values: Tensor) -> list:
-    """A tensor as nested lists of :func:`number`."""
+def grid(values: Tensor, decimals: int | None = None) -> list:
+    """A tensor as nested lists of :func:`number`, or rounded to ``decimals`` places (whole
+    numbers written as integers: an attention pattern at 3 places is a third the size)."""
+
+    def fixed(x: float) -> float | int | None:
+        if not math.isfinite(x):
+            return None
+        x = round(x, decimals)
+        return int(x) if x == int(x) else x
+
+    scalar = number if decimals is None else fixed
 
     def convert(x):
-        return [convert(y) for y in x] if isinstance(x, list) else number(x)
+        return [convert(y) for y in x] if isinstance(x, list) else scalar(x)
 
     return convert(values.double().tolist())
 
@@ -236,7 +245,8 @@ def attention_view(patterns, tokens: Sequence[str] | None = None, *, batch: int 
         batch: the prompt drawn when the patterns have a batch axis.
 
     Hovering a token shades every token by the attention the hovered (query) token pays it; the
-    grid below shows the whole pattern; the pickers choose the layer and head.
+    grid below shows the whole pattern; the pickers choose the layer and head. Weights are
+    embedded to 3 decimal places (SmolLM2, all 270 heads on 15 tokens: 245 kB, 421 kB at 5 significant digits).
     """
     items = _pattern_items(patterns, batch)
     if not items:
@@ -253,7 +263,7 @@ def attention_view(patterns, tokens: Sequence[str] | None = None, *, batch: int 
                          f"{MAX_ATTENTION_ENTRIES}; pass fewer heads or a shorter prompt.")
     items.sort(key=lambda kv: kv[0])
     return View("attention", {"title": title, "tokens": tokens, "keys": [list(k) for k, _ in items],
-                              "patterns": [grid(p) for _, p in items]})
+                              "patterns": [grid(p, decimals=3) for _, p in items]})
 
 
 # -------------------------------------------------------------------------------- scorecard
