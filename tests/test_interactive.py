@@ -71,6 +71,8 @@ def test_heatmap_labels_and_interval_from_meta():
     assert data["low"][1][1] == 0 and data["high"][1][1] == 5
     one = payload(Result(torch.arange(3.0), ("k",)).view())
     assert one["values"] == [[0.0, 1.0, 2.0]] and one["coldim"] == "k"
+    assert data["centre"] is False and one["centre"] is False  # non-negative: sequential colours
+    assert payload(head_result().view())["centre"] is True
 
 
 def test_ids_are_deterministic_and_depend_on_content():

@@ -178,7 +178,9 @@ def heatmap_view(result: "Result", *, title: str | None = None) -> View:
     Hover shows the cell's label (``L{layer}H{head}`` when the dims are ``(layer, head)``,
     otherwise ``"<dim> <label>, <dim> <label>"``), its value, and its interval when
     ``result.meta["ci_low"]`` and ``result.meta["ci_high"]`` hold tensors of the result's shape.
-    Raises ``ValueError`` for other shapes (:func:`view_result` falls back instead).
+    Signed values get a diverging scale centred on 0 (blue negative, red positive, like ``plot()``);
+    non-negative ones (ranks, probabilities) white to blue. Raises ``ValueError`` for other shapes
+    (:func:`view_result` falls back instead).
     """
     values = result.values.float()
     dims = list(result.dims)
@@ -191,6 +193,7 @@ def heatmap_view(result: "Result", *, title: str | None = None) -> View:
         "title": title if title is not None else result.metric,
         "rowdim": dims[0], "coldim": dims[1], "rows": rows, "cols": cols,
         "head_grid": tuple(dims) == ("layer", "head") and not result.labels, "values": grid(values),
+        "centre": bool((values.nan_to_num(0.0) < 0).any()),  # signed: diverging colours around 0
     }
     low, high = result.meta.get("ci_low"), result.meta.get("ci_high")
     if low is not None and high is not None:

@@ -61,8 +61,9 @@
           : d.rowdim + " " + d.rows[i] + ", " + d.coldim + " " + d.cols[j];
         var tip = label + ": " + fmt(v);
         if (d.low) tip += " [" + fmt(d.low[i][j]) + ", " + fmt(d.high[i][j]) + "]";
+        var fill = d.centre ? diverging(v, vmax) : (v === null ? "#ccc" : mix([255, 255, 255], BLUE, Math.max(0, v) / vmax));
         s.push('<rect class="wb-cell" x="' + (left + j * cw) + '" y="' + (top + i * ch) + '" width="' + cw +
-               '" height="' + ch + '" fill="' + diverging(v, vmax) + '" data-tip="' + esc(tip) + '"/>');
+               '" height="' + ch + '" fill="' + fill + '" data-tip="' + esc(tip) + '"/>');
       }
       if (showR) s.push('<text x="' + (left - 4) + '" y="' + (top + i * ch + ch / 2 + 3) +
                         '" text-anchor="end" font-size="9">' + esc(d.rows[i]) + '</text>');
@@ -75,7 +76,8 @@
     s.push("</svg>");
     root.insertAdjacentHTML("beforeend", '<div class="wb-title">' + esc(d.title) + ' <span class="wb-dims">(' +
       esc(d.rowdim) + " down, " + esc(d.coldim) + ' across)</span></div>' + s.join("") +
-      '<div class="wb-scale"><span>' + fmt(-vmax) + '</span><span class="wb-bar"></span><span>' + fmt(vmax) + "</span></div>");
+      '<div class="wb-scale"><span>' + fmt(d.centre ? -vmax : 0) + '</span><span class="wb-bar' + (d.centre ? "" : " wb-seq") +
+      '"></span><span>' + fmt(vmax) + "</span></div>");
   }
 
   function attention(root, d) {
