@@ -193,3 +193,17 @@ def test_exported_report_references_no_cdn():
     assert sources == []
     assert "cdnjs" not in html and "unpkg" not in html and "require.min.js" not in html
     assert view.id in html and "wbViews.boot" in html
+
+
+@pytest.mark.slow
+def test_attention_view_of_every_smollm2_head(smollm2):
+    from workbench.models import to_str_tokens, to_tokens
+    from workbench.techniques.attention import get_patterns
+
+    tokens = to_tokens(smollm2, "When Mary and John went to the store, John gave a drink to")
+    patterns = get_patterns(smollm2, tokens, None)
+    view = attention_view(patterns, to_str_tokens(smollm2, tokens[0]))
+    data = payload(view)
+    assert len(data["keys"]) == 270 and data["tokens"][:2] == ["<|im_start|>", "When"]
+    assert data["patterns"][-1][-1][0] == pytest.approx(patterns[(29, 8)][0, -1, 0].item(), abs=5e-4)
+    assert view.size < 300_000  # 3 decimal places: about 245 kB
