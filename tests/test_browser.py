@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,28 +46,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def jupyterlab(tmp_path):
-    """A JupyterLab server on loopback serving a copy of the quickstart notebook."""
-    import nbformat
-
-    nb = nbformat.read(ROOT / "notebooks" / "00_quickstart.ipynb", as_version=4)
-    for cell in nb.cells:  # start from a clean notebook: every output must come from this run
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    nbformat.write(nb, tmp_path / "00_quickstart.ipynb")
+@contextmanager
+def jupyterlab_server(root: Path):
+    """A JupyterLab server on loopback serving ``root``; yields ``(base_url, token)``."""
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_PLATFORM_DIRS": "1"}
     env.pop("MPLBACKEND", None)  # let the kernel use the inline backend
+    # The kernel imports the workbench under test (this checkout), not another installed copy.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
             f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1",
-            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
             "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "jupyterlab.log", "w"),
+        stderr=open(root / "jupyterlab.log", "w"),
         env=env,
     )
     base = f"http://127.0.0.1:{port}"
@@ -79,7 +75,7 @@ def jupyterlab(tmp_path):
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(
-                        "JupyterLab did not start:\n" + (tmp_path / "jupyterlab.log").read_text()[-2000:]
+                        "JupyterLab did not start:\n" + (root / "jupyterlab.log").read_text()[-2000:]
                     ) from None
                 time.sleep(0.5)
         yield base, token
@@ -89,6 +85,20 @@ def jupyterlab(tmp_path):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture
+def jupyterlab(tmp_path):
+    """A JupyterLab server on loopback serving a copy of the quickstart notebook."""
+    import nbformat
+
+    nb = nbformat.read(ROOT / "notebooks" / "00_quickstart.ipynb", as_version=4)
+    for cell in nb.cells:  # start from a clean notebook: every output must come from this run
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nbformat.write(nb, tmp_path / "00_quickstart.ipynb")
+    with jupyterlab_server(tmp_path) as server:
+        yield server
 
 
 def test_quickstart_runs_in_jupyterlab_with_figure_and_widget(jupyterlab):

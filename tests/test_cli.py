@@ -80,7 +80,9 @@ def test_run_writes_a_complete_report(tmp_path, capsys):
     executed = nbformat.read(report / "demo.ipynb", as_version=4)
     assert executed.cells[1].source.startswith("# Parameters injected")
     assert "N = 7" in executed.cells[1].source and "MODEL = 'some-model'" in executed.cells[1].source
-    assert (report / "demo.html").read_text().count("found 21 heads on some-model") >= 1
+    html = (report / "demo.html").read_text()
+    assert html.count("found 21 heads on some-model") >= 1
+    assert "cdnjs" not in html and "require.min.js" not in html and "unpkg" not in html  # opens offline
     figures = list((report / "figures").glob("demo-cell*.png"))
     assert len(figures) == 1 and figures[0].read_bytes()[:4] == b"\x89PNG"
     assert not list(report.glob(".*partial*"))

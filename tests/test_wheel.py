@@ -12,6 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECK = textwrap.dedent(
     """
     import workbench
+    from workbench.core.resources import data_path
+    from workbench.viz.interactive import script
+    assert "wbViews" in script()  # the views' drawing script ships as package data
+    assert data_path("nbconvert", "offline", "index.html.j2").is_file()  # the offline export template
     from workbench import sae, toy
     from workbench.phenomena import needles, temporal
     assert workbench.__file__.startswith(TARGET), workbench.__file__

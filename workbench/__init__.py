@@ -89,6 +89,7 @@ MODULES = {
     "fast_attention": "workbench.models.fast_attention",
     "findings": "workbench.findings",
     "heads": "workbench.techniques.heads",
+    "interactive": "workbench.viz.interactive",
     "lens": "workbench.techniques.lens",
     "metrics": "workbench.core.metrics",
     "models": "workbench.models",

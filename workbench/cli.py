@@ -42,6 +42,7 @@ from pathlib import Path
 __all__ = [
     "main",
     "run_notebook",
+    "export_html",
     "run_atlas",
     "notebooks_dir",
     "find_notebook",
@@ -203,6 +204,19 @@ def _findings(nb) -> str:
     return "\n".join(lines)
 
 
+def export_html(nb) -> str:
+    """The HTML report of an executed notebook, referencing no CDN, so it opens from disk with the
+    network off: JupyterLab's template without require.js, MathJax (TeX shows as source), the
+    widgets manager (widget outputs are not drawn) or mermaid; interactive views
+    (:mod:`workbench.viz.interactive`) carry their own script and still draw."""
+    from nbconvert import HTMLExporter
+
+    from workbench.core.resources import data_path
+
+    exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(data_path("nbconvert"))])
+    return exporter.from_notebook_node(nb)[0]
+
+
 def _prepare(nb, model: str, params: dict[str, object], findings: Path, *, random_init: bool,
              random_seed: int) -> bool:
     """Inject the parameters (and the random-init cell) into ``nb``; whether the notebook writes
@@ -273,12 +287,10 @@ def _publish(nb, notebook: Path, model: str, report: Path, tmp: Path, findings_n
     """Write the executed notebook, its HTML and figures to ``tmp``, then move them into ``report``
     (the notebook last, which marks the report complete)."""
     import nbformat
-    from nbconvert import HTMLExporter
 
     stem = notebook.stem
     nbformat.write(nb, tmp / f"{stem}.ipynb")
-    html, _ = HTMLExporter().from_notebook_node(nb)
-    (tmp / f"{stem}.html").write_text(html)
+    (tmp / f"{stem}.html").write_text(export_html(nb))
     (tmp / "figures").mkdir()
     _figures(nb, stem, tmp / "figures")
     # Everything exists: move it into place.

@@ -222,3 +222,8 @@ class Result(Persistent):
         """A matplotlib figure of the values (heatmap for 2-d, bars/lines for 1-d)."""
 
         return render("plot_result", self, **kwargs)
+
+    def view(self, **kwargs):
+        """An interactive heatmap (self-contained HTML, no network) of a 1-d or 2-d result; for
+        other shapes, a one-line warning and the static figure (see :mod:`workbench.viz.interactive`)."""
+        return render("view_result", self, **kwargs)

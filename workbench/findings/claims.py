@@ -282,6 +282,10 @@ class Scorecard(Persistent):
 
         return render("scorecard", self, **kwargs)
 
+    def view(self, **kwargs):
+        """The interactive table: sortable, filtered by verdict, each interval drawn (no network)."""
+        return render("view_scorecard", self, **kwargs)
+
     def save(self, path: str | Path) -> Path:
         """Write ``findings.json`` (a ``.pt`` path: the lossless result file of :mod:`workbench.core.persist`)."""
         path = Path(path)

@@ -307,6 +307,11 @@ class Graph(Persistent):
 
         return render("draw_circuit", self, **kwargs)
 
+    def view(self, **kwargs):
+        """The interactive edge explorer (self-contained HTML; at most 5,000 edges embedded by
+        default, see :mod:`workbench.viz.interactive_graph`)."""
+        return render("view_graph", self, **kwargs)
+
     # ---------------------------------------------------------------- circuits
     def _order(self, by: SelectBy) -> Tensor:
         if by not in _SELECT_BY:
