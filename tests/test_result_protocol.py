@@ -241,6 +241,7 @@ NOT_RESULTS = {
     "LetterTokenizer": "a course tokenizer", "AttentionExplorer": "a widget", "HTML": "a string shown as HTML",
     "Source": "a model source (models.registry)", "Role": "a registry entry", "Phenomenon": "a registry entry",
     "Lens": "a way of reading the residual stream (the logit lens has no state)",
+    "View": "an interactive figure of a result (saved as an HTML page)",
 }
 
 PROTOCOL = ("to_frame", "plot", "_repr_html_", "save", "load")
