@@ -177,9 +177,9 @@ def test_completeness(tiny, data):
     fig = res.plot()
     dots = fig.axes[0].collections[0].get_offsets()
     assert dots.shape == (3, 2) and abs(dots[1][0] - res.model_values[1].item()) < 1e-6
-    a = completeness(tiny, tokens, metric, c, reference=reference, n_samples=4, seed=3,
+    a = completeness(tiny, tokens, metric, c, reference=reference, n_draws=4, seed=3,
                      progress=False)
-    b = completeness(tiny, tokens, metric, c, reference=reference, n_samples=4, seed=3,
+    b = completeness(tiny, tokens, metric, c, reference=reference, n_draws=4, seed=3,
                      progress=False)
     assert a.subsets == b.subsets and torch.equal(a.circuit_values, b.circuit_values)
     assert all(not (k - c) for k in a.subsets)
@@ -214,7 +214,7 @@ def test_keep_mlps(tiny, data):
     assert kept.circuit == heads  # MLPs are not part of the evaluated circuit
     with ablate(tiny, heads=Circuit.full(tiny).heads, ablation="mean", reference=reference):
         assert kept.empty_value == pytest.approx(metric(tiny(tokens)).item(), abs=1e-6)
-    comp = completeness(tiny, tokens, metric, heads | [0, 1], reference=reference, n_samples=6,
+    comp = completeness(tiny, tokens, metric, heads | [0, 1], reference=reference, n_draws=6,
                         keep_mlps=True, progress=False)
     assert all(not k.mlps for k in comp.subsets)
     mini = minimality(tiny, tokens, metric, heads | [1], reference=reference, keep_mlps=True,

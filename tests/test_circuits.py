@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from workbench.core import checks
 from workbench.core.metrics import LogitDiff
 from workbench.core.results import Result
 from workbench.phenomena.ioi.circuits import (
@@ -10,7 +11,6 @@ from workbench.phenomena.ioi.circuits import (
     head_table,
     kv_receivers,
     path_effect,
-    position_mask,
     select_heads,
     split_by_attention,
 )
@@ -83,14 +83,14 @@ def test_kv_receivers(tiny, tiny_gqa):
         kv_receivers(tiny, [])
 
 
-def test_position_mask():
-    m = position_mask(torch.tensor([2, 0]), 4)
+def test_a_per_prompt_position_is_a_one_hot_mask():
+    m = checks.position_mask(torch.tensor([2, 0]), 2, 4)
     assert m.dtype == torch.bool
     assert m.tolist() == [[False, False, True, False], [True, False, False, False]]
     with pytest.raises(ValueError, match="out of range for 4 positions"):
-        position_mask(torch.tensor([4]), 4)
+        checks.position_mask(torch.tensor([4]), 1, 4)
     with pytest.raises(ValueError, match="one position per prompt"):
-        position_mask(torch.tensor([[1]]), 4)
+        checks.position_mask(torch.tensor([[1]]), 1, 4)
 
 
 # ------------------------------------------------------------------------------ split_by_attention
@@ -201,14 +201,15 @@ def test_ablated_metric_matches_faithfulness_per_set(tiny_gqa):
 
 
 def test_attention_by_prompt_averages_to_attention_to(tiny):
-    from workbench.phenomena.ioi.circuits import attention_by_prompt, position_mask
+    from workbench.phenomena.ioi.circuits import attention_by_prompt
     from workbench.techniques.heads import attention_to
 
     gen = torch.Generator().manual_seed(4)
     tokens = torch.randint(0, 100, (4, 9), generator=gen)
     query, key1, key2 = torch.tensor([8, 7, 8, 6]), torch.tensor([1, 2, 0, 3]), torch.tensor([4, 4, 5, 1])
     per = attention_by_prompt(tiny, tokens, query, [key1, key2])
-    ref = attention_to(tiny, tokens, position_mask(key1, 9) | position_mask(key2, 9), position_mask(query, 9))
+    mask = lambda p: checks.position_mask(p, 4, 9)  # noqa: E731
+    ref = attention_to(tiny, tokens, mask(key1) | mask(key2), mask(query))
     assert per.shape == (4, 2, 4)
     assert torch.allclose(per.mean(0), ref.values, atol=1e-5)
 

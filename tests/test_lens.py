@@ -121,7 +121,7 @@ def test_logit_lens_next_positions_and_single_prompt(tiny, random_tokens):
     assert torch.isnan(r.rank.values[:, 1]).all()  # the last position has no next token
     ref = lens_reference(tiny, tokens, tokens.roll(-1, 1), 2)
     torch.testing.assert_close(r.prob.values[:, 0], ref["prob"][:, 0, 2])
-    assert r.rank.labels["pos"] == [str(int(tokens[0, 2])), str(int(tokens[0, 9]))]
+    assert r.rank.labels["pos"] == [2, 9]  # no tokenizer: positions (models.position_labels)
     frame = r.to_frame()
     assert "batch" not in frame and len(frame) == 3 * 2
     assert frame["target_str"].tolist() == [str(int(tokens[0, 3])), ""] * 3

@@ -95,7 +95,7 @@ BUILDERS = {
         m, *p, METRIC, graph=_edge_graph(m, p), fractions=(0.1, 0.5, 1.0), n_draws=1, seed=1),
     ablation.Faithfulness: lambda m, p: ablation.faithfulness(m, p[0], METRIC, [(0, 1), (1, 2)], reference=p[1]),
     ablation.Completeness: lambda m, p: ablation.completeness(m, p[0], METRIC, [(0, 1), (1, 2), 1], reference=p[1],
-                                                              n_samples=2, progress=False),
+                                                              n_draws=2, progress=False),
     ablation.Minimality: lambda m, p: ablation.minimality(m, p[0], METRIC, [(0, 1), 1], reference=p[1],
                                                              progress=False),
     LogitEffects: lambda m, p: LogitEffects(Result(torch.linspace(-1, 1, 12), ("d_vocab",), "logit effect",

@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-__all__ = ["Ablation", "head", "head_pair", "heads", "indices", "layer", "option", "position_mask", "token_pair", "tokens"]
+__all__ = ["Ablation", "head", "head_pair", "heads", "indices", "layer", "option", "position_mask", "positions", "token_pair", "tokens"]
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
 
@@ -123,6 +123,22 @@ def position_mask(positions, batch: int, seq: int, *, name: str = "positions") -
     if not mask.any(dim=1).all():
         raise ValueError(f"{name} selects no position in some prompt.")
     return mask
+
+
+def positions(given, seq: int, *, name: str = "positions") -> list[int]:
+    """Positions read or swept in every prompt alike, as distinct indices in ``0..seq - 1``.
+
+    ``None``: every position; an int, a list or a range of ints (negative counts from the end).
+    This is the ``int``/``list`` form of :func:`position_mask`, for techniques that go over
+    positions one by one (patching, the lens): a tensor, which everywhere means one position per
+    prompt, is refused here with that explanation.
+    """
+    if isinstance(given, Tensor) and given.ndim > 0:
+        raise TypeError(
+            f"{name} as a tensor means one position per prompt (e.g. ds.pos['END']); this goes over "
+            "positions one by one, the same in every prompt: pass an int or a list of ints."
+        )
+    return indices(int(given) if isinstance(given, Tensor) else given, seq, "position")
 
 
 def _in_range(pos: Sequence[int], seq: int, name: str) -> None:

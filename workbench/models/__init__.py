@@ -54,7 +54,14 @@ from workbench.models.load import (
     random_init_model,
 )
 from workbench.models.sources import supported_architectures
-from workbench.models.tokens import bos_id, bos_token_id, single_token_id, to_str_tokens, to_tokens
+from workbench.models.tokens import (
+    bos_id,
+    bos_token_id,
+    position_labels,
+    single_token_id,
+    to_str_tokens,
+    to_tokens,
+)
 from workbench.models.zoo import (
     DEFAULT_MODEL,
     OFFLINE_MODELS,
@@ -88,6 +95,7 @@ __all__ = [
     "tiny_model",
     "to_tokens",
     "to_str_tokens",
+    "position_labels",
     "single_token_id",
     "bos_id",
     "bos_token_id",

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["to_tokens", "to_str_tokens", "single_token_id", "bos_token_id", "bos_id"]
+__all__ = ["to_tokens", "to_str_tokens", "position_labels", "single_token_id", "bos_token_id", "bos_id"]
 
 
 def bos_token_id(tokenizer) -> int:
@@ -100,6 +100,18 @@ def to_str_tokens(model, tokens: Tensor | Sequence[int]) -> list[str]:
             raise ValueError(f"to_str_tokens takes a 1-d sequence, got shape {tuple(tokens.shape)}")
         tokens = tokens.tolist()
     return [tok.decode([t]) for t in tokens]
+
+
+def position_labels(model, tokens: Tensor | Sequence[int], positions: Sequence[int] | None = None) -> list:
+    """The ``pos`` labels of every result: ``"p:token"`` (e.g. ``"5: John"``) where the model has a
+    tokenizer, the position ``p`` itself where it has none. ``tokens`` is one prompt (the first of
+    the batch, for results over a batch); ``positions`` default to all."""
+    tokens = tokens.tolist() if isinstance(tokens, Tensor) else list(tokens)
+    positions = list(range(len(tokens))) if positions is None else [int(p) for p in positions]
+    if getattr(model, "tokenizer", None) is None:
+        return positions
+    strs = to_str_tokens(model, tokens)
+    return [f"{p}:{strs[p]}" for p in positions]
 
 
 def single_token_id(model, text: str) -> int:

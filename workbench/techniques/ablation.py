@@ -403,21 +403,21 @@ class Completeness(Persistent):
 def completeness(
     model, tokens: Int[Tensor, "batch pos"], metric: Metric, circuit, *,
     reference: Int[Tensor, "batch pos"] | None = None, subsets: Sequence | None = None,
-    n_samples: int = 10, p: float = 0.5, ablation: ComponentAblation = "mean", template_ids=None,
+    n_draws: int = 10, p: float = 0.5, ablation: ComponentAblation = "mean", template_ids=None,
     reference_template_ids=None, seed: int = 0, keep_mlps: bool = False, progress: bool = False,
 ) -> Completeness:
     """Compare ``F(C \\ K)`` with ``F(M \\ K)`` for subsets ``K`` of the circuit.
 
     ``subsets``: the ``K`` to try (Circuits or lists of components, each inside the circuit);
-    if None, ``n_samples`` random subsets, each component kept with probability ``p`` (seeded).
+    if None, ``n_draws`` random subsets, each component kept with probability ``p`` (seeded).
     """
     c = _circuit(model, circuit, allow_empty=False, keep_mlps=keep_mlps)
     if subsets is None:
-        if not (isinstance(n_samples, int) and n_samples > 0 and 0 <= p <= 1):
-            raise ValueError(f"Need n_samples > 0 and 0 <= p <= 1, got {n_samples}, {p}.")
+        if not (isinstance(n_draws, int) and n_draws > 0 and 0 <= p <= 1):
+            raise ValueError(f"Need n_draws > 0 and 0 <= p <= 1, got {n_draws}, {p}.")
         gen = torch.Generator().manual_seed(seed)
         comps = c.components()
-        draws = torch.rand(n_samples, len(comps), generator=gen) < p
+        draws = torch.rand(n_draws, len(comps), generator=gen) < p
         ks = [Circuit.of([x for x, keep in zip(comps, row) if keep]) for row in draws.tolist()]
     else:
         ks = [Circuit.of(k) for k in subsets]

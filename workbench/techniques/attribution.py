@@ -39,6 +39,7 @@ from workbench.core import checks
 from workbench.core.metrics import Metric, check_scalar, metric_name
 from workbench.core.persist import Persistent
 from workbench.core.results import Result
+from workbench.models.tokens import position_labels
 
 __all__ = [
     "Attribution",
@@ -151,7 +152,7 @@ def attribute(
     )
     n = model.cfg.n_layers
     layer_labels = list(range(n))
-    pos_labels = list(range(clean_tokens.shape[1]))
+    pos_labels = position_labels(model, clean_tokens[0])
     meta = dict(method="attribution patching (gradient x (clean - corrupted))", clean=clean_value,
                 corrupted=corrupted_value, model=getattr(model.cfg, "model_name", None),
                 direction="clean activation patched into the corrupted run", forward_passes=2,

@@ -36,6 +36,7 @@ from workbench.core import checks
 from workbench.core.persist import Persistent
 from workbench.core.results import Result, render
 from workbench.core.runtime import resid_to_logits
+from workbench.models.tokens import position_labels
 
 __all__ = [
     "LENSES",
@@ -207,14 +208,7 @@ def _read_layer(
 
 
 def _lens_positions(positions, seq: int) -> Tensor:
-    if positions is None:
-        return torch.arange(seq)
-    p = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
-    if p.numel() == 0:
-        raise ValueError("positions is empty; pass None for every position.")
-    if int(p.max()) >= seq or int(p.min()) < -seq:
-        raise ValueError(f"positions {p.tolist()} out of range for a sequence of {seq} tokens.")
-    return p % seq
+    return torch.tensor(checks.positions(positions, seq), dtype=torch.long)
 
 
 def _lens_targets(model, tokens: Tensor, targets, pos: Tensor) -> Tensor | None:
@@ -384,7 +378,7 @@ def _assemble_lens(model, tokens, pos, tgt, reads, top_k, mode, lens: Lens) -> L
     dims = ("layer", "pos") if single else ("layer", "batch", "pos")
     axis_labels = {"layer": labels}
     if single:
-        axis_labels["pos"] = str_tokens[0]
+        axis_labels["pos"] = position_labels(model, tokens[0], pos.tolist())
     meta = dict(
         model=model.cfg.model_name,
         method=lens.title,

@@ -57,6 +57,7 @@ from workbench.core import checks
 from workbench.core.metrics import Metric, check_scalar, metric_name
 from workbench.core.results import Result
 from workbench.core.runtime import cache_prefix, readout_logits, resid_to_logits, supports_fast_path
+from workbench.models.tokens import position_labels
 
 __all__ = [
     "Site",
@@ -185,7 +186,7 @@ def _make_plan(model, site, by_pos, layers, heads, positions, seq) -> _Plan:
         site=site,
         spec=spec,
         layers=checks.indices(layers, model.cfg.n_layers, "layer"),
-        positions=checks.indices(positions, seq, "position") if (by_pos or not is_head_site) else None,
+        positions=checks.positions(positions, seq) if (by_pos or not is_head_site) else None,
         heads=(head_axis or checks.indices(None, n_heads_at(model, site), "head")) if is_head_site else None,
         seq=seq,
         wanted=wanted,
@@ -210,7 +211,7 @@ def _result(model, plan: _Plan, values: Tensor, metric, clean_tokens, baselines,
     dims, labels = ["layer"], {"layer": list(plan.layers)}
     if plan.positions is not None:
         dims.append("pos")
-        labels["pos"] = _pos_labels(model, clean_tokens[0], plan.positions)
+        labels["pos"] = position_labels(model, clean_tokens[0], plan.positions)
     meta = dict(site=plan.site, hook=_SITES[plan.site].hook, by_pos=plan.positions is not None,
                 method=method, model=getattr(model.cfg, "model_name", None),
                 clean=baselines[0], corrupted=baselines[1],
@@ -223,15 +224,6 @@ def _result(model, plan: _Plan, values: Tensor, metric, clean_tokens, baselines,
             g = model.cfg.n_heads // n_heads_at(model, plan.site)
             meta["query_heads"] = {j: list(range(j * g, j * g + g)) for j in plan.heads}
     return Result(values, tuple(dims), f"{metric_name(metric)} after patching {plan.site}", labels, meta)
-
-
-def _pos_labels(model, tokens: Tensor, positions: list[int]) -> list:
-    if getattr(model, "tokenizer", None) is None:
-        return list(positions)
-    from workbench.models import to_str_tokens
-
-    strs = to_str_tokens(model, tokens)
-    return [f"{p}:{strs[p]}" for p in positions]
 
 
 # ------------------------------------------------------------------------------ hooks

@@ -38,7 +38,7 @@ from typing import Literal, Mapping, Sequence, get_args
 
 import pandas as pd
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Int
 from torch import Tensor
 
 from workbench.core import checks
@@ -52,7 +52,6 @@ __all__ = [
     "path_effect",
     "select_heads",
     "kv_receivers",
-    "position_mask",
     "split_by_attention",
     "CircuitChoice",
     "build_circuit",
@@ -141,13 +140,6 @@ def kv_receivers(model, heads) -> list[tuple[int, int]]:
     if not pairs:
         raise ValueError("No heads given: there is no receiver to patch.")
     return sorted({(layer, kv_head_of(model, h)) for layer, h in pairs})
-
-
-def position_mask(positions: Int[Tensor, "batch"], seq: int) -> Bool[Tensor, "batch pos"]:
-    """One position per prompt (e.g. ``ds.pos["S2"]``) as a boolean mask ``[batch, pos]``
-    (:func:`workbench.core.checks.position_mask` with a per-prompt tensor)."""
-    p = torch.as_tensor(positions, dtype=torch.long)
-    return checks.position_mask(p, len(p) if p.ndim == 1 else -1, seq)
 
 
 def split_by_attention(
@@ -529,7 +521,7 @@ def find_ioi_classes(model, ds, *, rel: float = 0.1, min_effect: float = 0.01) -
     c = (sweep(receivers=kv_receivers(model, inhibition), receiver_input="v", receiver_pos=ds.pos["S2"])
          if len(inhibition) else zero)
     s2 = select(c, name="S2 heads")
-    mask = {k: position_mask(ds.pos[k], clean.shape[1]) for k in ("S1", "S1+1", "S2")}
+    mask = {k: checks.position_mask(ds.pos[k], *clean.shape) for k in ("S1", "S1+1", "S2")}
     split = split_by_attention(s2, {"duplicate-token": attention_to(model, clean, mask["S1"], mask["S2"]),
                                     "induction": attention_to(model, clean, mask["S1+1"], mask["S2"])},
                                rest="other S2")

@@ -44,22 +44,23 @@ def _edit_hook(act: Tensor, hook, *, sae, edit: Callable[[Tensor], Tensor]) -> T
     return (x + delta.to(act.dtype)).reshape(act.shape)
 
 
-def _position_mask(sae, seq: int, positions) -> Tensor:
-    if isinstance(positions, Tensor) and positions.dtype != torch.bool:
-        positions = positions.reshape(-1).tolist()  # the same positions in every prompt
-    mask = checks.position_mask(positions, 1, seq)[0].clone()
+def _position_mask(sae, batch: int, seq: int, positions) -> Tensor:
+    """``[batch, pos]``: :func:`workbench.core.checks.position_mask` (ints or a list: the same
+    positions in every prompt; a 1-d tensor: one per prompt; a boolean mask), BOS left out when the
+    SAE skips it."""
+    mask = checks.position_mask(positions, batch, seq).clone()
     if skip_bos(sae):
-        mask[0] = False
+        mask[:, 0] = False
     return mask
 
 
 def _set_latents(latents: Tensor, *, features: list[int], values: Tensor | float, positions) -> Tensor:
     out = latents.clone()
-    mask = positions(latents.shape[1]) if callable(positions) else positions
+    mask = positions(*latents.shape[:2]) if callable(positions) else positions  # [batch, pos]
     idx = torch.tensor(features)
     src = values if isinstance(values, Tensor) else torch.full_like(latents, float(values))
     chosen = out[:, :, idx]
-    chosen[:, mask] = src[:, :, idx][:, mask].to(out.dtype)
+    chosen[mask] = src[:, :, idx][mask].to(out.dtype)
     out[:, :, idx] = chosen
     return out
 
@@ -155,7 +156,7 @@ def patch_features(
     values = torch.full((len(pos_sets), len(features)), float("nan"))
     jobs = [(i, j) for i in range(len(pos_sets)) for j in range(len(features))]
     for i, j in tqdm(jobs, desc="patching features", disable=not progress):
-        mask = _position_mask(sae, seq, pos_sets[i])
+        mask = _position_mask(sae, clean.shape[0], seq, pos_sets[i])
         if not mask.any():  # BOS alone, left untouched: the patch is a no-op
             values[i, j] = baseline
             continue
@@ -175,7 +176,7 @@ def patch_features(
 
 def _add_hook(act: Tensor, hook, *, direction: Tensor, mask: Tensor) -> Tensor:
     x = flat_acts(act)
-    x = x + mask[None, :, None].to(x.dtype) * direction.to(x.dtype)
+    x = x + mask[:, :, None].to(x.dtype) * direction.to(x.dtype)
     return x.reshape(act.shape)
 
 
@@ -208,7 +209,7 @@ def steer(
     if not scales:
         raise ValueError("No scales given.")
     direction = feature_direction(sae, feature)
-    mask = _position_mask(sae, tokens.shape[1], positions)
+    mask = _position_mask(sae, *tokens.shape, positions)
     values = []
     for s in tqdm(scales, desc="steering", disable=not progress):
         fn = partial(_add_hook, direction=s * direction, mask=mask)
