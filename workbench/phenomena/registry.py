@@ -12,8 +12,8 @@ Adding a phenomenon: a folder ``workbench/phenomena/<name>/`` whose ``__init__``
 
 and one line in ``workbench/phenomena/__init__.py`` importing the folder.
 
->>> sorted(PHENOMENA)[:3]
-['arithmetic', 'induction', 'ioi']
+>>> list(PHENOMENA)[:3]
+['ioi', 'induction', 'retrieval']
 >>> [r.name for r in roles()][:2]
 ['name mover', 'S-inhibition']
 """
