@@ -16,12 +16,12 @@ CHECK = textwrap.dedent(
     """
     import workbench
     from workbench import sae, toy
-    from workbench.phenomena import needles, temporal
+    from workbench.phenomena import retrieval, temporal
     assert workbench.__file__.startswith(TARGET), workbench.__file__
     from workbench.core.resources import data_path
     assert str(data_path()).startswith(TARGET), data_path()
     assert data_path("toy", "README.md").is_file()
-    assert needles.FILLER_PATH.read_text().strip()
+    assert retrieval.FILLER_PATH.read_text().strip()
     assert temporal.FACTS_PATH.read_text().strip().startswith(("[", "{"))
     assert len(sae.load_corpus("heldout")) > 0
     shipped = sae.load_sae("smollm2-135m")
