@@ -10,9 +10,9 @@ batch, so the same torch build on the same kind of CPU writes the same file (the
 printed and stored in the manifest; a different CPU may round differently and sample a few
 different tokens, which changes the text but not its character).
 
-Usage (about 20 minutes on one busy core; see workbench/data/corpus/README.md)::
+Usage (about 20 minutes on one busy core; see data/corpus/README.md)::
 
-    .venv/bin/python scripts/build_corpus.py                 # writes workbench/data/corpus/
+    .venv/bin/python scripts/build_corpus.py                 # writes data/corpus/
     .venv/bin/python scripts/build_corpus.py --n-docs 16 --out /tmp/corpus   # quick check
 
 Output: ``generations.jsonl`` (one JSON object per document: id, split, kind, prompt, text) and
@@ -171,7 +171,7 @@ def generate(docs: list[dict], *, batch_size: int, max_new_tokens: int, seed: in
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=ROOT / "workbench" / "data" / "corpus")
+    p.add_argument("--out", type=Path, default=ROOT / "data" / "corpus")
     p.add_argument("--n-docs", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=112)

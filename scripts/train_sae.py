@@ -1,6 +1,6 @@
 """Train the shipped SAE: TopK on SmolLM2-135M's residual stream before block 15, with SAELens.
 
-Reads the corpus in workbench/data/corpus (SmolLM2's own generations; rebuild with
+Reads the corpus in data/corpus (SmolLM2's own generations; rebuild with
 scripts/build_corpus.py), trains on its train split through ``workbench.techniques.sae.train_sae`` (SAELens
 ``TopKTrainingSAE`` + ``SAETrainer``), saves the inference SAE in SAELens's format with float16
 weights (``cfg.json`` says float32, so ``SAE.load_from_disk`` loads float32), reloads it from disk
@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "shared offset; from zeros, SmolLM2's SAE kept 71%% of its latents dead, from "
                         "the mean 10%%) or 'zeros'")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
-    p.add_argument("--out", type=Path, default=wsae.SHIPPED_SAES["smollm2-135m"])
+    # The checkout's data/ (where pyproject.toml maps the package data from), written in place.
+    p.add_argument("--out", type=Path,
+                   default=ROOT / "data" / "sae" / "smollm2-135m-blocks.15.hook_resid_pre")
     p.add_argument("--full-precision", action="store_true", help="store float32 weights")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
         size_bytes=size,
         training=training,
         heldout=heldout,
-        heldout_note="held-out split of workbench/data/corpus (every 8th document), BOS and massive-activation tokens "
+        heldout_note="held-out split of data/corpus (every 8th document), BOS and massive-activation tokens "
         "(norm > cfg metadata max_norm) excluded; "
         "explained_variance = 1 - sum|x - x_hat|^2 / sum|x - mean x|^2 pooled over tokens; "
         "dead = never active on the held-out tokens; losses are mean next-token cross-entropy "

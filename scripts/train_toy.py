@@ -1,4 +1,4 @@
-"""Train the toy modular-addition model from scratch and save it to workbench/data/toy/.
+"""Train the toy modular-addition model from scratch and save it to data/toy/.
 
     python scripts/train_toy.py                 # default config, 1 torch thread
     python scripts/train_toy.py --threads 2 --out /tmp/toy
@@ -16,14 +16,16 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from workbench.models.toy import TOY_DIR, ToyConfig, save_toy, train_toy  # noqa: E402
+from workbench.models.toy import ToyConfig, save_toy, train_toy  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=TOY_DIR, help="output folder")
+    parser.add_argument("--out", type=Path, default=ROOT / "data" / "toy",
+                        help="output folder (default: the checkout's data/toy)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 is fastest on a shared machine)")
     parser.add_argument("--seed", type=int, default=ToyConfig.seed)

@@ -177,6 +177,29 @@ def test_percentile_rank():
         percentile_rank(grid([[1.0]]))
 
 
+def test_percentile_rank_equals_the_counting_formula():
+    """scipy.stats.rankdata gives the same floats as counting heads below and tied (the formula it
+    replaced), with ties, NaN and -inf."""
+    from workbench.phenomena.ioi.circuits import percentile_rank
+
+    def counted(values):
+        v = values.double().flatten().nan_to_num(float("-inf"))
+        below = (v[None, :] < v[:, None]).sum(1).double()
+        equal = (v[None, :] == v[:, None]).sum(1).double() - 1
+        return (100 * (below + equal / 2) / (v.numel() - 1)).float().reshape(values.shape)
+
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        layers = int(torch.randint(1, 31, (1,), generator=gen))
+        heads = int(torch.randint(2, 10, (1,), generator=gen))
+        values = torch.randn(layers, heads, generator=gen)
+        if trial % 2:
+            values = (values * 2).round() / 2  # many ties
+        values[torch.rand(layers, heads, generator=gen) < 0.1] = float("nan")
+        values[torch.rand(layers, heads, generator=gen) < 0.05] = float("-inf")
+        assert torch.equal(percentile_rank(grid(values.tolist())).values, counted(values))
+
+
 def test_ablated_metric_matches_faithfulness_per_set(tiny_gqa):
     from workbench import ablation
     from workbench.phenomena.ioi.circuits import ablated_metric

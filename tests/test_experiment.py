@@ -45,10 +45,46 @@ def test_bootstrap_ci_rejects_one_item():
         bootstrap_ci(torch.ones(1))
 
 
+def test_bootstrap_ci_gives_the_stored_numbers():
+    # the seeded torch resamples and torch.quantile behind the notebooks' stored intervals
+    assert bootstrap_ci(torch.arange(30.0)) == (11.399166297912599, 17.567500877380372)
+    binary = torch.tensor([0.0, 1, 1, 0, 1, 1, 1, 0, 1, 1])
+    assert bootstrap_ci(binary) == (0.4000000059604645, 0.8999999761581421)
+
+
+def test_bootstrap_quantile_is_scipys_linear_quantile():
+    """The interval's quantile is the linear (type 7) one that scipy.stats.quantile computes; they
+    differ only in rounding (see the comment in bootstrap_ci), so torch.quantile stays."""
+    from scipy.stats import quantile
+
+    gen = torch.Generator().manual_seed(0)
+    for n in (2, 3, 17, 64):
+        items = torch.randint(0, 3, (n,), generator=gen).float()  # ties in the resampled means
+        idx = torch.randint(0, n, (1000, n), generator=gen)
+        stats = items[idx].mean(1).double()
+        ours = torch.quantile(stats, torch.tensor([0.025, 0.975], dtype=torch.float64))
+        theirs = quantile(stats.numpy(), [0.025, 0.975], method="linear")
+        assert torch.allclose(ours, torch.from_numpy(theirs), rtol=0, atol=1e-12)
+
+
 def test_null_percentile_counts_ties_half():
     assert null_percentile(5.0, [1, 2, 3, 4]) == 100.0
     assert null_percentile(0.0, [1, 2, 3, 4]) == 0.0
     assert null_percentile(2.0, [1, 2, 3, 4]) == 37.5
+
+
+def test_null_percentile_is_scipys_mean_percentileofscore():
+    """The same statistic as scipy.stats.percentileofscore(kind="mean"), up to rounding (scipy
+    multiplies by 50 / n; see the comment in null_percentile), with ties."""
+    from scipy.stats import percentileofscore
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        n = int(torch.randint(1, 200, (1,), generator=gen))
+        null = torch.randint(0, 6, (n,), generator=gen).double() / 2
+        value = float(torch.randint(-1, 7, (1,), generator=gen)) / 2
+        theirs = percentileofscore(null.numpy(), value, kind="mean")
+        assert abs(null_percentile(value, null) - theirs) < 1e-12
 
 
 @pytest.mark.parametrize(

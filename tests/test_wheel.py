@@ -1,11 +1,14 @@
-"""The package as a wheel: built from the repo, installed outside the checkout, it finds its data."""
+"""The package as a wheel: built from the repo, installed outside the checkout, it finds its data
+(data/ at the top of the repository, mapped to the package workbench.data by pyproject.toml)."""
 
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
+from setuptools import find_packages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,9 +20,12 @@ CHECK = textwrap.dedent(
     assert "wbViews" in script()  # the views' drawing script ships as package data
     assert data_path("nbconvert", "offline", "index.html.j2").is_file()  # the offline export template
     from workbench import sae, toy
-    from workbench.phenomena import needles, temporal
+    from workbench.phenomena import retrieval, temporal
     assert workbench.__file__.startswith(TARGET), workbench.__file__
-    assert needles.FILLER_PATH.read_text().strip()
+    from workbench.core.resources import data_path
+    assert str(data_path()).startswith(TARGET), data_path()
+    assert data_path("toy", "README.md").is_file()
+    assert retrieval.FILLER_PATH.read_text().strip()
     assert temporal.FACTS_PATH.read_text().strip().startswith(("[", "{"))
     assert len(sae.load_corpus("heldout")) > 0
     shipped = sae.load_sae("smollm2-135m")
@@ -29,6 +35,17 @@ CHECK = textwrap.dedent(
     print("ok")
     """
 )
+
+
+def test_every_package_is_listed_and_the_data_is_mapped():
+    """pyproject.toml lists the packages (a find directive cannot add the mapped workbench.data):
+    the list must hold every package under workbench/, or the wheel would leave one out."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set(find_packages(str(ROOT), include=["workbench", "workbench.*"]))
+    assert set(config["packages"]) == found | {"workbench.data"}
+    assert config["package-dir"] == {"workbench.data": "data"}
+    assert (ROOT / "data" / "__init__.py").is_file()
+    assert not (ROOT / "workbench" / "data").exists()
 
 
 @pytest.mark.slow

@@ -165,10 +165,19 @@ def bootstrap_ci(
     if n < 2:
         raise ValueError(f"bootstrap_ci needs at least 2 evaluation items, got {n}")
     statistic = statistic or (lambda x: x.float().mean())
+    # Kept by hand rather than scipy.stats.bootstrap(method="percentile"): scipy draws its own
+    # resamples from a NumPy generator, so the stored intervals would move (measured on 20 random
+    # inputs of 16-128 items: by up to 0.031, one item's step for 32 binary items, and up to 6% of
+    # the items' standard deviation). The stored outputs depend on these torch-seeded draws.
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, n, (n_resamples, n), generator=gen).to(items.device)
     stats = torch.stack([torch.as_tensor(statistic(items[i])).float().reshape(()) for i in idx]).cpu()
     alpha = (1 - level) / 2
+    # The linear ("type 7") quantile. scipy.stats.quantile(method="linear"), mstats.mquantiles
+    # (alphap=betap=1) and scoreatpercentile define the same one but interpolate in another order:
+    # on 3,000 random sets of 1,000 resampled means they differ from torch.quantile by one ulp
+    # (up to 2.2e-16) in 22% of cases (np.quantile: 2.8e-17 in 2 of 3,000), so torch.quantile stays
+    # (tests/test_experiment.py checks the definitions agree to 1e-12).
     low, high = torch.quantile(stats.double(), torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
     return float(low), float(high)
 
@@ -178,6 +187,10 @@ def null_percentile(value: float, null: Tensor | Sequence[float]) -> float:
     null = torch.as_tensor(null, dtype=torch.float64).flatten()
     if null.numel() == 0:
         raise ValueError("null_percentile needs at least one null draw")
+    # scipy.stats.percentileofscore(null, value, kind="mean") is this statistic, computed as
+    # (below + at or below) * (50 / n): on 20,000 random nulls with ties it differs from the formula
+    # here by a few ulps (up to 1.4e-14) in 26% of cases, so the stored percentiles would change in
+    # their last digits; the formula stays (tests/test_experiment.py checks they agree to 1e-12).
     below = (null < value).double().sum() + 0.5 * (null == value).double().sum()
     return float(100.0 * below / null.numel())
 

@@ -8,7 +8,7 @@ accuracy measures generalisation, not memory.
 
 The model is a TransformerLens ``HookedTransformer`` built from a config (1 layer, 4 heads,
 ``d_model`` 128, attention + ReLU MLP, no LayerNorm), trained from scratch with AdamW and strong
-weight decay on the full training set. Weights ship in ``workbench/data/toy/`` (safetensors + config JSON +
+weight decay on the full training set. Weights ship in ``data/toy/`` (safetensors + config JSON +
 metrics JSON); :func:`load_toy_model` reads them and, if they are missing, trains and caches them
 with the same function that ``scripts/train_toy.py`` runs.
 

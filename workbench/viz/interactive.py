@@ -1,7 +1,7 @@
 """Interactive views that need no network: self-contained HTML with inline SVG and JavaScript.
 
 Each view is a :class:`View`: a ``<div>`` holding its data as JSON, the small hand-written
-drawing script shipped in ``workbench/data/views/views.js`` (inlined, never fetched), and one
+drawing script shipped in ``data/views/views.js`` (``workbench/data/views/`` in a wheel) (inlined, never fetched), and one
 line that draws it. It shows in JupyterLab (``_repr_html_``) and in an HTML file opened from disk
 with the network off (:meth:`View.save`, :func:`page`). Nothing is loaded from a CDN.
 

@@ -331,13 +331,16 @@ def percentile_rank(scores: Result) -> Result:
     tensor([[  0.0000, 100.0000],
             [ 66.6667,  33.3333]])
     """
+    from scipy.stats import rankdata
+
     _check_grid(scores, "scores")
     v = scores.values.double().flatten().nan_to_num(float("-inf"))
     if v.numel() < 2:
         raise ValueError("percentile_rank needs at least two heads.")
-    below = (v[None, :] < v[:, None]).sum(1).double()
-    equal = (v[None, :] == v[:, None]).sum(1).double() - 1
-    pct = 100 * (below + equal / 2) / (v.numel() - 1)
+    # rankdata's average rank minus one is (heads below) + (other heads tied) / 2, exactly (it is a
+    # half-integer), so this is the same float as counting them (tests/test_circuits.py checks it).
+    ranks = torch.from_numpy(rankdata(v.numpy(), method="average"))
+    pct = 100 * (ranks - 1) / (v.numel() - 1)
     return Result(pct.float().reshape(scores.shape), ("layer", "head"),
                   f"percentile among heads ({scores.metric})", dict(scores.labels),
                   dict(scores.meta))

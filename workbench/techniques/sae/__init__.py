@@ -26,9 +26,9 @@ Conventions
 
 Shipped SAE
 -----------
-``load_sae()`` loads ``workbench/data/sae/smollm2-135m-blocks.15.hook_resid_pre``: a TopK SAE (k=16) on
+``load_sae()`` loads ``data/sae/smollm2-135m-blocks.15.hook_resid_pre``: a TopK SAE (k=16) on
 SmolLM2-135M's residual stream before block 15 (the middle of 30), trained by
-``scripts/train_sae.py`` on the model's own generations (``workbench/data/corpus``); its held-out metrics
+``scripts/train_sae.py`` on the model's own generations (``data/corpus``); its held-out metrics
 are in ``metrics.json`` next to it.
 
 Example (tiny model, a few seconds)

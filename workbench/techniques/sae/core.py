@@ -35,7 +35,7 @@ Corpus = Sequence[str] | Int[Tensor, "batch pos"]
 
 
 def load_corpus(split: Literal["train", "heldout", "all"] = "train", *, path: Path | None = None) -> list[str]:
-    """The documents of the shipped corpus (SmolLM2's own generations; see workbench/data/corpus/README.md).
+    """The documents of the shipped corpus (SmolLM2's own generations; see data/corpus/README.md).
 
     Every 8th document is held out (``split="heldout"``): the SAE never trained on it.
     """
