@@ -371,18 +371,13 @@ def _device_params(device: str | None, dtype: str | None) -> dict[str, object]:
     from workbench import models
 
     params: dict[str, object] = {}
-    if device is not None:
-        try:
-            models.resolve_device(device)
-        except ValueError as e:
-            raise SystemExit(str(e)) from None
-        params["DEVICE"] = device
-    if dtype is not None:
-        try:
-            models.resolve_dtype(dtype)
-        except ValueError as e:
-            raise SystemExit(str(e)) from None
-        params["DTYPE"] = dtype
+    for name, value, check in (("DEVICE", device, models.resolve_device), ("DTYPE", dtype, models.resolve_dtype)):
+        if value is not None:
+            try:
+                check(value)
+            except ValueError as e:
+                raise SystemExit(str(e)) from None
+            params[name] = value
     return params
 
 

@@ -123,32 +123,35 @@ class LogitDiff:
         return self.from_readout(r.gather(logits))
 
 
-class AnswerProb:
+class _AnswerMetric:
+    """A metric of one answer token per prompt, read at ``pos``."""
+
+    def __init__(self, answers, *, pos: int | Tensor = -1):
+        self.answers = _as_batch_vector(answers, "answers")
+        self.pos = pos
+
+    def _read(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(row index, the logits at each prompt's ``pos`` [batch, d_vocab], the answer ids)."""
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        pos = (_positions(self.pos, logits.shape[0]) % logits.shape[1]).to(logits.device)
+        return rows, logits[rows, pos], self.answers.to(logits.device)
+
+
+class AnswerProb(_AnswerMetric):
     """Mean probability of the answer token at ``pos`` (softmax over the full vocabulary)."""
 
-    def __init__(self, answers, *, pos: int | Tensor = -1):
-        self.answers = _as_batch_vector(answers, "answers")
-        self.pos = pos
-
     def __call__(self, logits: Tensor) -> Tensor:
-        rows = torch.arange(logits.shape[0], device=logits.device)
-        pos = (_positions(self.pos, logits.shape[0]) % logits.shape[1]).to(logits.device)
-        logp = logits[rows, pos].float().log_softmax(-1)  # float32: a bf16 softmax loses the tail
-        return logp[rows, self.answers.to(logits.device)].exp().mean()
+        rows, final, answers = self._read(logits)
+        logp = final.float().log_softmax(-1)  # float32: a bf16 softmax loses the tail
+        return logp[rows, answers].exp().mean()
 
 
-class AnswerRank:
+class AnswerRank(_AnswerMetric):
     """Mean rank of the answer token at ``pos`` (0 = top prediction)."""
 
-    def __init__(self, answers, *, pos: int | Tensor = -1):
-        self.answers = _as_batch_vector(answers, "answers")
-        self.pos = pos
-
     def __call__(self, logits: Tensor) -> Tensor:
-        rows = torch.arange(logits.shape[0], device=logits.device)
-        pos = (_positions(self.pos, logits.shape[0]) % logits.shape[1]).to(logits.device)
-        final = logits[rows, pos]
-        answer = final[rows, self.answers.to(logits.device)]
+        rows, final, answers = self._read(logits)
+        answer = final[rows, answers]
         return (final > answer[:, None]).sum(-1).float().mean()
 
 

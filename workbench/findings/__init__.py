@@ -4,26 +4,7 @@ No model code lives here: a finding is computed from per-item measurements that 
 made, so this layer imports only :mod:`workbench.core`.
 """
 
-from workbench.findings.claims import (
-    VERDICTS,
-    Claim,
-    Finding,
-    Scorecard,
-    bootstrap_ci,
-    evaluate,
-    not_measured,
-    null_percentile,
-    verdict,
-)
+from workbench.findings import claims
+from workbench.findings.claims import *  # noqa: F403  (the claims module's public names)
 
-__all__ = [
-    "VERDICTS",
-    "Claim",
-    "Finding",
-    "Scorecard",
-    "bootstrap_ci",
-    "evaluate",
-    "not_measured",
-    "null_percentile",
-    "verdict",
-]
+__all__ = ["claims", *claims.__all__]

@@ -242,14 +242,8 @@ def evaluate(
         result = "inconclusive"
         note = "; ".join(filter(None, [note, f"presupposes {', '.join(missing)}, which is not replicated"]))
     return Finding(
-        claim=claim,
-        value=value,
-        ci_low=low,
-        ci_high=high,
-        null_percentile=pct,
-        n_null=n_null,
-        n_select=int(n_select),
-        n_eval=int(per_item.shape[0]),
+        claim=claim, value=value, ci_low=low, ci_high=high, null_percentile=pct, n_null=n_null,
+        n_select=int(n_select), n_eval=int(per_item.shape[0]),
         verdict=result,
         note=note,
     )

@@ -48,6 +48,12 @@ class Source:
     description: ClassVar[str] = ""
     local: ClassVar[bool] = True
 
+    def __init_subclass__(cls, *, kind: str = "", description: str = "", local: bool | None = None, **kw):
+        super().__init_subclass__(**kw)
+        cls.kind = kind or cls.kind
+        cls.description = description or cls.description
+        cls.local = cls.local if local is None else local
+
     def __init__(self, text: str):
         self.text = str(text)
 
@@ -112,9 +118,7 @@ def _path_report_name(path: Path) -> str:
 
 
 @register_source
-class Offline(Source):
-    kind = "offline"
-    description = "a model of the offline zoo"
+class Offline(Source, kind="offline", description="a model of the offline zoo"):
 
     @classmethod
     def claims(cls, text: str) -> bool:
@@ -155,9 +159,7 @@ class _LocalPath(Source):
 
 
 @register_source
-class GGUFFile(_LocalPath):
-    kind = "gguf"
-    description = "a .gguf file, dequantized to float32"
+class GGUFFile(_LocalPath, kind="gguf", description="a .gguf file, dequantized to float32"):
 
     @classmethod
     def claims(cls, text: str) -> bool:
@@ -168,9 +170,7 @@ class GGUFFile(_LocalPath):
 
 
 @register_source
-class Folder(_LocalPath):
-    kind = "folder"
-    description = "a checkpoint folder written by save_pretrained"
+class Folder(_LocalPath, kind="folder", description="a checkpoint folder written by save_pretrained"):
 
     @classmethod
     def claims(cls, text: str) -> bool:
@@ -187,10 +187,8 @@ class Folder(_LocalPath):
 
 
 @register_source
-class TransformerLensName(Source):
-    kind = "transformerlens"
-    description = "a model name TransformerLens knows, loaded from the hub"
-    local = False
+class TransformerLensName(Source, kind="transformerlens", local=False,
+                          description="a model name TransformerLens knows, loaded from the hub"):
 
     @classmethod
     def claims(cls, text: str) -> bool:
@@ -207,9 +205,8 @@ class TransformerLensName(Source):
 
 
 @register_source
-class HubRepository(Folder):
-    kind = "hub"
-    description = "org/name of another hub repository, fetched and loaded as a folder"
+class HubRepository(Folder, kind="hub",
+                    description="org/name of another hub repository, fetched and loaded as a folder"):
 
     @classmethod
     def claims(cls, text: str) -> bool:

@@ -192,6 +192,14 @@ def _quiet_hf():
 _HARMLESS_UNEXPECTED = ("attn.bias", "attn.masked_bias", "rotary_emb.inv_freq")
 
 
+def _load_error(path, what: str, e: Exception, *, hint: str, more: bool = False,
+                separator: str = ".") -> CheckpointError:
+    """Hugging Face's failure to read ``path``, with the first line of its message and a hint."""
+    text = str(e).strip().splitlines()
+    first = (text[0] if text else "") + (" ..." if more and len(text) > 1 else "")
+    return CheckpointError(f"{path}: Hugging Face could not {what} ({type(e).__name__}: {first}){separator} {hint}")
+
+
 def load_hf_folder(folder: str | Path):
     """The Hugging Face model (float32, CPU, eager attention) and tokenizer of a checkpoint folder.
 
@@ -210,12 +218,9 @@ def load_hf_folder(folder: str | Path):
                 folder, dtype=torch.float32, attn_implementation="eager", output_loading_info=True
             )
     except (RuntimeError, ValueError, OSError, KeyError) as e:
-        text = str(e).strip().splitlines()
-        raise CheckpointError(
-            f"{folder}: Hugging Face could not load this checkpoint ({type(e).__name__}: "
-            f"{text[0] if text else ''}{' ...' if len(text) > 1 else ''}). If the config and "
-            "the weights disagree (sizes, layer count), they come from different models."
-        ) from e
+        raise _load_error(folder, "load this checkpoint", e, more=True,
+                          hint="If the config and the weights disagree (sizes, layer count), they "
+                               "come from different models.") from e
     missing = list(info.get("missing_keys", []))
     unexpected = [k for k in info.get("unexpected_keys", []) if not k.endswith(_HARMLESS_UNEXPECTED)]
     mismatched = list(info.get("mismatched_keys", []))
@@ -246,12 +251,8 @@ def load_hf_gguf(path: str | Path):
                 path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
             )
     except (RuntimeError, ValueError, OSError, KeyError, EOFError) as e:
-        text = str(e).strip().splitlines()
-        raise CheckpointError(
-            f"{path}: Hugging Face could not read this GGUF file ({type(e).__name__}: "
-            f"{text[0] if text else ''}); it may be truncated, or of an architecture "
-            "transformers cannot dequantize."
-        ) from e
+        raise _load_error(path, "read this GGUF file", e, separator=";",
+                          hint="it may be truncated, or of an architecture transformers cannot dequantize.") from e
     if not hf.config.architectures:  # a GGUF config leaves it empty
         hf.config.architectures = [type(hf).__name__]
     if hasattr(hf.config, "quantization_config"):

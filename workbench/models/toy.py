@@ -372,12 +372,8 @@ def toy_problems(
     assert bool((answers != counter).all()), "counterfactual answers must differ"
     batch = len(pairs)
     return ToyProblems(
-        pairs=pairs,
-        corrupted_pairs=corrupted,
-        clean_tokens=_tokens(pairs, p),
-        corrupted_tokens=_tokens(corrupted, p),
-        answer_ids=answers,
-        counterfactual_ids=counter,
+        pairs=pairs, corrupted_pairs=corrupted, clean_tokens=_tokens(pairs, p),
+        corrupted_tokens=_tokens(corrupted, p), answer_ids=answers, counterfactual_ids=counter,
         pos={k: torch.full((batch,), v, dtype=torch.long) for k, v in
              (("A", 0), ("B", 1), ("END", 2))},
         corrupt=corrupt,

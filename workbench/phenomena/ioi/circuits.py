@@ -398,16 +398,8 @@ def _head_means(model, reference: Tensor, template_ids: Tensor) -> dict[int, Ten
 
 
 @torch.no_grad()
-def ablated_metric(
-    model,
-    tokens: Int[Tensor, "batch pos"],
-    reference: Int[Tensor, "batch pos"],
-    metric,
-    kept: Sequence[Sequence[tuple[int, int]]],
-    *,
-    template_ids: Tensor,
-    chunk: int = 4,
-) -> Tensor:
+def ablated_metric(model, tokens: Int[Tensor, "batch pos"], reference: Int[Tensor, "batch pos"], metric,
+                   kept: Sequence[Sequence[tuple[int, int]]], *, template_ids: Tensor, chunk: int = 4) -> Tensor:
     """``metric`` per prompt with every head outside each kept set mean-ablated: ``[set, batch]``.
 
     The IOI paper's evaluation: a head outside the circuit has its output (``hook_z``) replaced

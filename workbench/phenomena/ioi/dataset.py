@@ -216,17 +216,8 @@ def ioi_dataset(
         [len(tok.encode(p, add_special_tokens=False)) for p in prompts]
     )  # +1 for BOS, -1 for the last index
     return IOIDataset(
-        prompts=prompts,
-        corrupted_prompts=[r[5] for r in rows],
-        abc_prompts=[r[6] for r in rows],
-        clean_tokens=clean_tokens,
-        corrupted_tokens=corrupted_tokens,
-        abc_tokens=abc_tokens,
-        io_ids=io_ids,
-        s_ids=s_ids,
-        pos=pos,
-        template_ids=torch.tensor([r[0] for r in rows]),
-        order=[r[1] for r in rows],
-        corruption=corruption,
-        names=[(r[2], r[3]) for r in rows],
+        prompts=prompts, corrupted_prompts=[r[5] for r in rows], abc_prompts=[r[6] for r in rows],
+        clean_tokens=clean_tokens, corrupted_tokens=corrupted_tokens, abc_tokens=abc_tokens,
+        io_ids=io_ids, s_ids=s_ids, pos=pos, template_ids=torch.tensor([r[0] for r in rows]),
+        order=[r[1] for r in rows], corruption=corruption, names=[(r[2], r[3]) for r in rows],
     )

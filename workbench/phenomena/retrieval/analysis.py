@@ -227,18 +227,9 @@ def needle_correct(
     )
 
 
-def needle_accuracy(
-    model,
-    haystacks: Sequence,
-    *,
-    heads: Iterable[tuple[int, int]] = (),
-    measure: Measure = "exact",
-    batch_size: int = 8,
-    progress: bool = False,
-) -> float:
-    """Mean of :func:`needle_correct` over the haystacks: needle accuracy in [0, 1]."""
-    r = needle_correct(model, haystacks, heads=heads, measure=measure, batch_size=batch_size, progress=progress)
-    return float(r.values.mean())
+def needle_accuracy(model, haystacks: Sequence, **options) -> float:
+    """Mean of :func:`needle_correct` over the haystacks (same options): needle accuracy in [0, 1]."""
+    return float(needle_correct(model, haystacks, **options).values.mean())
 
 
 # --------------------------------------------------------------------------------------------

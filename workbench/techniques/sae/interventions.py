@@ -83,15 +83,8 @@ def ablate_features(model, sae, features, *, positions=None, value: float = 0.0)
         yield model
 
 
-def attribute_features(
-    model,
-    clean: Int[Tensor, "batch pos"],
-    corrupted: Int[Tensor, "batch pos"],
-    metric: Metric,
-    *,
-    sae,
-    by_pos: bool = False,
-) -> Result:
+def attribute_features(model, clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"],
+                       metric: Metric, *, sae, by_pos: bool = False) -> Result:
     """Attribution patching on SAE latents: one forward/backward on the corrupted run.
 
     Estimates, for every feature, ``metric(corrupted run with that feature set to its clean
