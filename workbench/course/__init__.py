@@ -4,7 +4,8 @@
 >>> ex = course.exercises()
 >>> len(ex) >= 20, ex[0].name
 (True, 'tokens_with_bos')
->>> course.get("attention_pattern").check(course.get("attention_pattern").solution)  # quiet: right
+>>> ex = course.get("attention_pattern")
+>>> ex.check(ex.solution, allow_package=True)  # quiet: right (the package's own reference)
 
 Each :class:`Exercise` has ``name``, ``notebook``, ``objective``, ``minutes``, ``difficulty``,
 ``solution`` (the reference function), ``catches`` (the wrong answers its checker rejects) and
@@ -20,10 +21,10 @@ notebooks and an instructor's README; ``workbench course check NOTEBOOK`` grades
 from __future__ import annotations
 
 from workbench.course import basics, lens, patching, paths, phenomena, sae  # noqa: F401  (registers the exercises)
-from workbench.course.base import Exercise, registry
+from workbench.course.base import CourseWarning, Exercise, registry
 from workbench.course.notebooks import show
 
-__all__ = ["Exercise", "check", "exercises", "get", "show", "table"]
+__all__ = ["CourseWarning", "Exercise", "check", "exercises", "get", "show", "table"]
 
 
 def exercises() -> list[Exercise]:

@@ -12,7 +12,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench import models as wb_models
-from workbench.course.base import call, compare, register, tiny, tiny_gqa
+from workbench.course.base import call, compare, fail, register, tiny, tiny_gqa
 from workbench.techniques import heads as wb_heads
 
 NOTEBOOK = "course/01_hooks_and_attention"
@@ -50,13 +50,14 @@ def _check_tokens(fn, solution):
         tok = LetterTokenizer(adds_bos=adds)
         case = f"a tokenizer that {'adds' if adds else 'does not add'} BOS by itself"
         for text in ("When Mary and John", "ab"):
-            got = call(name, fn, tok, text, case=case)
             expected = solution(tok, text)
+            got = call(name, fn, tok, text, case=case)
             if isinstance(got, Tensor) and got.ndim == 2 and got.shape[1] and expected.shape == got.shape:
                 n_bos = int((got[0] == tok.bos_token_id).sum())
                 if n_bos != 1:
-                    raise AssertionError(f"{name} ({case}): {n_bos} BOS tokens in {got.tolist()}; "
-                                         "there must be exactly one, at position 0.")
+                    fail(name, f"{n_bos} BOS tokens in {got.tolist()}; there must be exactly one, "
+                         "at position 0.", case=case)
+                    continue
             compare(name, got, expected, dims=("batch", "pos"), what="the token ids", case=case,
                     exact=True)
 
@@ -81,8 +82,9 @@ def _check_resid(fn, solution):
         for layer in (0, 1):
             model = make()
             case = f"{label}, layer {layer}"
+            expected = solution(model, tokens, layer)
             got = call(name, fn, model, tokens, layer, case=case)
-            compare(name, got, solution(model, tokens, layer), dims=("batch", "pos", "d_model"),
+            compare(name, got, expected, dims=("batch", "pos", "d_model"),
                     what=f"the residual stream entering layer {layer}", case=case)
 
 
@@ -165,8 +167,9 @@ def _check_prev(fn, solution):
         model = make()
         for layer, pattern in enumerate(patterns_of(model, tokens)):
             case = f"{label}, layer {layer}"
+            expected = solution(pattern)
             got = call(name, fn, pattern, case=case)
-            compare(name, got, solution(pattern), dims=("head",), what="the score of each head",
+            compare(name, got, expected, dims=("head",), what="the score of each head",
                     case=case)
 
 
@@ -188,8 +191,9 @@ def _check_induction(fn, solution):
             tokens = wb_heads.repeated_tokens(model, seq_len=seq_len, batch=2, seed=seq_len)
             for layer, pattern in enumerate(patterns_of(model, tokens)):
                 case = f"{label}, layer {layer}, [BOS] r r with len(r) = {seq_len}"
+                expected = solution(pattern, seq_len)
                 got = call(name, fn, pattern, seq_len, case=case)
-                compare(name, got, solution(pattern, seq_len), dims=("head",),
+                compare(name, got, expected, dims=("head",),
                         what="the induction score of each head", case=case)
 
 

@@ -33,8 +33,9 @@ def _check_logit_diff(fn, solution):
         logits = torch.randn(batch, 5, 20, generator=gen)
         answers, wrong = torch.randint(0, 20, (2, batch), generator=gen)
         case = f"batch of {batch}"
+        expected = solution(logits, answers, wrong)
         got = check_scalar_out(name, call(name, fn, logits, answers, wrong, case=case), case)
-        compare(name, got, solution(logits, answers, wrong), what="the logit difference", case=case)
+        compare(name, got, expected, what="the logit difference", case=case)
 
 
 @register(notebook=NOTEBOOK, minutes=5, difficulty="intro", checker=_check_logit_diff,
@@ -58,8 +59,9 @@ def _check_lens(fn, solution):
     tokens, _, _ = lens_case(4)
     for make, label in ((tiny, "tiny LayerNorm model"), (tiny_gqa, "grouped-query RMSNorm model")):
         model = make()
+        expected = solution(model, tokens)
         got = call(name, fn, model, tokens, case=label)
-        compare(name, got, solution(model, tokens), dims=("layer", "batch", "d_vocab"),
+        compare(name, got, expected, dims=("layer", "batch", "d_vocab"),
                 what="the lens logits at the last position", case=label)
 
 
@@ -67,7 +69,7 @@ def _check_lens(fn, solution):
           objective="Decode the residual stream entering every layer (and the final one) through "
                     "the final norm and the unembedding.",
           catches=("forgetting the final norm", "off-by-one layer (resid_post of each layer)",
-                   "forgetting the unembedding bias"))
+                   "forgetting the unembedding bias", "each block's ln1 instead of ln_final"))
 def logit_lens(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer batch d_vocab"]:
     n = model.cfg.n_layers
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n)]
@@ -86,8 +88,9 @@ def _check_dla(fn, solution):
     tokens, answers, wrong = lens_case(5)
     for make, label in ((tiny, "tiny LayerNorm model"), (tiny_gqa, "grouped-query RMSNorm model")):
         model = make()
+        expected = solution(model, tokens, answers, wrong)
         got = call(name, fn, model, tokens, answers, wrong, case=label)
-        compare(name, got, solution(model, tokens, answers, wrong), dims=("layer", "head"),
+        compare(name, got, expected, dims=("layer", "head"),
                 what="each head's direct effect on the logit difference", case=label)
 
 
@@ -95,7 +98,8 @@ def _check_dla(fn, solution):
           objective="Attribute the logit difference to each head's direct path, dividing by the "
                     "final norm's scale (and centring for LayerNorm).",
           catches=("forgetting the final norm", "sign flipped (wrong - answer)",
-                   "forgetting to centre for LayerNorm"))
+                   "forgetting to centre for LayerNorm",
+                   "the final norm's weight ln_final.w forgotten"))
 def head_dla(model, tokens: Int[Tensor, "batch pos"], answers: Int[Tensor, " batch"],
              wrong: Int[Tensor, " batch"]) -> Float[Tensor, "layer head"]:
     _, cache = model.run_with_cache(tokens)

@@ -40,8 +40,9 @@ def _check_normalise(fn, solution):
     name = "normalise_metric"
     for value, clean, corrupted in ((0.5, 2.0, -1.0), (3.0, 1.0, 4.0), (-1.0, -1.0, 2.5)):
         case = f"value {value}, clean {clean}, corrupted {corrupted}"
+        expected = solution(value, clean, corrupted)
         got = check_scalar_out(name, call(name, fn, value, clean, corrupted, case=case), case)
-        compare(name, got, solution(value, clean, corrupted), what="the normalised value", case=case)
+        compare(name, got, expected, what="the normalised value", case=case)
 
 
 @register(notebook=NOTEBOOK, minutes=4, difficulty="intro", checker=_check_normalise,
@@ -62,10 +63,10 @@ def _check_one_site(fn, solution):
         for layer, pos in ((1, 2), (0, 4)):
             model = make()
             case = f"{label}, resid_pre of layer {layer} at position {pos}"
+            expected = solution(model, clean, corrupted, metric, layer, pos)
             got = call(name, fn, model, clean, corrupted, metric, layer, pos, case=case)
             got = check_scalar_out(name, got, case)
-            compare(name, got, solution(model, clean, corrupted, metric, layer, pos),
-                    what="the metric of the patched run", case=case)
+            compare(name, got, expected, what="the metric of the patched run", case=case)
 
 
 @register(notebook=NOTEBOOK, minutes=10, difficulty="core", checker=_check_one_site,
@@ -95,8 +96,9 @@ def _check_sweep(fn, solution):
     clean, corrupted, metric = patching_case(2)
     for make, label in models_for_patching():
         model = make()
+        expected = solution(model, clean, corrupted, metric)
         got = call(name, fn, model, clean, corrupted, metric, case=label)
-        compare(name, got, solution(model, clean, corrupted, metric), dims=("layer", "pos"),
+        compare(name, got, expected, dims=("layer", "pos"),
                 what="the patched metric of every (layer, position)", case=label)
 
 
@@ -122,8 +124,9 @@ def _check_heads(fn, solution):
     clean, corrupted, metric = patching_case(3)
     for make, label in models_for_patching():
         model = make()
+        expected = solution(model, clean, corrupted, metric)
         got = call(name, fn, model, clean, corrupted, metric, case=label)
-        compare(name, got, solution(model, clean, corrupted, metric), dims=("layer", "head"),
+        compare(name, got, expected, dims=("layer", "head"),
                 what="the patched metric of every head", case=label)
 
 
@@ -157,8 +160,9 @@ def _check_attribution(fn, solution):
     clean, corrupted, metric = patching_case(4)
     for make, label in models_for_patching():
         model = make()
+        expected = solution(model, clean, corrupted, metric)
         got = call(name, fn, model, clean, corrupted, metric, case=label)
-        compare(name, got, solution(model, clean, corrupted, metric), dims=("layer", "head"),
+        compare(name, got, expected, dims=("layer", "head"),
                 what="the first-order estimate of every head's patch", case=label)
 
 

@@ -62,9 +62,10 @@ def _check_path_logits(fn, solution):
         for sender in ((0, 1), (1, 3)):
             model = make()
             case = f"{label}, sender L{sender[0]}H{sender[1]}"
+            expected = solution(model, clean, corrupted, metric, sender)
             got = check_scalar_out(name, call(name, fn, model, clean, corrupted, metric, sender,
                                               case=case), case)
-            compare(name, got, solution(model, clean, corrupted, metric, sender),
+            compare(name, got, expected,
                     what="the metric of the path-patched clean run", case=case)
 
 
@@ -87,9 +88,10 @@ def _check_path_query(fn, solution):
         for sender, receiver in (((0, 1), (1, 2)), ((0, 3), (1, 0))):
             model = make()
             case = f"{label}, L{sender[0]}H{sender[1]} -> query of L{receiver[0]}H{receiver[1]}"
+            expected = solution(model, clean, corrupted, metric, sender, receiver)
             got = check_scalar_out(name, call(name, fn, model, clean, corrupted, metric, sender,
                                               receiver, case=case), case)
-            compare(name, got, solution(model, clean, corrupted, metric, sender, receiver),
+            compare(name, got, expected,
                     what="the metric after patching the receiver's query", case=case)
 
 
@@ -137,16 +139,17 @@ def _check_zero(fn, solution):
         for layer, head in ((0, 2), (1, 1)):
             model = make()
             case = f"{label}, head L{layer}H{head}"
+            expected = solution(model, tokens, metric, layer, head)
             got = check_scalar_out(name, call(name, fn, model, tokens, metric, layer, head,
                                               case=case), case)
-            compare(name, got, solution(model, tokens, metric, layer, head),
+            compare(name, got, expected,
                     what="the metric with the head zero-ablated", case=case)
 
 
 @register(notebook=NOTEBOOK, minutes=6, difficulty="intro", checker=_check_zero,
           objective="Zero-ablate one head (its hook_z at every position) and measure the metric.",
           catches=("head index on the position axis", "the whole attention layer zeroed",
-                   "hook left attached"))
+                   "hook left attached", "W_O zeroed in place (never restored)"))
 def zero_ablate_head(model, tokens: Int[Tensor, "batch pos"], metric, layer: int, head: int) -> float:
     def zero(z, hook):  # z: [batch, pos, head, d_head]
         z[:, :, head] = 0.0
@@ -163,9 +166,10 @@ def _check_mean(fn, solution):
         for layer, head in ((0, 2), (1, 1)):
             model = make()
             case = f"{label}, head L{layer}H{head}"
+            expected = solution(model, tokens, metric, layer, head, reference)
             got = check_scalar_out(name, call(name, fn, model, tokens, metric, layer, head,
                                               reference, case=case), case)
-            compare(name, got, solution(model, tokens, metric, layer, head, reference),
+            compare(name, got, expected,
                     what="the metric with the head mean-ablated", case=case)
 
 
@@ -199,9 +203,10 @@ def _check_faithfulness(fn, solution):
         for circuit in ([(0, 1), (1, 2)], [(1, 0), (1, 3), (0, 0)]):
             model = make()
             case = f"{label}, circuit {circuit}"
+            expected = solution(model, tokens, metric, circuit, reference)
             got = check_scalar_out(name, call(name, fn, model, tokens, metric, circuit, reference,
                                               case=case), case)
-            compare(name, got, solution(model, tokens, metric, circuit, reference),
+            compare(name, got, expected,
                     what="F(circuit) / F(model)", case=case)
 
 

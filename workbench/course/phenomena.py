@@ -43,8 +43,9 @@ def _check_retrieval(fn, solution):
             model = make()
             haystack = haystack_case(seed)
             case = f"{label}, haystack seed {seed}"
+            expected = solution(model, haystack)
             got = call(name, fn, model, haystack, case=case)
-            compare(name, got, solution(model, haystack), dims=("layer", "head"),
+            compare(name, got, expected, dims=("layer", "head"),
                     what="the number of answer tokens each head copied", case=case, exact=True)
 
 
@@ -106,8 +107,9 @@ def _check_year(fn, solution):
         for head in ((0, 1), (1, 2)):
             model = make()
             case = f"{label}, head L{head[0]}H{head[1]}"
+            expected = solution(model, ds, head)
             got = call(name, fn, model, ds, head, case=case)
-            compare(name, got, solution(model, ds, head),
+            compare(name, got, expected,
                     what="the normalised logit difference after the patch", case=case)
 
 
@@ -148,8 +150,9 @@ def _check_mover(fn, solution):
     for corrupt in ("a", "b"):
         model, ds = toy_case(corrupt=corrupt)
         case = f"toy model, operand {corrupt} corrupted"
+        expected = solution(model, ds)
         got = call(name, fn, model, ds, case=case)
-        compare(name, got, solution(model, ds), dims=("head",),
+        compare(name, got, expected, dims=("head",),
                 what="the normalised effect of each head's patch at '='", case=case)
 
 
@@ -177,8 +180,9 @@ def toy_operand_mover(model, ds) -> Float[Tensor, " head"]:
 def _check_operand_attention(fn, solution):
     name = "toy_operand_attention"
     model, ds = toy_case()
+    expected = solution(model, ds.clean_tokens)
     got = call(name, fn, model, ds.clean_tokens, case="toy model")
-    compare(name, got, solution(model, ds.clean_tokens), dims=("key_pos", "head"),
+    compare(name, got, expected, dims=("key_pos", "head"),
             what="attention from '=' to a and to b", case="toy model")
 
 

@@ -111,8 +111,9 @@ def _check_feature_attribution(fn, solution):
     for make, label in ((tiny, "tiny model"), (tiny_gqa, "grouped-query model")):
         model = make()
         sae = course_sae(model)
+        expected = solution(model, sae, clean, corrupted, metric)
         got = call(name, fn, model, sae, clean, corrupted, metric, case=label)
-        compare(name, got, solution(model, sae, clean, corrupted, metric), dims=("feature",),
+        compare(name, got, expected, dims=("feature",),
                 what="the first-order estimate of each feature's patch", case=label)
 
 
