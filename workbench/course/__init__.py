@@ -9,13 +9,16 @@
 
 Each :class:`Exercise` has ``name``, ``notebook``, ``objective``, ``minutes``, ``difficulty``,
 ``solution`` (the reference function), ``catches`` (the wrong answers its checker rejects) and
-``check(fn)``: it runs the student's ``fn`` against the solution on the tiny test models (a
-grouped-query one among them) or the toy model and raises ``AssertionError`` saying what differs,
-or returns quietly. In a course notebook: ``course.check("attention_pattern", attention_pattern)``.
+``check(fn)``: it runs the solution, then the student's ``fn``, on the tiny test models (a
+grouped-query one among them; norm weights away from 1) or the toy model, case by case, and raises
+``AssertionError`` saying what differs and which typical mistake it matches, or returns quietly;
+``report(fn)`` gives every case's verdict (what grading counts). In a course notebook: ``course.check("attention_pattern", attention_pattern)``.
 
 The course notebooks (``notebooks/course/``) hold the solutions in cells tagged ``solution``;
 ``workbench course build OUT`` writes student notebooks (bodies replaced by stubs), solution
-notebooks and an instructor's README; ``workbench course check NOTEBOOK`` grades a filled-in one.
+notebooks and the instructor's material (``--student``: the hand-out alone);
+``workbench course check NOTEBOOK`` grades a filled-in one, ``workbench course grade FOLDER`` a class
+(:mod:`workbench.course.grading`).
 """
 
 from __future__ import annotations
