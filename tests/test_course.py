@@ -327,3 +327,20 @@ def test_each_case_has_a_verdict_and_numpy_is_a_warning_not_a_failure():
 
     with pytest.warns(course.CourseWarning, match="returns a ndarray"):
         course.get("attention_pattern").check(as_numpy)
+
+
+@pytest.mark.parametrize("name, mistake", [
+    ("logit_lens", "each block's ln1 instead of ln_final"),
+    ("logit_lens", "forgetting the final norm"),
+    ("head_dla", "the final norm's weight ln_final.w forgotten"),
+    ("head_dla", "forgetting the final norm"),
+])
+def test_a_wrong_norm_is_rejected_and_named(name, mistake):
+    wrong = dict(course.catalogue.mistakes(name))[mistake]
+
+    def student(*args):  # the mistake, written in the student's own module
+        return wrong(*args)
+
+    with pytest.raises(AssertionError, match="differs from the reference") as err:
+        course.get(name).check(student)
+    assert f"typical wrong answer: {mistake}" in str(err.value)
