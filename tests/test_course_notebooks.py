@@ -216,3 +216,18 @@ def test_a_notebook_that_hangs_is_reported_not_fatal(tmp_path):
     nbformat.write(nb, tmp_path / "slow.ipynb")
     rows, status = grade_notebook(tmp_path / "slow.ipynb", time_limit=8)
     assert status.startswith("timed out") and rows.points.tolist() == [0.0]
+
+
+def test_an_imported_solution_is_flagged_and_a_technique_used_for_comparison_is_not():
+    from workbench.course.grading import exercises_in, imported_solutions
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("from workbench.course.lens import head_dla\n"
+                                  "x = course.get('logit_diff').solution"),
+        nbformat.v4.new_code_cell("def logit_lens(model, tokens):\n    return 0\n\n"
+                                  "expected = wb.lens.logit_lens(model, tokens)"),
+        nbformat.v4.new_code_cell("attention_pattern = course.basics.attention_pattern"),
+        nbformat.v4.new_code_cell('course.check("induction_score", my_score)'),
+    ])
+    assert sorted(imported_solutions(nb)) == ["attention_pattern", "head_dla", "logit_diff"]
+    assert exercises_in(nb) == ["induction_score", "logit_lens"]

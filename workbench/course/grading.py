@@ -117,8 +117,11 @@ def _dotted(node) -> str:
 def imported_solutions(nb) -> dict[str, str]:
     """Exercises whose solution the notebook takes from ``workbench``: ``{name: message}``.
 
-    Caught: ``from workbench... import NAME``, an attribute path through ``workbench`` or
-    ``course`` ending in an exercise's name, and any ``.solution``.
+    Caught: ``from workbench.course... import NAME``; ``from workbench... import NAME`` when the
+    notebook defines no function ``NAME`` of its own; an attribute path through ``course`` ending
+    in an exercise's name (``course.lens.logit_lens``); any ``.solution``. A technique of the same
+    name used for comparison (``wb.lens.logit_lens`` in a figure) is not flagged; a package
+    function handed to the checker is rejected by the check itself.
     """
     known = registry()
     found: dict[str, str] = {}
@@ -127,16 +130,19 @@ def imported_solutions(nb) -> dict[str, str]:
         found.setdefault(name, f"{name}: the solution is taken from the workbench package "
                                f"({how}); an imported solution scores zero.")
 
-    for tree in _code_trees(nb):
+    trees = list(_code_trees(nb))
+    defined = {n.name for tree in trees for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    for tree in trees:
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("workbench"):
                 for alias in node.names:
-                    if alias.name in known:
-                        flag(alias.asname or alias.name, f"from {node.module} import {alias.name}")
+                    name = alias.asname or alias.name
+                    from_course = (node.module or "").startswith("workbench.course")
+                    if alias.name in known and (from_course or name not in defined):
+                        flag(name, f"from {node.module} import {alias.name}")
             elif isinstance(node, ast.Attribute):
                 path = _dotted(node)
-                root = path.split(".")[0]
-                if node.attr in known and root in ("workbench", "wb", "course"):
+                if node.attr in known and "course" in path.split(".")[:-1]:
                     flag(node.attr, path)
                 elif node.attr == "solution":
                     text = ast.unparse(node)
