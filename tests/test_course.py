@@ -17,698 +17,15 @@ from workbench.core.metrics import LogitDiff, normalise
 from workbench.course import basics, lens, patching, paths, phenomena
 from workbench.course import sae as csae
 from workbench.course.base import tiny, tiny_gqa
+from workbench.course.catalogue import WRONG
+from workbench.course.catalogue.first import (
+    dla_sign_flipped,
+    heads_swapped,
+    pattern_repeat_not_interleave,
+    sweep_transposed,
+)
 
 EXERCISES = course.exercises()
-
-
-# ============================================================================================
-# Wrong answers, exercise by exercise
-
-
-def tokens_missing_bos(tokenizer, text):
-    return torch.tensor([tokenizer.encode(text)])  # SmolLM2's tokenizer adds no BOS
-
-
-def tokens_doubled_bos(tokenizer, text):
-    return torch.tensor([[tokenizer.bos_token_id, *tokenizer.encode(text)]])  # Gemma's adds one
-
-
-def tokens_1d(tokenizer, text):
-    return torch.tensor([tokenizer.bos_token_id, *tokenizer.encode(text, add_special_tokens=False)])
-
-
-def resid_post_instead(model, tokens, layer):
-    _, cache = model.run_with_cache(tokens)
-    return cache[f"blocks.{layer}.hook_resid_post"]
-
-
-def resid_hook_left(model, tokens, layer):
-    stored = {}
-    model.add_hook(f"blocks.{layer}.hook_resid_pre", lambda a, hook: stored.update(r=a.clone()))
-    model(tokens)
-    return stored["r"]
-
-
-def _scores(q, k, scale=True, group_fn="interleave"):
-    group = q.shape[2] // k.shape[2]
-    if group_fn == "interleave":
-        k = k.repeat_interleave(group, dim=2)
-    else:
-        k = k.repeat(1, 1, group, 1)
-    s = torch.einsum("bqhd,bkhd->bhqk", q, k)
-    return s / q.shape[-1] ** 0.5 if scale else s
-
-
-def _mask(s):
-    n = s.shape[-1]
-    return s.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
-
-
-def pattern_softmax_query_dim(q, k):
-    return _mask(_scores(q, k)).softmax(dim=-2)
-
-
-def pattern_no_mask(q, k):
-    return _scores(q, k).softmax(dim=-1)
-
-
-def pattern_no_scale(q, k):
-    return _mask(_scores(q, k, scale=False)).softmax(dim=-1)
-
-
-def pattern_repeat_not_interleave(q, k):
-    return _mask(_scores(q, k, group_fn="repeat")).softmax(dim=-1)
-
-
-def prev_self_attention(pattern):
-    return pattern.diagonal(offset=0, dim1=-2, dim2=-1).mean(dim=(0, 2))
-
-
-def prev_query_key_swapped(pattern):
-    return pattern.diagonal(offset=1, dim1=-2, dim2=-1).mean(dim=(0, 2))
-
-
-def prev_mean_over_all_queries(pattern):
-    return pattern.diagonal(offset=-1, dim1=-2, dim2=-1).sum(dim=2).mean(0) / pattern.shape[-1]
-
-
-def induction_duplicate_offset(pattern, seq_len):
-    return pattern.diagonal(offset=-seq_len, dim1=-2, dim2=-1)[..., 1:].mean(dim=(0, 2))
-
-
-def induction_forgot_bos(pattern, seq_len):
-    # queries seq_len .. 2 * seq_len - 1 (as if position 0 were r[0]), same offset
-    return pattern.diagonal(offset=-(seq_len - 1), dim1=-2, dim2=-1)[..., 1:-1].mean(dim=(0, 2))
-
-
-def induction_all_queries(pattern, seq_len):
-    return pattern.diagonal(offset=-(seq_len - 1), dim1=-2, dim2=-1).mean(dim=(0, 2))
-
-
-def ld_sign_flipped(logits, answers, wrong):
-    return -lens.logit_diff(logits, answers, wrong)
-
-
-def ld_second_to_last(logits, answers, wrong):
-    rows = torch.arange(len(answers))
-    return (logits[rows, -2, answers] - logits[rows, -2, wrong]).mean()
-
-
-def ld_summed(logits, answers, wrong):
-    rows = torch.arange(len(answers))
-    return (logits[rows, -1, answers] - logits[rows, -1, wrong]).sum()
-
-
-def _lens_resid(model, tokens, post=False):
-    n = model.cfg.n_layers
-    kind = "post" if post else "pre"
-    names = [f"blocks.{layer}.hook_resid_{kind}" for layer in range(n)]
-    if not post:
-        names.append(f"blocks.{n - 1}.hook_resid_post")
-    _, cache = model.run_with_cache(tokens)
-    return torch.stack([cache[name][:, -1] for name in names])
-
-
-def lens_no_final_norm(model, tokens):
-    return model.unembed(_lens_resid(model, tokens))
-
-
-def lens_resid_post(model, tokens):
-    return model.unembed(model.ln_final(_lens_resid(model, tokens, post=True)))
-
-
-def lens_no_unembed_bias(model, tokens):
-    return model.ln_final(_lens_resid(model, tokens)) @ model.W_U
-
-
-def _dla(model, tokens, answers, wrong, *, norm=True, centre=True, sign=1.0):
-    _, cache = model.run_with_cache(tokens)
-    direction = (model.W_U[:, answers] - model.W_U[:, wrong]).T
-    scale = cache["ln_final.hook_scale"][:, -1] if norm else torch.ones(len(tokens), 1)
-    if norm:
-        direction = direction * model.ln_final.w
-    out = []
-    for layer in range(model.cfg.n_layers):
-        z = cache[f"blocks.{layer}.attn.hook_z"][:, -1]
-        h = torch.einsum("bhd,hdm->bhm", z, model.W_O[layer])
-        if centre and norm and model.cfg.normalization_type == "LN":
-            h = h - h.mean(-1, keepdim=True)
-        out.append(torch.einsum("bhm,bm->bh", h / scale[:, :, None], direction).mean(0))
-    return sign * torch.stack(out)
-
-
-def dla_no_final_norm(model, tokens, answers, wrong):
-    return _dla(model, tokens, answers, wrong, norm=False)
-
-
-def dla_sign_flipped(model, tokens, answers, wrong):
-    return _dla(model, tokens, answers, wrong, sign=-1.0)
-
-
-def dla_not_centred(model, tokens, answers, wrong):
-    return _dla(model, tokens, answers, wrong, centre=False)
-
-
-def normalise_swapped(value, clean, corrupted):
-    return (value - clean) / (corrupted - clean)
-
-
-def normalise_by_clean(value, clean, corrupted):
-    return value / clean
-
-
-def _patch_resid(model, source, target, metric, layer, pos, *, kind="pre", all_pos=False):
-    name = f"blocks.{layer}.hook_resid_{kind}"
-    _, cache = model.run_with_cache(source)
-
-    def hook(resid, hook):
-        if all_pos:
-            return cache[name]
-        resid[:, pos] = cache[name][:, pos]
-        return resid
-
-    with model.hooks(fwd_hooks=[(name, hook)]):
-        return metric(model(target)).item()
-
-
-def one_site_swapped(model, clean, corrupted, metric, layer, pos):
-    return _patch_resid(model, corrupted, clean, metric, layer, pos)
-
-
-def one_site_off_by_one(model, clean, corrupted, metric, layer, pos):
-    return _patch_resid(model, clean, corrupted, metric, layer, pos + 1)
-
-
-def one_site_every_position(model, clean, corrupted, metric, layer, pos):
-    return _patch_resid(model, clean, corrupted, metric, layer, pos, all_pos=True)
-
-
-def one_site_hook_left(model, clean, corrupted, metric, layer, pos):
-    name = f"blocks.{layer}.hook_resid_pre"
-    _, cache = model.run_with_cache(clean)
-
-    def hook(resid, hook):
-        resid[:, pos] = cache[name][:, pos]
-        return resid
-
-    model.add_hook(name, hook)
-    return metric(model(corrupted)).item()
-
-
-def _sweep(model, clean, corrupted, metric, **kw):
-    out = torch.zeros(model.cfg.n_layers, clean.shape[1])
-    for layer in range(model.cfg.n_layers):
-        for pos in range(clean.shape[1]):
-            out[layer, pos] = _patch_resid(model, clean, corrupted, metric, layer, pos, **kw)
-    return out
-
-
-def sweep_swapped(model, clean, corrupted, metric):
-    return _sweep(model, corrupted, clean, metric)
-
-
-def sweep_transposed(model, clean, corrupted, metric):
-    return _sweep(model, clean, corrupted, metric).T
-
-
-def sweep_resid_post(model, clean, corrupted, metric):
-    return _sweep(model, clean, corrupted, metric, kind="post")
-
-
-def _patch_heads(model, source, target, metric, *, index="head", last_only=False):
-    _, cache = model.run_with_cache(source)
-    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-    for layer in range(model.cfg.n_layers):
-        name = f"blocks.{layer}.attn.hook_z"
-        for head in range(model.cfg.n_heads):
-            def hook(z, hook, head=head):
-                source = cache[hook.name]
-                if index == "pos":
-                    z[:, head] = source[:, head]
-                elif last_only:
-                    z[:, -1, head] = source[:, -1, head]
-                else:
-                    z[:, :, head] = source[:, :, head]
-                return z
-
-            with model.hooks(fwd_hooks=[(name, hook)]):
-                out[layer, head] = metric(model(target)).item()
-    return out
-
-
-def heads_swapped(model, clean, corrupted, metric):
-    return _patch_heads(model, corrupted, clean, metric)
-
-
-def heads_position_axis(model, clean, corrupted, metric):
-    return _patch_heads(model, clean, corrupted, metric, index="pos")
-
-
-def heads_last_position_only(model, clean, corrupted, metric):
-    return _patch_heads(model, clean, corrupted, metric, last_only=True)
-
-
-def _attribution(model, clean, corrupted, metric, *, sign=1.0, grad_on="corrupted", baseline=True):
-    at, other = (corrupted, clean) if grad_on == "corrupted" else (clean, corrupted)
-    _, other_cache = model.run_with_cache(other)
-    zs = {}
-
-    def keep(z, hook):
-        zs[hook.name] = z
-        return z
-
-    def leaf(resid, hook):
-        return resid.detach().requires_grad_(True)
-
-    hooks = [("blocks.0.hook_resid_pre", leaf), (lambda n: n.endswith("hook_z"), keep)]
-    with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-        value = metric(model(at))
-        grads = torch.autograd.grad(value, list(zs.values()))
-    delta = torch.stack([(g * sign * (other_cache[n] - zs[n].detach())).sum(dim=(0, 1, 3))
-                         for n, g in zip(zs, grads)])
-    return delta + value.detach() if baseline else delta
-
-
-def attribution_sign_flipped(model, clean, corrupted, metric):
-    return _attribution(model, clean, corrupted, metric, sign=-1.0)
-
-
-def attribution_grad_on_clean(model, clean, corrupted, metric):
-    return _attribution(model, clean, corrupted, metric, grad_on="clean")
-
-
-def attribution_no_baseline(model, clean, corrupted, metric):
-    return _attribution(model, clean, corrupted, metric, baseline=False)
-
-
-def path_logits_unfrozen(model, clean, corrupted, metric, sender):
-    layer, head = sender
-    name = f"blocks.{layer}.attn.hook_z"
-    _, cache = model.run_with_cache(corrupted)
-
-    def hook(z, hook):
-        z[:, :, head] = cache[name][:, :, head]
-        return z
-
-    with model.hooks(fwd_hooks=[(name, hook)]):
-        return metric(model(clean)).item()
-
-
-def path_logits_swapped(model, clean, corrupted, metric, sender):
-    return paths.path_patch_logits(model, corrupted, clean, metric, sender)
-
-
-def path_logits_mlps_unfrozen(model, clean, corrupted, metric, sender):
-    _, clean_cache = model.run_with_cache(clean)
-    _, corrupted_cache = model.run_with_cache(corrupted)
-    hooks = [h for h in paths.frozen_run_hooks(model, clean_cache, corrupted_cache, sender)
-             if "mlp" not in h[0]]
-    with model.hooks(fwd_hooks=hooks):
-        return metric(model(clean)).item()
-
-
-def _path_query(model, clean, corrupted, metric, sender, receiver, *, frozen=True, site="q"):
-    _, clean_cache = model.run_with_cache(clean)
-    _, corrupted_cache = model.run_with_cache(corrupted)
-    name = f"blocks.{receiver[0]}.attn.hook_{site}"
-    rec = {}
-
-    def record(x, hook):
-        rec["x"] = x.clone()
-
-    if frozen:
-        hooks = paths.frozen_run_hooks(model, clean_cache, corrupted_cache, sender)
-    else:
-        z = f"blocks.{sender[0]}.attn.hook_z"
-
-        def put(x, hook):
-            x[:, :, sender[1]] = corrupted_cache[z][:, :, sender[1]]
-            return x
-
-        hooks = [(z, put)]
-    with model.hooks(fwd_hooks=hooks + [(name, record)]):
-        model(clean)
-    q_name = f"blocks.{receiver[0]}.attn.hook_q"
-
-    def patch(q, hook):
-        q[:, :, receiver[1]] = rec["x"][:, :, receiver[1] // (q.shape[2] // rec["x"].shape[2])]
-        return q
-
-    with model.hooks(fwd_hooks=[(q_name, patch)]):
-        return metric(model(clean)).item()
-
-
-def path_query_unfrozen(model, clean, corrupted, metric, sender, receiver):
-    return _path_query(model, clean, corrupted, metric, sender, receiver, frozen=False)
-
-
-def path_query_key_recorded(model, clean, corrupted, metric, sender, receiver):
-    return _path_query(model, clean, corrupted, metric, sender, receiver, site="k")
-
-
-def path_query_swapped(model, clean, corrupted, metric, sender, receiver):
-    return paths.path_patch_query(model, corrupted, clean, metric, sender, receiver)
-
-
-def zero_position_axis(model, tokens, metric, layer, head):
-    def hook(z, hook):
-        z[:, head] = 0.0
-        return z
-
-    with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)]):
-        return metric(model(tokens)).item()
-
-
-def zero_whole_layer(model, tokens, metric, layer, head):
-    with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_attn_out", lambda x, hook: 0 * x)]):
-        return metric(model(tokens)).item()
-
-
-def zero_hook_left(model, tokens, metric, layer, head):
-    def hook(z, hook):
-        z[:, :, head] = 0.0
-        return z
-
-    model.add_hook(f"blocks.{layer}.attn.hook_z", hook)
-    return metric(model(tokens)).item()
-
-
-def _mean_ablate(model, tokens, metric, layer, head, reference, how):
-    name = f"blocks.{layer}.attn.hook_z"
-    _, cache = model.run_with_cache(tokens if how == "input" else reference)
-    z_ref = cache[name][:, :, head]
-    value = {"pos_too": z_ref.mean((0, 1)), "input": z_ref.mean(0), "zero": 0 * z_ref.mean(0)}[how]
-
-    def hook(z, hook):
-        z[:, :, head] = value
-        return z
-
-    with model.hooks(fwd_hooks=[(name, hook)]):
-        return metric(model(tokens)).item()
-
-
-def mean_over_positions_too(model, tokens, metric, layer, head, reference):
-    return _mean_ablate(model, tokens, metric, layer, head, reference, "pos_too")
-
-
-def mean_over_input_batch(model, tokens, metric, layer, head, reference):
-    return _mean_ablate(model, tokens, metric, layer, head, reference, "input")
-
-
-def mean_zeros_instead(model, tokens, metric, layer, head, reference):
-    return _mean_ablate(model, tokens, metric, layer, head, reference, "zero")
-
-
-def _faithfulness(model, tokens, metric, circuit, reference, *, invert=False, kind="mean",
-                  ratio="circuit/model"):
-    _, cache = model.run_with_cache(reference)
-    keep = set(circuit)
-
-    def hook(z, hook):
-        for h in range(model.cfg.n_heads):
-            if ((hook.layer(), h) in keep) == invert:
-                mean = cache[hook.name][:, :, h].mean(0)
-                z[:, :, h] = mean if kind == "mean" else 0 * mean
-        return z
-
-    hooks = [(f"blocks.{layer}.attn.hook_z", hook) for layer in range(model.cfg.n_layers)]
-    with model.hooks(fwd_hooks=hooks):
-        c = metric(model(tokens)).item()
-    m = metric(model(tokens)).item()
-    return c / m if ratio == "circuit/model" else m / c
-
-
-def faith_circuit_ablated(model, tokens, metric, circuit, reference):
-    return _faithfulness(model, tokens, metric, circuit, reference, invert=True)
-
-
-def faith_ratio_inverted(model, tokens, metric, circuit, reference):
-    return _faithfulness(model, tokens, metric, circuit, reference, ratio="model/circuit")
-
-
-def faith_zero_ablation(model, tokens, metric, circuit, reference):
-    return _faithfulness(model, tokens, metric, circuit, reference, kind="zero")
-
-
-def _hits(model, haystack, *, shift=0, compare_token=True, argmax_dim=-1):
-    full = haystack.full_tokens
-    n, m = haystack.tokens.shape[1], len(haystack.answer_ids)
-    queries = torch.arange(n - 1, n - 1 + m) + shift
-    start, end = haystack.needle_span
-    hits = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.long)
-
-    def count(pattern, hook):
-        if argmax_dim == -1:
-            top = pattern[0, :, queries].argmax(-1)
-        else:
-            top = pattern[0].argmax(-2)[:, queries]  # the query that looks most at each key
-        ok = (top >= start) & (top < end)
-        if compare_token:
-            ok &= full[0, top.clamp(max=full.shape[1] - 1)] == haystack.answer_ids
-        hits[hook.layer()] = ok.sum(-1)
-
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
-    with model.hooks(fwd_hooks=[(name, count) for name in names]):
-        model(full)
-    return hits
-
-
-def hits_off_by_one_query(model, haystack):
-    return _hits(model, haystack, shift=1)
-
-
-def hits_token_not_compared(model, haystack):
-    return _hits(model, haystack, compare_token=False)
-
-
-def hits_argmax_over_queries(model, haystack):
-    return _hits(model, haystack, argmax_dim=-2)
-
-
-def _year(model, ds, head, *, at_end=True, swapped=False, normalised=True):
-    layer, h = head
-    name = f"blocks.{layer}.attn.hook_z"
-    source, target = ((ds.corrupted_tokens, ds.clean_tokens) if swapped
-                      else (ds.clean_tokens, ds.corrupted_tokens))
-    _, cache = model.run_with_cache(source)
-    rows = torch.arange(len(ds.answer_ids))
-    pos = ds.pos["END"] if at_end else torch.full_like(ds.pos["END"], -1)
-
-    def ld(tokens):
-        last = model(tokens)[rows, pos]
-        return (last[rows, ds.answer_ids] - last[rows, ds.counterfactual_ids]).mean().item()
-
-    def hook(z, hook):
-        z[:, :, h] = cache[name][:, :, h]
-        return z
-
-    base_source, base_target = ld(source), ld(target)
-    with model.hooks(fwd_hooks=[(name, hook)]):
-        patched = ld(target)
-    return (patched - base_target) / (base_source - base_target) if normalised else patched
-
-
-def year_last_position(model, ds, head):
-    return _year(model, ds, head, at_end=False)
-
-
-def year_swapped(model, ds, head):
-    return _year(model, ds, head, swapped=True)
-
-
-def year_not_normalised(model, ds, head):
-    return _year(model, ds, head, normalised=False)
-
-
-def _mover(model, ds, *, swapped=False, pos=2, normalised=True):
-    metric = ds.logit_diff()
-    source, target = ((ds.corrupted_tokens, ds.clean_tokens) if swapped
-                      else (ds.clean_tokens, ds.corrupted_tokens))
-    s, t = metric(model(source)).item(), metric(model(target)).item()
-    _, cache = model.run_with_cache(source)
-    out = torch.zeros(model.cfg.n_heads)
-    for h in range(model.cfg.n_heads):
-        def hook(z, hook, h=h):
-            z[:, pos, h] = cache[hook.name][:, pos, h]
-            return z
-
-        with model.hooks(fwd_hooks=[("blocks.0.attn.hook_z", hook)]):
-            v = metric(model(target)).item()
-        out[h] = (v - t) / (s - t) if normalised else v
-    return out
-
-
-def mover_swapped(model, ds):
-    return _mover(model, ds, swapped=True)
-
-
-def mover_at_operand(model, ds):
-    return _mover(model, ds, pos=0)
-
-
-def mover_not_normalised(model, ds):
-    return _mover(model, ds, normalised=False)
-
-
-def _operand_attention(model, tokens, *, hook="pattern", query=2, swapped=False):
-    _, cache = model.run_with_cache(tokens)
-    p = cache[f"blocks.0.attn.hook_{hook}"]
-    if swapped:
-        p = p.transpose(-1, -2)
-    return p[:, :, query, :2].mean(0).T
-
-
-def attention_query_key_swapped(model, tokens):
-    return _operand_attention(model, tokens, swapped=True)
-
-
-def attention_from_b(model, tokens):
-    return _operand_attention(model, tokens, query=1)
-
-
-def attention_scores_not_pattern(model, tokens):
-    return _operand_attention(model, tokens, hook="attn_scores")
-
-
-def _encode(sae, x, *, b_dec=True, topk=True, dim=-1):
-    pre = ((x - sae.b_dec) if b_dec else x) @ sae.W_enc + sae.b_enc
-    if not topk:
-        return pre.relu()
-    top = pre.topk(sae.cfg.k, dim=dim)
-    return torch.zeros_like(pre).scatter(dim, top.indices, top.values.relu())
-
-
-def encode_no_b_dec(sae, x):
-    return _encode(sae, x, b_dec=False)
-
-
-def encode_relu_only(sae, x):
-    return _encode(sae, x, topk=False)
-
-
-def encode_topk_wrong_dim(sae, x):
-    return _encode(sae, x, dim=1)
-
-
-def decode_no_bias(sae, latents):
-    return latents @ sae.W_dec
-
-
-def decode_encoder_transpose(sae, latents):
-    return latents @ sae.W_enc.T + sae.b_dec
-
-
-def _feature_attr(model, sae, clean, corrupted, metric, *, sign=1.0, error_term=True, at="corrupted"):
-    at_tokens, other = (corrupted, clean) if at == "corrupted" else (clean, corrupted)
-    _, cache = model.run_with_cache(other)
-    other_latents = sae.encode(cache[csae.HOOK])
-    store = {}
-
-    def splice(x, hook):
-        store["l"] = sae.encode(x).detach().requires_grad_(True)
-        r = sae.decode(store["l"])
-        return x + (r - r.detach()) if error_term else r
-
-    with torch.enable_grad(), model.hooks(fwd_hooks=[(csae.HOOK, splice)]):
-        value = metric(model(at_tokens))
-        (grad,) = torch.autograd.grad(value, store["l"])
-    delta = sign * grad * (other_latents - store["l"].detach())
-    return value.detach() + delta[:, 1:].sum(dim=(0, 1))
-
-
-def feature_sign_flipped(model, sae, clean, corrupted, metric):
-    return _feature_attr(model, sae, clean, corrupted, metric, sign=-1.0)
-
-
-def feature_no_error_term(model, sae, clean, corrupted, metric):
-    return _feature_attr(model, sae, clean, corrupted, metric, error_term=False)
-
-
-def feature_grad_on_clean(model, sae, clean, corrupted, metric):
-    return _feature_attr(model, sae, clean, corrupted, metric, at="clean")
-
-
-# (exercise, mistake as listed in its `catches`, wrong answer)
-WRONG = [
-    ("tokens_with_bos", "missing BOS", tokens_missing_bos),
-    ("tokens_with_bos", "doubled BOS", tokens_doubled_bos),
-    ("tokens_with_bos", "1-d tensor instead of [1, pos]", tokens_1d),
-    ("resid_with_hook", "off-by-one layer (resid_post)", resid_post_instead),
-    ("resid_with_hook", "hook left attached", resid_hook_left),
-    ("attention_pattern", "softmax over the query dim", pattern_softmax_query_dim),
-    ("attention_pattern", "no causal mask", pattern_no_mask),
-    ("attention_pattern", "no 1/sqrt(d_head) scale", pattern_no_scale),
-    ("attention_pattern",
-     "wrong head axis on a grouped-query model (repeat, not repeat_interleave)",
-     pattern_repeat_not_interleave),
-    ("previous_token_score", "off-by-one (attention to itself)", prev_self_attention),
-    ("previous_token_score", "query and key swapped", prev_query_key_swapped),
-    ("previous_token_score", "mean taken over every position, BOS query included",
-     prev_mean_over_all_queries),
-    ("induction_score", "duplicate-token offset (the earlier copy itself)", induction_duplicate_offset),
-    ("induction_score", "BOS forgotten in the offset", induction_forgot_bos),
-    ("induction_score", "mean over every query instead of the second copy", induction_all_queries),
-    ("logit_diff", "sign flipped", ld_sign_flipped),
-    ("logit_diff", "off-by-one position (second to last)", ld_second_to_last),
-    ("logit_diff", "summed over the batch instead of averaged", ld_summed),
-    ("logit_lens", "forgetting the final norm", lens_no_final_norm),
-    ("logit_lens", "off-by-one layer (resid_post of each layer)", lens_resid_post),
-    ("logit_lens", "forgetting the unembedding bias", lens_no_unembed_bias),
-    ("head_dla", "forgetting the final norm", dla_no_final_norm),
-    ("head_dla", "sign flipped (wrong - answer)", dla_sign_flipped),
-    ("head_dla", "forgetting to centre for LayerNorm", dla_not_centred),
-    ("normalise_metric", "clean and corrupted swapped", normalise_swapped),
-    ("normalise_metric", "divided by the clean value alone", normalise_by_clean),
-    ("patch_one_site", "clean and corrupted swapped", one_site_swapped),
-    ("patch_one_site", "off-by-one position", one_site_off_by_one),
-    ("patch_one_site", "every position patched", one_site_every_position),
-    ("patch_one_site", "hook left attached", one_site_hook_left),
-    ("patch_resid_sweep", "clean and corrupted swapped", sweep_swapped),
-    ("patch_resid_sweep", "[pos, layer] instead of [layer, pos]", sweep_transposed),
-    ("patch_resid_sweep", "off-by-one layer (resid_post)", sweep_resid_post),
-    ("patch_head_outputs", "clean and corrupted swapped", heads_swapped),
-    ("patch_head_outputs", "head index on the position axis", heads_position_axis),
-    ("patch_head_outputs", "only the last position patched", heads_last_position_only),
-    ("attribution_heads", "sign flipped (corrupted - clean)", attribution_sign_flipped),
-    ("attribution_heads", "gradient taken on the clean run", attribution_grad_on_clean),
-    ("attribution_heads", "baseline left out (the change only)", attribution_no_baseline),
-    ("path_patch_logits", "nothing frozen (plain activation patching)", path_logits_unfrozen),
-    ("path_patch_logits", "clean and corrupted swapped", path_logits_swapped),
-    ("path_patch_logits", "MLPs left unfrozen", path_logits_mlps_unfrozen),
-    ("path_patch_query", "nothing frozen in the first run", path_query_unfrozen),
-    ("path_patch_query", "the key recorded instead of the query", path_query_key_recorded),
-    ("path_patch_query", "clean and corrupted swapped", path_query_swapped),
-    ("zero_ablate_head", "head index on the position axis", zero_position_axis),
-    ("zero_ablate_head", "the whole attention layer zeroed", zero_whole_layer),
-    ("zero_ablate_head", "hook left attached", zero_hook_left),
-    ("mean_ablate_head", "mean over positions too", mean_over_positions_too),
-    ("mean_ablate_head", "mean over the input batch, not the reference", mean_over_input_batch),
-    ("mean_ablate_head", "zeros instead of the mean", mean_zeros_instead),
-    ("faithfulness", "the circuit ablated instead of its complement", faith_circuit_ablated),
-    ("faithfulness", "ratio inverted", faith_ratio_inverted),
-    ("faithfulness", "zero instead of mean ablation", faith_zero_ablation),
-    ("retrieval_hits", "off-by-one query (the answer token's own position)", hits_off_by_one_query),
-    ("retrieval_hits", "any attention inside the needle counted, token not compared",
-     hits_token_not_compared),
-    ("retrieval_hits", "argmax over the query axis", hits_argmax_over_queries),
-    ("year_patch_head", "read at the last position, not END (padding)", year_last_position),
-    ("year_patch_head", "clean and corrupted swapped", year_swapped),
-    ("year_patch_head", "not normalised", year_not_normalised),
-    ("toy_operand_mover", "clean and corrupted swapped", mover_swapped),
-    ("toy_operand_mover", "patched at the operand's position, not '='", mover_at_operand),
-    ("toy_operand_mover", "not normalised", mover_not_normalised),
-    ("toy_operand_attention", "query and key swapped", attention_query_key_swapped),
-    ("toy_operand_attention", "from b's position, not '='", attention_from_b),
-    ("toy_operand_attention", "scores before the softmax", attention_scores_not_pattern),
-    ("sae_encode", "decoder bias not subtracted", encode_no_b_dec),
-    ("sae_encode", "ReLU without the top-k", encode_relu_only),
-    ("sae_encode", "top-k over the wrong dim", encode_topk_wrong_dim),
-    ("sae_decode", "decoder bias forgotten", decode_no_bias),
-    ("sae_decode", "the encoder's transpose used as the decoder", decode_encoder_transpose),
-    ("feature_attribution", "sign flipped", feature_sign_flipped),
-    ("feature_attribution", "error term left out (reconstruction spliced in)", feature_no_error_term),
-    ("feature_attribution", "gradient taken on the clean run", feature_grad_on_clean),
-]
 
 
 # ============================================================================================
@@ -734,7 +51,7 @@ def test_catches_lists_exactly_the_wrong_answers_tested_here():
 
 @pytest.mark.parametrize("exercise", EXERCISES, ids=lambda e: e.name)
 def test_solution_is_accepted(exercise):
-    exercise.check(exercise.solution)
+    exercise.check(exercise.solution, allow_package=True)
 
 
 @pytest.mark.parametrize("name, mistake, wrong", WRONG, ids=[f"{n}: {m}" for n, m, _ in WRONG])
@@ -756,13 +73,13 @@ def test_wrong_answer_is_rejected(name, mistake, wrong):
 
 def test_messages_name_the_index_and_the_values():
     with pytest.raises(AssertionError, match=r"layer=\d, head=\d: expected .*, got .*"):
-        course.get("patch_head_outputs").check(heads_swapped)
+        course.get("patch_head_outputs").check(heads_swapped, allow_package=True)
     with pytest.raises(AssertionError, match="opposite sign"):
-        course.get("head_dla").check(dla_sign_flipped)
+        course.get("head_dla").check(dla_sign_flipped, allow_package=True)
     with pytest.raises(AssertionError, match=r"grouped-query model.*head=\d"):
-        course.get("attention_pattern").check(pattern_repeat_not_interleave)
+        course.get("attention_pattern").check(pattern_repeat_not_interleave, allow_package=True)
     with pytest.raises(AssertionError, match="look transposed"):
-        course.get("patch_resid_sweep").check(sweep_transposed)
+        course.get("patch_resid_sweep").check(sweep_transposed, allow_package=True)
 
 
 def test_a_student_error_is_reported_and_a_stub_raises_unchanged():
@@ -920,3 +237,110 @@ def test_a_raw_torch_hook_left_behind_fails_the_check_and_is_removed():
         course.get("resid_with_hook").check(leaves_torch_hook)
     assert seen
     assert_no_hooks(seen[0])
+
+
+# ============================================================================================
+# Checkers that cannot be fooled, and that diagnose
+
+
+def _module_args(args):
+    return [a for a in args if isinstance(a, torch.nn.Module)]
+
+
+MODEL_EXERCISES = [e for e in EXERCISES if e.name not in
+                   ("tokens_with_bos", "attention_pattern", "previous_token_score",
+                    "induction_score", "logit_diff", "normalise_metric")]
+
+
+def test_check_models_have_uneven_norms():
+    for make in (tiny, tiny_gqa):
+        w = make().ln_final.w
+        assert (w - 1).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("exercise", MODEL_EXERCISES, ids=lambda e: e.name)
+def test_an_in_place_weight_edit_is_rejected_and_undone(exercise):
+    seen = []
+
+    def edits_then_answers(*args):
+        modules = _module_args(args)
+        seen.append(modules)
+        with torch.no_grad():
+            next(modules[0].parameters()).mul_(0.5)
+        return exercise.solution(*args)
+
+    with pytest.raises(AssertionError, match="changed the model's weights in place"):
+        exercise.check(edits_then_answers)
+    assert seen
+
+
+def test_an_edited_weight_is_restored():
+    kept = []
+
+    def zero_w_o(model, tokens, metric, layer, head):
+        kept.append((model, model.blocks[layer].attn.W_O.detach().clone()))
+        with torch.no_grad():
+            model.blocks[layer].attn.W_O[head] = 0.0
+        return metric(model(tokens)).item()
+
+    with pytest.raises(AssertionError, match=r"weights in place \(blocks\.\d\.attn\.W_O"):
+        course.get("zero_ablate_head").check(zero_w_o)
+    model, before = kept[0]
+    torch.testing.assert_close(model.blocks[0].attn.W_O, before)
+
+
+@pytest.mark.parametrize("exercise", EXERCISES, ids=lambda e: e.name)
+def test_the_reference_imported_from_the_package_scores_zero(exercise):
+    with pytest.raises(AssertionError, match="imported from the workbench package"):
+        exercise.check(exercise.solution)
+    log = exercise.report(exercise.solution)
+    assert log.failed and not log.passed
+
+
+def test_a_failure_names_the_typical_wrong_answer_it_equals():
+    def swapped(value, clean, corrupted):  # written in the student's own module
+        return (value - clean) / (corrupted - clean)
+
+    with pytest.raises(AssertionError, match="typical wrong answer: clean and corrupted swapped"):
+        course.get("normalise_metric").check(swapped)
+
+    def no_weight(model, tokens, answers, wrong):
+        from workbench.course.catalogue.first import dla_no_norm_weight
+
+        return dla_no_norm_weight(model, tokens, answers, wrong)
+
+    with pytest.raises(AssertionError, match="typical wrong answer: the final norm's weight"):
+        course.get("head_dla").check(no_weight)
+
+
+def test_each_case_has_a_verdict_and_numpy_is_a_warning_not_a_failure():
+    def right_on_the_tiny_model_only(q, k):
+        out = basics.attention_pattern(q, k)
+        return out if q.shape[2] == k.shape[2] else out * 0.5
+
+    log = course.get("attention_pattern").report(right_on_the_tiny_model_only)
+    assert log.passed == ["tiny model, layer 0", "tiny model, layer 1"]
+    assert len(log.failed) == 2 and "Cases: 2 of 4 passed" in log.summary()
+
+    def as_numpy(q, k):
+        return basics.attention_pattern(q, k).numpy()
+
+    with pytest.warns(course.CourseWarning, match="returns a ndarray"):
+        course.get("attention_pattern").check(as_numpy)
+
+
+@pytest.mark.parametrize("name, mistake", [
+    ("logit_lens", "each block's ln1 instead of ln_final"),
+    ("logit_lens", "forgetting the final norm"),
+    ("head_dla", "the final norm's weight ln_final.w forgotten"),
+    ("head_dla", "forgetting the final norm"),
+])
+def test_a_wrong_norm_is_rejected_and_named(name, mistake):
+    wrong = dict(course.catalogue.mistakes(name))[mistake]
+
+    def student(*args):  # the mistake, written in the student's own module
+        return wrong(*args)
+
+    with pytest.raises(AssertionError, match="differs from the reference") as err:
+        course.get(name).check(student)
+    assert f"typical wrong answer: {mistake}" in str(err.value)

@@ -137,3 +137,97 @@ def test_grading_the_solutions_gives_full_marks_and_one_wrong_answer_zero(tmp_pa
     assert "opposite sign" in scores.loc["logit_diff", "message"]
     out = capsys.readouterr().out
     assert "score: 2 / 3" in out and "logit_diff" in out
+
+
+def test_every_exercise_is_specified_by_its_docstring():
+    for e in course.exercises():
+        doc = inspect.getdoc(e.solution) or ""
+        assert all(part in doc for part in ("Args:", "Returns:", "Example")), e.name
+        stub, _ = cnb.stub_source(_reference_source(e.name))
+        body = [ln for ln in stub.splitlines() if ln.strip().startswith("#")]
+        assert not body, f"{e.name}: a comment survives in the stub: {body}"
+
+
+def test_the_student_build_holds_no_solution_and_no_catalogue(tmp_path):
+    from workbench.course.catalogue import WRONG
+
+    assert cli.main(["course", "build", "--student", str(tmp_path / "hand-out")]) == 0
+    files = sorted(p.name for p in (tmp_path / "hand-out").iterdir())
+    assert files == sorted([p.name for p in NOTEBOOKS] + ["README.md"])
+    text = "".join(p.read_text() for p in (tmp_path / "hand-out").iterdir())
+    for e in course.exercises():
+        body = _reference_source(e.name).splitlines()[-1].strip()  # the solution's last line
+        assert body not in text, e.name
+        assert e.objective in text  # the header is Markdown, readable before anything runs
+    assert not any(fn.__name__ in text for _, _, fn in WRONG)
+    assert "frozen_run_hooks" not in text and "end_logit_diff" not in text
+
+    assert cli.main(["course", "build", str(tmp_path / "instructor")]) == 0
+    catalogue = (tmp_path / "instructor" / "CATALOGUE.md").read_text()
+    assert all(m in catalogue and fn.__name__ in catalogue for _, m, fn in WRONG)
+    assert (tmp_path / "instructor" / "INSTRUCTOR.md").is_file()
+
+
+def _student(tmp_path, name, edits):
+    path = cnb.course_dir() / "02_lens_and_attribution.ipynb"
+    nb = cnb.student_notebook(nbformat.read(path, as_version=4))
+    solutions = nbformat.read(path, as_version=4)
+    for (_i, cell), (_, solved) in zip(_solution_cells(nb), _solution_cells(solutions)):
+        cell.source = solved.source
+    for old, new in edits:
+        cell = next(c for c in nb.cells if old in c.source)
+        cell.source = cell.source.replace(old, new)
+    nbformat.write(nb, tmp_path / f"{name}.ipynb")
+
+
+def test_a_class_is_graded_into_one_csv_with_partial_credit(tmp_path):
+    from workbench.course.grading import grade_folder
+
+    _student(tmp_path, "ana", [])
+    _student(tmp_path, "bo", [("last[rows, wrong]).mean()", "last[rows, wrong]).sum()")])  # summed over the batch: 1 case of 2
+    _student(tmp_path, "cy", [
+        ("def head_dla(", "1 / 0\n\ndef head_dla("),  # the cell raises before the definition
+        ("def logit_lens(", "from workbench.course.lens import logit_lens\n\ndef _unused(")])
+    wide = grade_folder(tmp_path, time_limit=240)
+    table = pd.read_csv(tmp_path / "grades.csv", index_col="student")
+    assert table[["logit_diff", "logit_lens", "head_dla", "total"]].to_dict("index") == {
+        "ana": {"logit_diff": 1.0, "logit_lens": 1.0, "head_dla": 1.0, "total": 3.0},
+        "bo": {"logit_diff": 0.5, "logit_lens": 1.0, "head_dla": 1.0, "total": 2.5},
+        "cy": {"logit_diff": 1.0, "logit_lens": 0.0, "head_dla": 0.0, "total": 1.0},
+    }
+    assert (wide.status == "ok").all()
+    long = pd.read_csv(tmp_path / "grades_long.csv").set_index(["student", "exercise"])
+    assert "summed over the batch" in long.loc[("bo", "logit_diff"), "message"]
+    assert "imported solution scores zero" in long.loc[("cy", "logit_lens"), "message"]
+    assert "not defined" in long.loc[("cy", "head_dla"), "message"]
+    for name in ("ana", "bo", "cy"):
+        feedback = nbformat.read(tmp_path / f"{name}.feedback.ipynb", as_version=4)
+        assert "Grading" in feedback.cells[-1].source and feedback.cells[-1].outputs
+    assert "What to look at" in (tmp_path / "grades.html").read_text()
+
+
+def test_a_notebook_that_hangs_is_reported_not_fatal(tmp_path):
+    from workbench.course.grading import grade_notebook
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import time\ntime.sleep(120)"),
+        nbformat.v4.new_code_cell('def logit_diff(logits, answers, wrong):\n    return 0'),
+    ])
+    nbformat.write(nb, tmp_path / "slow.ipynb")
+    rows, status = grade_notebook(tmp_path / "slow.ipynb", time_limit=8)
+    assert status.startswith("timed out") and rows.points.tolist() == [0.0]
+
+
+def test_an_imported_solution_is_flagged_and_a_technique_used_for_comparison_is_not():
+    from workbench.course.grading import exercises_in, imported_solutions
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("from workbench.course.lens import head_dla\n"
+                                  "x = course.get('logit_diff').solution"),
+        nbformat.v4.new_code_cell("def logit_lens(model, tokens):\n    return 0\n\n"
+                                  "expected = wb.lens.logit_lens(model, tokens)"),
+        nbformat.v4.new_code_cell("attention_pattern = course.basics.attention_pattern"),
+        nbformat.v4.new_code_cell('course.check("induction_score", my_score)'),
+    ])
+    assert sorted(imported_solutions(nb)) == ["attention_pattern", "head_dla", "logit_diff"]
+    assert exercises_in(nb) == ["induction_score", "logit_lens"]

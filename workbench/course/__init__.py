@@ -4,26 +4,30 @@
 >>> ex = course.exercises()
 >>> len(ex) >= 20, ex[0].name
 (True, 'tokens_with_bos')
->>> course.get("attention_pattern").check(course.get("attention_pattern").solution)  # quiet: right
+>>> ex = course.get("attention_pattern")
+>>> ex.check(ex.solution, allow_package=True)  # quiet: right (the package's own reference)
 
 Each :class:`Exercise` has ``name``, ``notebook``, ``objective``, ``minutes``, ``difficulty``,
 ``solution`` (the reference function), ``catches`` (the wrong answers its checker rejects) and
-``check(fn)``: it runs the student's ``fn`` against the solution on the tiny test models (a
-grouped-query one among them) or the toy model and raises ``AssertionError`` saying what differs,
-or returns quietly. In a course notebook: ``course.check("attention_pattern", attention_pattern)``.
+``check(fn)``: it runs the solution, then the student's ``fn``, on the tiny test models (a
+grouped-query one among them; norm weights away from 1) or the toy model, case by case, and raises
+``AssertionError`` saying what differs and which typical mistake it matches, or returns quietly;
+``report(fn)`` gives every case's verdict (what grading counts). In a course notebook: ``course.check("attention_pattern", attention_pattern)``.
 
 The course notebooks (``notebooks/course/``) hold the solutions in cells tagged ``solution``;
 ``workbench course build OUT`` writes student notebooks (bodies replaced by stubs), solution
-notebooks and an instructor's README; ``workbench course check NOTEBOOK`` grades a filled-in one.
+notebooks and the instructor's material (``--student``: the hand-out alone);
+``workbench course check NOTEBOOK`` grades a filled-in one, ``workbench course grade FOLDER`` a class
+(:mod:`workbench.course.grading`).
 """
 
 from __future__ import annotations
 
 from workbench.course import basics, lens, patching, paths, phenomena, sae  # noqa: F401  (registers the exercises)
-from workbench.course.base import Exercise, registry
+from workbench.course.base import CourseWarning, Exercise, registry
 from workbench.course.notebooks import show
 
-__all__ = ["Exercise", "check", "exercises", "get", "show", "table"]
+__all__ = ["CourseWarning", "Exercise", "check", "exercises", "get", "show", "table"]
 
 
 def exercises() -> list[Exercise]:

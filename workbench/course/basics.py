@@ -12,7 +12,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench import models as wb_models
-from workbench.course.base import call, compare, register, tiny, tiny_gqa
+from workbench.course.base import call, compare, fail, register, tiny, tiny_gqa
 from workbench.techniques import heads as wb_heads
 
 NOTEBOOK = "course/01_hooks_and_attention"
@@ -50,13 +50,14 @@ def _check_tokens(fn, solution):
         tok = LetterTokenizer(adds_bos=adds)
         case = f"a tokenizer that {'adds' if adds else 'does not add'} BOS by itself"
         for text in ("When Mary and John", "ab"):
-            got = call(name, fn, tok, text, case=case)
             expected = solution(tok, text)
+            got = call(name, fn, tok, text, case=case)
             if isinstance(got, Tensor) and got.ndim == 2 and got.shape[1] and expected.shape == got.shape:
                 n_bos = int((got[0] == tok.bos_token_id).sum())
                 if n_bos != 1:
-                    raise AssertionError(f"{name} ({case}): {n_bos} BOS tokens in {got.tolist()}; "
-                                         "there must be exactly one, at position 0.")
+                    fail(name, f"{n_bos} BOS tokens in {got.tolist()}; there must be exactly one, "
+                         "at position 0.", case=case)
+                    continue
             compare(name, got, expected, dims=("batch", "pos"), what="the token ids", case=case,
                     exact=True)
 
@@ -66,6 +67,21 @@ def _check_tokens(fn, solution):
                     "tokenizer adds by itself.",
           catches=("missing BOS", "doubled BOS", "1-d tensor instead of [1, pos]"))
 def tokens_with_bos(tokenizer, text: str) -> Int[Tensor, "1 pos"]:
+    """Token ids of ``text`` with exactly one BOS token, first.
+
+    Args:
+        tokenizer: a Hugging Face-like tokenizer with ``encode(text, add_special_tokens=...)`` and
+            ``bos_token_id``. Some tokenizers put BOS first by themselves (Gemma's), some never do
+            (SmolLM2's).
+        text: the prompt.
+
+    Returns:
+        ``Int[Tensor, "1 pos"]``: a batch of one row, ``pos = 1 + len(ids of text)``; position 0 is
+        the BOS id and no other position holds it.
+
+    Example: with ``bos_token_id = 1`` and ``text = "ab"`` encoded as ``[4, 5]``, the result is
+    ``tensor([[1, 4, 5]])`` whichever the tokenizer.
+    """
     ids = tokenizer.encode(text, add_special_tokens=False)
     return torch.tensor([[tokenizer.bos_token_id, *ids]])
 
@@ -81,8 +97,9 @@ def _check_resid(fn, solution):
         for layer in (0, 1):
             model = make()
             case = f"{label}, layer {layer}"
+            expected = solution(model, tokens, layer)
             got = call(name, fn, model, tokens, layer, case=case)
-            compare(name, got, solution(model, tokens, layer), dims=("batch", "pos", "d_model"),
+            compare(name, got, expected, dims=("batch", "pos", "d_model"),
                     what=f"the residual stream entering layer {layer}", case=case)
 
 
@@ -92,6 +109,21 @@ def _check_resid(fn, solution):
           catches=("off-by-one layer (resid_post)", "hook left attached"))
 def resid_with_hook(model, tokens: Int[Tensor, "batch pos"], layer: int
                     ) -> Float[Tensor, "batch pos d_model"]:
+    """The residual stream entering block ``layer``, read with a hook you attach yourself.
+
+    Args:
+        model: a ``HookedTransformer``.
+        tokens: ``Int[Tensor, "batch pos"]``, token ids.
+        layer: the block, ``0 <= layer < model.cfg.n_layers``.
+
+    Returns:
+        ``Float[Tensor, "batch pos d_model"]``: the activation at ``blocks.{layer}.hook_resid_pre``,
+        every position, detached (a copy, not a view the next run overwrites). No hook may stay
+        attached to the model after the function returns.
+
+    Example: on the tiny model (``d_model`` 64), ``tokens`` of shape ``[2, 7]`` and ``layer=1`` give a
+    tensor of shape ``[2, 7, 64]``; ``layer=0`` gives the embeddings (token plus position).
+    """
     stored = {}
 
     def keep(activation, hook):
@@ -139,6 +171,22 @@ def _check_pattern(fn, solution):
 def attention_pattern(q: Float[Tensor, "batch pos head d_head"],
                       k: Float[Tensor, "batch pos kv_head d_head"]
                       ) -> Float[Tensor, "batch head query_pos key_pos"]:
+    """The attention pattern of one layer from its queries and keys.
+
+    Args:
+        q: ``Float[Tensor, "batch pos head d_head"]``, the queries (after rotary, if any).
+        k: ``Float[Tensor, "batch pos kv_head d_head"]``, the keys. ``kv_head`` divides ``head``; on a
+            grouped-query model (``kv_head < head``) query heads ``g * group .. (g + 1) * group - 1``
+            share key head ``g``, where ``group = head // kv_head``.
+
+    Returns:
+        ``Float[Tensor, "batch head query_pos key_pos"]``: the softmax probabilities of the scaled
+        dot products (divided by ``sqrt(d_head)``); a query attends only to itself and earlier
+        positions, and each row (one query) sums to 1.
+
+    Example: for one head and two positions whose scaled scores are ``[[s00, s01], [s10, s11]]``,
+    the pattern is ``[[1, 0], [softmax(s10, s11)]]``: position 0 can only read itself.
+    """
     group = q.shape[2] // k.shape[2]  # query heads per key head (1 unless grouped-query)
     k = k.repeat_interleave(group, dim=2)  # query head h reads key head h // group
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / q.shape[-1] ** 0.5
@@ -165,8 +213,9 @@ def _check_prev(fn, solution):
         model = make()
         for layer, pattern in enumerate(patterns_of(model, tokens)):
             case = f"{label}, layer {layer}"
+            expected = solution(pattern)
             got = call(name, fn, pattern, case=case)
-            compare(name, got, solution(pattern), dims=("head",), what="the score of each head",
+            compare(name, got, expected, dims=("head",), what="the score of each head",
                     case=case)
 
 
@@ -176,6 +225,19 @@ def _check_prev(fn, solution):
                    "mean taken over every position, BOS query included"))
 def previous_token_score(pattern: Float[Tensor, "batch head query_pos key_pos"]
                          ) -> Float[Tensor, " head"]:
+    """How much each head attends from every position to the position just before it.
+
+    Args:
+        pattern: ``Float[Tensor, "batch head query_pos key_pos"]``, one layer's attention pattern.
+
+    Returns:
+        ``Float[Tensor, " head"]``: for each head, the mean over the batch and over the queries
+        ``1 .. pos - 1`` of ``pattern[b, h, query, query - 1]`` (query 0 has no previous token and is
+        left out). Heads in the order of the pattern's head axis; values in ``[0, 1]``.
+
+    Example: a head that always reads the previous token scores 1.0; a head that always reads BOS
+    scores ``1 / (pos - 1)`` (only query 1 reads its previous token, BOS).
+    """
     # pattern[b, h, q, q - 1] for q = 1 .. n - 1: the first diagonal below the main one.
     return pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(0, 2))
 
@@ -188,8 +250,9 @@ def _check_induction(fn, solution):
             tokens = wb_heads.repeated_tokens(model, seq_len=seq_len, batch=2, seed=seq_len)
             for layer, pattern in enumerate(patterns_of(model, tokens)):
                 case = f"{label}, layer {layer}, [BOS] r r with len(r) = {seq_len}"
+                expected = solution(pattern, seq_len)
                 got = call(name, fn, pattern, seq_len, case=case)
-                compare(name, got, solution(pattern, seq_len), dims=("head",),
+                compare(name, got, expected, dims=("head",),
                         what="the induction score of each head", case=case)
 
 
@@ -200,6 +263,22 @@ def _check_induction(fn, solution):
                    "mean over every query instead of the second copy"))
 def induction_score(pattern: Float[Tensor, "batch head query_pos key_pos"], seq_len: int
                     ) -> Float[Tensor, " head"]:
+    """Each head's induction score on ``[BOS] r r``, where ``r`` is a random sequence.
+
+    Args:
+        pattern: ``Float[Tensor, "batch head query_pos key_pos"]``, one layer's pattern on tokens of
+            length ``1 + 2 * seq_len``: BOS at 0, the first copy of ``r`` at ``1 .. seq_len``, the
+            second at ``seq_len + 1 .. 2 * seq_len``.
+        seq_len: the length of ``r``.
+
+    Returns:
+        ``Float[Tensor, " head"]``: for each head, the mean over the batch and over the queries of
+        the second copy of the attention paid to the token *after* the first copy of the query's
+        token. Heads in the order of the pattern's head axis; values in ``[0, 1]``.
+
+    Example: with ``seq_len = 3`` the query at position 5 (``r[1]`` again) should read position 3
+    (``r[2]``, the token that followed ``r[1]`` the first time); a perfect induction head scores 1.0.
+    """
     # Query 1 + seq_len + j holds the second copy of r[j]; the token after its first copy is at
     # 2 + j, i.e. seq_len - 1 positions back.
     diag = pattern.diagonal(offset=-(seq_len - 1), dim1=-2, dim2=-1)  # query q = i + seq_len - 1

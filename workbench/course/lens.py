@@ -33,8 +33,9 @@ def _check_logit_diff(fn, solution):
         logits = torch.randn(batch, 5, 20, generator=gen)
         answers, wrong = torch.randint(0, 20, (2, batch), generator=gen)
         case = f"batch of {batch}"
+        expected = solution(logits, answers, wrong)
         got = check_scalar_out(name, call(name, fn, logits, answers, wrong, case=case), case)
-        compare(name, got, solution(logits, answers, wrong), what="the logit difference", case=case)
+        compare(name, got, expected, what="the logit difference", case=case)
 
 
 @register(notebook=NOTEBOOK, minutes=5, difficulty="intro", checker=_check_logit_diff,
@@ -44,6 +45,21 @@ def _check_logit_diff(fn, solution):
                    "summed over the batch instead of averaged"))
 def logit_diff(logits: Float[Tensor, "batch pos d_vocab"], answers: Int[Tensor, " batch"],
                wrong: Int[Tensor, " batch"]) -> Float[Tensor, ""]:
+    """The mean logit difference between the answer and a wrong token, at the last position.
+
+    Args:
+        logits: ``Float[Tensor, "batch pos d_vocab"]``, raw logits (not log-probabilities).
+        answers: ``Int[Tensor, " batch"]``, the right token of each prompt.
+        wrong: ``Int[Tensor, " batch"]``, the wrong token of each prompt.
+
+    Returns:
+        ``Float[Tensor, ""]``: a 0-d tensor, the mean over the batch of
+        ``logits[b, -1, answers[b]] - logits[b, -1, wrong[b]]``; raw (not normalised). Positive when
+        the model prefers the answers.
+
+    Example: one prompt whose last logits give the answer 2.5 and the wrong token 1.0:
+    ``tensor(1.5)``.
+    """
     last = logits[:, -1]  # [batch, d_vocab]
     rows = torch.arange(len(answers))
     return (last[rows, answers] - last[rows, wrong]).mean()
@@ -58,8 +74,9 @@ def _check_lens(fn, solution):
     tokens, _, _ = lens_case(4)
     for make, label in ((tiny, "tiny LayerNorm model"), (tiny_gqa, "grouped-query RMSNorm model")):
         model = make()
+        expected = solution(model, tokens)
         got = call(name, fn, model, tokens, case=label)
-        compare(name, got, solution(model, tokens), dims=("layer", "batch", "d_vocab"),
+        compare(name, got, expected, dims=("layer", "batch", "d_vocab"),
                 what="the lens logits at the last position", case=label)
 
 
@@ -67,8 +84,23 @@ def _check_lens(fn, solution):
           objective="Decode the residual stream entering every layer (and the final one) through "
                     "the final norm and the unembedding.",
           catches=("forgetting the final norm", "off-by-one layer (resid_post of each layer)",
-                   "forgetting the unembedding bias"))
+                   "forgetting the unembedding bias", "each block's ln1 instead of ln_final"))
 def logit_lens(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer batch d_vocab"]:
+    """The logit lens: each residual stream read as if it were the last, at the last position.
+
+    Args:
+        model: a ``HookedTransformer``.
+        tokens: ``Int[Tensor, "batch pos"]``.
+
+    Returns:
+        ``Float[Tensor, "layer batch d_vocab"]`` with ``layer = n_layers + 1``: row ``i < n_layers``
+        reads the residual stream *entering* block ``i`` (``hook_resid_pre``), the last row the stream
+        leaving the last block; each goes through the model's *final* norm (``ln_final``, with its
+        weight and bias) and the unembedding (with its bias). Raw logits, last position only.
+
+    Example: on the tiny model (2 layers, ``d_vocab`` 100) with ``tokens`` of shape ``[3, 7]``: shape
+    ``[3, 3, 100]``, and the last row equals ``model(tokens)[:, -1]``.
+    """
     n = model.cfg.n_layers
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n)]
     names.append(f"blocks.{n - 1}.hook_resid_post")
@@ -86,8 +118,9 @@ def _check_dla(fn, solution):
     tokens, answers, wrong = lens_case(5)
     for make, label in ((tiny, "tiny LayerNorm model"), (tiny_gqa, "grouped-query RMSNorm model")):
         model = make()
+        expected = solution(model, tokens, answers, wrong)
         got = call(name, fn, model, tokens, answers, wrong, case=label)
-        compare(name, got, solution(model, tokens, answers, wrong), dims=("layer", "head"),
+        compare(name, got, expected, dims=("layer", "head"),
                 what="each head's direct effect on the logit difference", case=label)
 
 
@@ -95,9 +128,27 @@ def _check_dla(fn, solution):
           objective="Attribute the logit difference to each head's direct path, dividing by the "
                     "final norm's scale (and centring for LayerNorm).",
           catches=("forgetting the final norm", "sign flipped (wrong - answer)",
-                   "forgetting to centre for LayerNorm"))
+                   "forgetting to centre for LayerNorm",
+                   "the final norm's weight ln_final.w forgotten"))
 def head_dla(model, tokens: Int[Tensor, "batch pos"], answers: Int[Tensor, " batch"],
              wrong: Int[Tensor, " batch"]) -> Float[Tensor, "layer head"]:
+    """Direct logit attribution of every head to the logit difference, at the last position.
+
+    Args:
+        model: a ``HookedTransformer`` (LayerNorm or RMSNorm).
+        tokens: ``Int[Tensor, "batch pos"]``.
+        answers, wrong: ``Int[Tensor, " batch"]``, the right and the wrong token of each prompt.
+
+    Returns:
+        ``Float[Tensor, "layer head"]``: entry ``[l, h]`` is the mean over the batch of head ``(l, h)``'s
+        output at the last position (``z @ W_O``, no bias) carried to the logit difference
+        ``answer - wrong`` *directly*: through the final norm as the model applies it (centred if it
+        is a LayerNorm, divided by the run's final-norm scale, times ``ln_final.w``) and ``W_U``.
+        Raw logit units. Heads in ``range(n_heads)`` order.
+
+    Example: on the tiny model, shape ``[2, 4]``; a head whose output points towards ``answer`` has a
+    positive entry.
+    """
     _, cache = model.run_with_cache(tokens)
     scale = cache["ln_final.hook_scale"][:, -1]  # [batch, 1]: the final norm's divisor
     direction = (model.W_U[:, answers] - model.W_U[:, wrong]).T * model.ln_final.w  # [batch, d_model]

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import ast
 import copy
-import json
-import time
+import inspect
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -28,8 +28,9 @@ __all__ = [
     "course_dir",
     "course_notebooks",
     "grade",
+    "catalogue_markdown",
+    "header_markdown",
     "instructor_readme",
-    "run_checks",
     "show",
     "solution_notebook",
     "stub_source",
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 SOLUTION_TAG = "solution"
-_SCORES_MARK = "COURSE-SCORES "
+_SHOW = re.compile(r'course\.show\("(\w+)"\)')
 
 
 def course_dir() -> Path:
@@ -93,6 +94,10 @@ def student_notebook(nb):
     out = copy.deepcopy(nb)
     cells = []
     for i, cell in enumerate(out.cells):
+        header = _SHOW.fullmatch(cell.source.strip()) if cell.cell_type == "code" else None
+        if header and header.group(1) in registry():  # readable before anything runs
+            cells.append(nbformat.v4.new_markdown_cell(header_markdown(header.group(1))))
+            continue
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
@@ -129,7 +134,9 @@ def instructor_readme(notebooks: list[Path]) -> str:
         f"Notebooks: {names}. `student/` holds the versions to hand out (each exercise's body is a",
         "stub raising `NotImplementedError`, followed by a cell that calls its checker); `solutions/`",
         "holds the same notebooks with the reference solutions. Grade a filled-in notebook with",
-        "`workbench course check student/NOTEBOOK.ipynb` (a score table, also written as CSV).",
+        "`workbench course check student/NOTEBOOK.ipynb` (a score table, also written as CSV), a",
+        "class with `workbench course grade FOLDER` (grades.csv, grades.html, feedback notebooks).",
+        "Hand out `workbench course build --student OUT`: stubs only, no solutions, no catalogue.",
         "",
         f"{len(exercises)} exercises, about {total} minutes in all. Each checker runs the student's",
         "function against the reference on the tiny test models (one of them grouped-query, RMSNorm,",
@@ -143,104 +150,104 @@ def instructor_readme(notebooks: list[Path]) -> str:
     ])
 
 
-def build(out: Path, notebooks: list[Path] | None = None) -> list[Path]:
-    """Write ``out/student/*.ipynb``, ``out/solutions/*.ipynb`` and ``out/README.md``."""
+def catalogue_markdown() -> str:
+    """Instructor material: every exercise's typical wrong answers, with their code."""
+    from workbench.course.catalogue import mistakes
+
+    parts = ["# The wrong-answer catalogue", "",
+             "What each checker recognises and names when a student's result equals it.", ""]
+    for e in sorted(registry().values(), key=lambda e: e.order):
+        parts += [f"## {e.order + 1}. `{e.name}`", ""]
+        for mistake, fn in mistakes(e.name):
+            parts += [f"**{mistake}**", "", "```python", inspect.getsource(fn).rstrip(), "```", ""]
+    return "\n".join(parts)
+
+
+def student_readme(notebooks: list[Path]) -> str:
+    """Markdown for the student hand-out: set-up, how to work, how it is graded (no answers)."""
+    return "\n".join([
+        "# Course notebooks",
+        "",
+        "Set-up (once): `pip install -e PATH/TO/workbench` (or the wheel your instructor gave),",
+        "then `jupyter lab` in this folder.",
+        "",
+        f"Notebooks, in order: {', '.join(p.stem for p in notebooks)}. In each, write every",
+        "exercise's function where it says `raise NotImplementedError`, then run the cell after it:",
+        "the checker tries your function on small models, case by case, and names what differs.",
+        "Grading runs the same checks: each exercise earns the fraction of its cases that pass; a",
+        "solution imported from the `workbench` package earns zero.",
+        "",
+    ])
+
+
+def build(out: Path, notebooks: list[Path] | None = None, *, student_only: bool = False
+          ) -> list[Path]:
+    """Write the course hand-out; ``student_only`` for the version given to students.
+
+    Instructor build (default): ``out/student/*.ipynb``, ``out/solutions/*.ipynb``,
+    ``out/README.md`` (the table of exercises with what each checker catches),
+    ``out/CATALOGUE.md`` (the wrong answers with their code) and ``out/INSTRUCTOR.md`` (the
+    guide). Student build: ``out/*.ipynb`` (stubs, no outputs) and ``out/README.md`` (set-up);
+    no solution, no catalogue.
+    """
     import nbformat
 
     notebooks = course_notebooks() if notebooks is None else notebooks
     if not notebooks:
         raise FileNotFoundError(f"No course notebooks in {course_dir()}.")
+    versions = [(out, student_notebook)] if student_only else \
+        [(out / "student", student_notebook), (out / "solutions", solution_notebook)]
     written = []
-    for sub in ("student", "solutions"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    for folder, _ in versions:
+        folder.mkdir(parents=True, exist_ok=True)
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
-        for sub, version in (("student", student_notebook), ("solutions", solution_notebook)):
-            target = out / sub / path.name
-            nbformat.write(version(nb), target)
-            written.append(target)
-    readme = out / "README.md"
-    readme.write_text(instructor_readme(notebooks))
-    written.append(readme)
+        for folder, version in versions:
+            nbformat.write(version(nb), folder / path.name)
+            written.append(folder / path.name)
+    texts = {"README.md": student_readme(notebooks)} if student_only else {
+        "README.md": instructor_readme(notebooks), "CATALOGUE.md": catalogue_markdown()}
+    guide = course_dir() / "INSTRUCTOR.md"
+    if not student_only and guide.is_file():
+        texts["INSTRUCTOR.md"] = guide.read_text()
+    for name, text in texts.items():
+        (out / name).write_text(text)
+        written.append(out / name)
     return written
 
 
 # --------------------------------------------------------------------------------------------
-# Grading
-
-
-def run_checks(namespace: dict, names: list[str]) -> list[dict]:
-    """Run each exercise's checker on the function of that name in ``namespace``."""
-    rows = []
-    for name in names:
-        ex = registry()[name]
-        fn = namespace.get(name)
-        start = time.perf_counter()
-        if not callable(fn):
-            score, message = 0, "not defined"
-        else:
-            try:
-                ex.check(fn)
-                score, message = 1, "correct"
-            except NotImplementedError:
-                score, message = 0, "not implemented (the stub is still there)"
-            except AssertionError as e:
-                score, message = 0, str(e)
-            except Exception as e:  # noqa: BLE001  (a grading run reports every failure)
-                score, message = 0, f"{type(e).__name__}: {e}"
-        rows.append({"exercise": name, "score": score, "minutes": ex.minutes,
-                     "check_seconds": round(time.perf_counter() - start, 2), "message": message})
-    return rows
-
-
-def _exercises_in(nb, stem: str) -> list[str]:
-    known = registry()
-    names = [n for n, e in known.items() if e.notebook.split("/")[-1] == stem]
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        try:
-            tree = ast.parse(cell.source)
-        except SyntaxError:
-            continue
-        names += [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in known]
-    return sorted(set(names), key=lambda n: known[n].order)
+# Grading one notebook (a class: workbench.course.grading)
 
 
 def grade(notebook: Path, *, csv: Path | None = None, timeout: int = 600) -> pd.DataFrame:
     """Execute ``notebook`` (errors do not stop it), then check each exercise it holds.
 
-    Returns one row per exercise: ``exercise, score (1/0), minutes, check_seconds, message``;
-    written to ``csv`` if given.
+    Returns one row per exercise: ``exercise, score (1 when every case passed), points (the
+    fraction of cases passed), cases, minutes, check_seconds, message``; written to ``csv`` if
+    given. ``timeout``: the time limit for the whole notebook, in seconds.
     """
-    import nbformat
-    from nbclient import NotebookClient
+    from workbench.course.grading import grade_notebook
 
-    nb = nbformat.read(notebook, as_version=4)
-    names = _exercises_in(nb, notebook.stem)
-    if not names:
+    frame, status = grade_notebook(notebook, time_limit=timeout)
+    if not len(frame):
         raise ValueError(f"{notebook} holds no course exercise (no function named like one).")
-    nb.cells.append(nbformat.v4.new_code_cell(
-        "import json as _json\nfrom workbench.course.notebooks import run_checks as _run_checks\n"
-        f"print({_SCORES_MARK!r} + _json.dumps(_run_checks(globals(), {names!r})))"
-    ))
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
-                            resources={"metadata": {"path": str(notebook.resolve().parent)}})
-    client.execute()
-    text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("output_type") == "stream")
-    line = next((ln for ln in text.splitlines() if ln.startswith(_SCORES_MARK)), None)
-    if line is None:
-        raise RuntimeError(f"Grading {notebook} produced no scores; last cell printed: {text[-500:]!r}")
-    frame = pd.DataFrame(json.loads(line[len(_SCORES_MARK):]))
+    if status != "ok" and "score" not in frame:
+        raise RuntimeError(f"Grading {notebook}: {status}")
     if csv is not None:
         frame.to_csv(csv, index=False)
     return frame
+
+
+def header_markdown(name: str) -> str:
+    """The exercise's header: number, name, time, difficulty and objective (Markdown text)."""
+    e = registry()[name]
+    return (f"**Exercise {e.order + 1}: `{e.name}`** · about {e.minutes} min · "
+            f"{e.difficulty}\n\n*Objective:* {e.objective}")
 
 
 def show(name: str):
     """The exercise's header for a notebook: number, objective, time and difficulty (Markdown)."""
     from IPython.display import Markdown
 
-    e = registry()[name]
-    return Markdown(f"**Exercise {e.order + 1}: `{e.name}`** · about {e.minutes} min · "
-                    f"{e.difficulty}\n\n*Objective:* {e.objective}")
+    return Markdown(header_markdown(name))

@@ -40,14 +40,28 @@ def _check_normalise(fn, solution):
     name = "normalise_metric"
     for value, clean, corrupted in ((0.5, 2.0, -1.0), (3.0, 1.0, 4.0), (-1.0, -1.0, 2.5)):
         case = f"value {value}, clean {clean}, corrupted {corrupted}"
+        expected = solution(value, clean, corrupted)
         got = check_scalar_out(name, call(name, fn, value, clean, corrupted, case=case), case)
-        compare(name, got, solution(value, clean, corrupted), what="the normalised value", case=case)
+        compare(name, got, expected, what="the normalised value", case=case)
 
 
 @register(notebook=NOTEBOOK, minutes=4, difficulty="intro", checker=_check_normalise,
           objective="Rescale a metric so the corrupted run scores 0 and the clean run 1.",
           catches=("clean and corrupted swapped", "divided by the clean value alone"))
 def normalise_metric(value: float, clean: float, corrupted: float) -> float:
+    """Rescale a metric's value so that the corrupted run scores 0 and the clean run 1.
+
+    Args:
+        value: the metric on the run to score (e.g. a patched run).
+        clean: the metric on the clean run.
+        corrupted: the metric on the corrupted run.
+
+    Returns:
+        ``float``: the normalised value (0 at ``corrupted``, 1 at ``clean``, linear in between and
+        beyond).
+
+    Example: ``normalise_metric(0.5, 2.0, -1.0)`` is ``0.5``.
+    """
     return (value - corrupted) / (clean - corrupted)
 
 
@@ -62,10 +76,10 @@ def _check_one_site(fn, solution):
         for layer, pos in ((1, 2), (0, 4)):
             model = make()
             case = f"{label}, resid_pre of layer {layer} at position {pos}"
+            expected = solution(model, clean, corrupted, metric, layer, pos)
             got = call(name, fn, model, clean, corrupted, metric, layer, pos, case=case)
             got = check_scalar_out(name, got, case)
-            compare(name, got, solution(model, clean, corrupted, metric, layer, pos),
-                    what="the metric of the patched run", case=case)
+            compare(name, got, expected, what="the metric of the patched run", case=case)
 
 
 @register(notebook=NOTEBOOK, minutes=10, difficulty="core", checker=_check_one_site,
@@ -75,6 +89,23 @@ def _check_one_site(fn, solution):
                    "hook left attached"))
 def patch_one_site(model, clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"],
                    metric, layer: int, pos: int) -> float:
+    """The metric of the corrupted run with one residual-stream site patched from the clean run.
+
+    Args:
+        model: a ``HookedTransformer``.
+        clean, corrupted: ``Int[Tensor, "batch pos"]``, prompts of the same shape.
+        metric: a callable ``logits [batch, pos, d_vocab] -> 0-d tensor`` (e.g. a logit difference);
+            raw, you do not normalise it here.
+        layer: the block whose input (``blocks.{layer}.hook_resid_pre``) is patched.
+        pos: the position patched (every prompt of the batch at that position; only there).
+
+    Returns:
+        ``float``: ``metric`` of the corrupted run whose stream entering ``layer`` at ``pos`` holds
+        the clean run's value. No hook may stay attached.
+
+    Example: patching a site that carries all of the difference gives the clean metric
+    (e.g. ``2.31``); a site that carries none gives the corrupted one.
+    """
     name = f"blocks.{layer}.hook_resid_pre"
     _, clean_cache = model.run_with_cache(clean, names_filter=[name])
 
@@ -95,8 +126,9 @@ def _check_sweep(fn, solution):
     clean, corrupted, metric = patching_case(2)
     for make, label in models_for_patching():
         model = make()
+        expected = solution(model, clean, corrupted, metric)
         got = call(name, fn, model, clean, corrupted, metric, case=label)
-        compare(name, got, solution(model, clean, corrupted, metric), dims=("layer", "pos"),
+        compare(name, got, expected, dims=("layer", "pos"),
                 what="the patched metric of every (layer, position)", case=label)
 
 
@@ -106,6 +138,20 @@ def _check_sweep(fn, solution):
                    "off-by-one layer (resid_post)"))
 def patch_resid_sweep(model, clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"],
                       metric) -> Float[Tensor, "layer pos"]:
+    """The one-site patch at every layer and position: a ``[layer, pos]`` map.
+
+    Args:
+        model: a ``HookedTransformer``.
+        clean, corrupted: ``Int[Tensor, "batch pos"]``.
+        metric: a callable ``logits -> 0-d tensor``; raw.
+
+    Returns:
+        ``Float[Tensor, "layer pos"]``: entry ``[l, p]`` is the metric of the corrupted run with the
+        clean ``blocks.{l}.hook_resid_pre`` patched in at position ``p`` (raw, not normalised).
+
+    Example: on the tiny model with prompts ``[3, 6]``: shape ``[2, 6]``; columns where clean and
+    corrupted prompts agree score the corrupted metric at layer 0.
+    """
     out = torch.zeros(model.cfg.n_layers, clean.shape[1])
     for layer in range(model.cfg.n_layers):
         for pos in range(clean.shape[1]):
@@ -122,8 +168,9 @@ def _check_heads(fn, solution):
     clean, corrupted, metric = patching_case(3)
     for make, label in models_for_patching():
         model = make()
+        expected = solution(model, clean, corrupted, metric)
         got = call(name, fn, model, clean, corrupted, metric, case=label)
-        compare(name, got, solution(model, clean, corrupted, metric), dims=("layer", "head"),
+        compare(name, got, expected, dims=("layer", "head"),
                 what="the patched metric of every head", case=label)
 
 
@@ -134,6 +181,20 @@ def _check_heads(fn, solution):
                    "only the last position patched"))
 def patch_head_outputs(model, clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"],
                        metric) -> Float[Tensor, "layer head"]:
+    """The metric after patching each head's output from the clean into the corrupted run.
+
+    Args:
+        model: a ``HookedTransformer``.
+        clean, corrupted: ``Int[Tensor, "batch pos"]``.
+        metric: a callable ``logits -> 0-d tensor``; raw.
+
+    Returns:
+        ``Float[Tensor, "layer head"]``: entry ``[l, h]`` is the metric of the corrupted run with head
+        ``h`` of layer ``l``'s ``hook_z`` (shape ``[batch, pos, head, d_head]``) replaced by its clean
+        value at every position, one head at a time. Raw, heads in ``range(n_heads)`` order.
+
+    Example: on the tiny model (2 layers, 4 heads): shape ``[2, 4]``.
+    """
     _, clean_cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_z"))
     out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     for layer in range(model.cfg.n_layers):
@@ -157,8 +218,9 @@ def _check_attribution(fn, solution):
     clean, corrupted, metric = patching_case(4)
     for make, label in models_for_patching():
         model = make()
+        expected = solution(model, clean, corrupted, metric)
         got = call(name, fn, model, clean, corrupted, metric, case=label)
-        compare(name, got, solution(model, clean, corrupted, metric), dims=("layer", "head"),
+        compare(name, got, expected, dims=("layer", "head"),
                 what="the first-order estimate of every head's patch", case=label)
 
 
@@ -169,6 +231,22 @@ def _check_attribution(fn, solution):
                    "baseline left out (the change only)"))
 def attribution_heads(model, clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"],
                       metric) -> Float[Tensor, "layer head"]:
+    """Attribution patching: a first-order estimate of every head's patch from one backward pass.
+
+    Args:
+        model: a ``HookedTransformer``.
+        clean, corrupted: ``Int[Tensor, "batch pos"]``.
+        metric: a callable ``logits -> 0-d tensor``; raw.
+
+    Returns:
+        ``Float[Tensor, "layer head"]``: entry ``[l, h]`` estimates what ``patch_head_outputs`` gives:
+        the corrupted metric plus the sum over batch, positions and ``d_head`` of the metric's
+        gradient with respect to the corrupted run's ``hook_z`` times ``clean z - corrupted z``.
+        Raw, heads in ``range(n_heads)`` order.
+
+    Example: on the tiny model: shape ``[2, 4]``, close to ``patch_head_outputs`` where the model is
+    nearly linear.
+    """
     _, clean_cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_z"))
     z_corrupted = {}
 

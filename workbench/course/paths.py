@@ -62,9 +62,10 @@ def _check_path_logits(fn, solution):
         for sender in ((0, 1), (1, 3)):
             model = make()
             case = f"{label}, sender L{sender[0]}H{sender[1]}"
+            expected = solution(model, clean, corrupted, metric, sender)
             got = check_scalar_out(name, call(name, fn, model, clean, corrupted, metric, sender,
                                               case=case), case)
-            compare(name, got, solution(model, clean, corrupted, metric, sender),
+            compare(name, got, expected,
                     what="the metric of the path-patched clean run", case=case)
 
 
@@ -75,8 +76,35 @@ def _check_path_logits(fn, solution):
                    "MLPs left unfrozen"))
 def path_patch_logits(model, clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"],
                       metric, sender: tuple[int, int]) -> float:
-    clean_cache, corrupted_cache = clean_and_corrupted_caches(model, clean, corrupted)
-    with model.hooks(fwd_hooks=frozen_run_hooks(model, clean_cache, corrupted_cache, sender)):
+    """Path patching from one sender head straight to the logits.
+
+    Args:
+        model: a ``HookedTransformer``.
+        clean, corrupted: ``Int[Tensor, "batch pos"]``.
+        metric: a callable ``logits -> 0-d tensor``; raw.
+        sender: ``(layer, head)``.
+
+    Returns:
+        ``float``: ``metric`` of the *clean* run in which the sender's ``hook_z`` takes its corrupted
+        value (every position) while every other head's ``hook_z`` and every ``hook_mlp_out`` are
+        frozen at their clean values, so that the sender's change reaches the logits only directly.
+
+    Example: a sender with no direct effect gives the clean metric back (e.g. ``1.87``).
+    """
+    def frozen_sites(name: str) -> bool:
+        return name.endswith(("hook_z", "hook_mlp_out"))
+
+    _, clean_cache = model.run_with_cache(clean, names_filter=frozen_sites)
+    _, corrupted_cache = model.run_with_cache(corrupted, names_filter=frozen_sites)
+    sender_site = f"blocks.{sender[0]}.attn.hook_z"
+
+    def freeze(act, hook):  # every head and MLP output at its clean value, the sender corrupted
+        act = clean_cache[hook.name].clone()
+        if hook.name == sender_site:
+            act[:, :, sender[1]] = corrupted_cache[hook.name][:, :, sender[1]]
+        return act
+
+    with model.hooks(fwd_hooks=[(frozen_sites, freeze)]):
         return metric(model(clean)).item()
 
 
@@ -87,9 +115,10 @@ def _check_path_query(fn, solution):
         for sender, receiver in (((0, 1), (1, 2)), ((0, 3), (1, 0))):
             model = make()
             case = f"{label}, L{sender[0]}H{sender[1]} -> query of L{receiver[0]}H{receiver[1]}"
+            expected = solution(model, clean, corrupted, metric, sender, receiver)
             got = check_scalar_out(name, call(name, fn, model, clean, corrupted, metric, sender,
                                               receiver, case=case), case)
-            compare(name, got, solution(model, clean, corrupted, metric, sender, receiver),
+            compare(name, got, expected,
                     what="the metric after patching the receiver's query", case=case)
 
 
@@ -100,15 +129,40 @@ def _check_path_query(fn, solution):
                    "clean and corrupted swapped"))
 def path_patch_query(model, clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"],
                      metric, sender: tuple[int, int], receiver: tuple[int, int]) -> float:
-    clean_cache, corrupted_cache = clean_and_corrupted_caches(model, clean, corrupted)
-    q_name = f"blocks.{receiver[0]}.attn.hook_q"
+    """Path patching from one sender head to one receiver head's query, in two runs.
+
+    Args:
+        model: a ``HookedTransformer``.
+        clean, corrupted: ``Int[Tensor, "batch pos"]``.
+        metric: a callable ``logits -> 0-d tensor``; raw.
+        sender, receiver: ``(layer, head)``, the sender in an earlier layer than the receiver.
+
+    Returns:
+        ``float``: run 1 is the clean run with the sender corrupted and every other head and MLP
+        frozen at clean (as in ``path_patch_logits``), and records the receiver's query
+        (``hook_q``, its head only, every position); run 2 is the clean run with only that query
+        replaced. The result is ``metric`` of run 2.
+
+    Example: a receiver whose query ignores the sender gives the clean metric back.
+    """
+    def frozen_sites(name: str) -> bool:
+        return name.endswith(("hook_z", "hook_mlp_out"))
+
+    _, clean_cache = model.run_with_cache(clean, names_filter=frozen_sites)
+    _, corrupted_cache = model.run_with_cache(corrupted, names_filter=frozen_sites)
+    sender_site, q_name = f"blocks.{sender[0]}.attn.hook_z", f"blocks.{receiver[0]}.attn.hook_q"
     recorded = {}
+
+    def freeze(act, hook):  # as in path_patch_logits
+        act = clean_cache[hook.name].clone()
+        if hook.name == sender_site:
+            act[:, :, sender[1]] = corrupted_cache[hook.name][:, :, sender[1]]
+        return act
 
     def record_q(q, hook):
         recorded["q"] = q[:, :, receiver[1]].clone()
 
-    hooks = frozen_run_hooks(model, clean_cache, corrupted_cache, sender) + [(q_name, record_q)]
-    with model.hooks(fwd_hooks=hooks):  # run 1: what the receiver's query becomes
+    with model.hooks(fwd_hooks=[(frozen_sites, freeze), (q_name, record_q)]):  # run 1
         model(clean, stop_at_layer=receiver[0] + 1)
 
     def patch_q(q, hook):
@@ -137,17 +191,33 @@ def _check_zero(fn, solution):
         for layer, head in ((0, 2), (1, 1)):
             model = make()
             case = f"{label}, head L{layer}H{head}"
+            expected = solution(model, tokens, metric, layer, head)
             got = check_scalar_out(name, call(name, fn, model, tokens, metric, layer, head,
                                               case=case), case)
-            compare(name, got, solution(model, tokens, metric, layer, head),
+            compare(name, got, expected,
                     what="the metric with the head zero-ablated", case=case)
 
 
 @register(notebook=NOTEBOOK, minutes=6, difficulty="intro", checker=_check_zero,
           objective="Zero-ablate one head (its hook_z at every position) and measure the metric.",
           catches=("head index on the position axis", "the whole attention layer zeroed",
-                   "hook left attached"))
+                   "hook left attached", "W_O zeroed in place (never restored)"))
 def zero_ablate_head(model, tokens: Int[Tensor, "batch pos"], metric, layer: int, head: int) -> float:
+    """The metric with one head's output set to zero.
+
+    Args:
+        model: a ``HookedTransformer``.
+        tokens: ``Int[Tensor, "batch pos"]``.
+        metric: a callable ``logits -> 0-d tensor``; raw.
+        layer, head: the head to ablate.
+
+    Returns:
+        ``float``: ``metric`` of the run where ``blocks.{layer}.attn.hook_z[:, :, head]`` is zero at
+        every position (the layer's output bias ``b_O`` stays). Change activations with a hook,
+        never the weights.
+
+    Example: ablating a head that does not matter gives the unablated metric (e.g. ``0.42``).
+    """
     def zero(z, hook):  # z: [batch, pos, head, d_head]
         z[:, :, head] = 0.0
         return z
@@ -163,9 +233,10 @@ def _check_mean(fn, solution):
         for layer, head in ((0, 2), (1, 1)):
             model = make()
             case = f"{label}, head L{layer}H{head}"
+            expected = solution(model, tokens, metric, layer, head, reference)
             got = check_scalar_out(name, call(name, fn, model, tokens, metric, layer, head,
                                               reference, case=case), case)
-            compare(name, got, solution(model, tokens, metric, layer, head, reference),
+            compare(name, got, expected,
                     what="the metric with the head mean-ablated", case=case)
 
 
@@ -176,6 +247,21 @@ def _check_mean(fn, solution):
                    "zeros instead of the mean"))
 def mean_ablate_head(model, tokens: Int[Tensor, "batch pos"], metric, layer: int, head: int,
                      reference: Int[Tensor, "batch pos"]) -> float:
+    """The metric with one head's output replaced by its mean over a reference batch.
+
+    Args:
+        model: a ``HookedTransformer``.
+        tokens: ``Int[Tensor, "batch pos"]``, the prompts scored.
+        metric: a callable ``logits -> 0-d tensor``; raw.
+        layer, head: the head to ablate.
+        reference: ``Int[Tensor, "ref_batch pos"]``, the prompts whose mean replaces the output.
+
+    Returns:
+        ``float``: ``metric`` of the run on ``tokens`` where the head's ``hook_z`` is, at each
+        position ``p``, its mean over the reference batch at ``p`` (one mean per position).
+
+    Example: a head whose output is the same on every prompt gives the unablated metric back.
+    """
     name = f"blocks.{layer}.attn.hook_z"
     _, cache = model.run_with_cache(reference, names_filter=[name])
     mean = cache[name][:, :, head].mean(0)  # [pos, d_head]: one mean per position
@@ -199,9 +285,10 @@ def _check_faithfulness(fn, solution):
         for circuit in ([(0, 1), (1, 2)], [(1, 0), (1, 3), (0, 0)]):
             model = make()
             case = f"{label}, circuit {circuit}"
+            expected = solution(model, tokens, metric, circuit, reference)
             got = check_scalar_out(name, call(name, fn, model, tokens, metric, circuit, reference,
                                               case=case), case)
-            compare(name, got, solution(model, tokens, metric, circuit, reference),
+            compare(name, got, expected,
                     what="F(circuit) / F(model)", case=case)
 
 
@@ -212,6 +299,22 @@ def _check_faithfulness(fn, solution):
                    "zero instead of mean ablation"))
 def faithfulness(model, tokens: Int[Tensor, "batch pos"], metric, circuit: list[tuple[int, int]],
                  reference: Int[Tensor, "batch pos"]) -> float:
+    """A circuit's faithfulness: its metric alone over the full model's metric.
+
+    Args:
+        model: a ``HookedTransformer``.
+        tokens: ``Int[Tensor, "batch pos"]``.
+        metric: a callable ``logits -> 0-d tensor``; raw.
+        circuit: the heads kept, a list of ``(layer, head)``.
+        reference: ``Int[Tensor, "ref_batch pos"]``, the prompts for the means.
+
+    Returns:
+        ``float``: ``metric`` with every head *outside* the circuit mean-ablated (per position, over
+        the reference batch; MLPs untouched), divided by ``metric`` of the unablated model.
+
+    Example: the circuit of every head scores ``1.0``; a circuit that keeps nothing of the
+    behaviour scores near 0.
+    """
     _, cache = model.run_with_cache(reference, names_filter=lambda n: n.endswith("hook_z"))
     keep = set(circuit)
 

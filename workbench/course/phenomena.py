@@ -43,8 +43,9 @@ def _check_retrieval(fn, solution):
             model = make()
             haystack = haystack_case(seed)
             case = f"{label}, haystack seed {seed}"
+            expected = solution(model, haystack)
             got = call(name, fn, model, haystack, case=case)
-            compare(name, got, solution(model, haystack), dims=("layer", "head"),
+            compare(name, got, expected, dims=("layer", "head"),
                     what="the number of answer tokens each head copied", case=case, exact=True)
 
 
@@ -55,6 +56,22 @@ def _check_retrieval(fn, solution):
                    "any attention inside the needle counted, token not compared",
                    "argmax over the query axis"))
 def retrieval_hits(model, haystack: Haystack) -> Int[Tensor, "layer head"]:
+    """Per head, how many answer tokens it copies from the needle by attending to them.
+
+    Args:
+        model: a ``HookedTransformer``.
+        haystack: a ``Haystack``: ``tokens [1, n]`` (the prompt), ``answer_ids [m]``,
+            ``needle_span (start, end)`` (positions, end excluded) and ``full_tokens`` (prompt
+            followed by the answer, ``[1, n + m]``).
+
+    Returns:
+        ``Int[Tensor, "layer head"]``: run ``full_tokens`` (teacher forcing); the query that predicts
+        answer token ``j`` sits at position ``n - 1 + j``. A head hits at step ``j`` when the key it
+        attends to most (argmax over keys) lies inside the needle and holds ``answer_ids[j]``.
+        Entry ``[l, h]`` counts the hits over the ``m`` steps (``0 .. m``).
+
+    Example: with 3 answer tokens, a perfect retrieval head scores 3 and a previous-token head 0.
+    """
     full = haystack.full_tokens  # prompt + answer, [1, n + m]
     n, m = haystack.tokens.shape[1], len(haystack.answer_ids)
     queries = torch.arange(n - 1, n - 1 + m)  # query n - 1 + j predicts answer token j
@@ -106,8 +123,9 @@ def _check_year(fn, solution):
         for head in ((0, 1), (1, 2)):
             model = make()
             case = f"{label}, head L{head[0]}H{head[1]}"
+            expected = solution(model, ds, head)
             got = call(name, fn, model, ds, head, case=case)
-            compare(name, got, solution(model, ds, head),
+            compare(name, got, expected,
                     what="the normalised logit difference after the patch", case=case)
 
 
@@ -117,18 +135,40 @@ def _check_year(fn, solution):
           catches=("read at the last position, not END (padding)", "clean and corrupted swapped",
                    "not normalised"))
 def year_patch_head(model, ds, head: tuple[int, int]) -> float:
+    """The normalised effect of patching one head's output on a year task, read at each END.
+
+    Args:
+        model: a ``HookedTransformer``.
+        ds: ``clean_tokens`` and ``corrupted_tokens`` (``[batch, pos]``, right-padded, the two
+            differing only in the year), ``answer_ids`` and ``counterfactual_ids`` (``[batch]``) and
+            ``pos["END"]`` (``[batch]``, the position of each prompt's last real token).
+        head: ``(layer, head)``.
+
+    Returns:
+        ``float``: with ``L(tokens)`` the mean over prompts of ``logit[answer] - logit[counterfactual]``
+        at each prompt's END, the value ``(L(patched) - L(corrupted)) / (L(clean) - L(corrupted))``,
+        where the patched run is the corrupted one with the head's ``hook_z`` taken from the clean run
+        (every position). Normalised: 0 = no effect, 1 = the whole clean behaviour back.
+
+    Example: a head that carries the year alone scores about ``1.0``; an idle head ``0.0``.
+    """
     layer, h = head
     name = f"blocks.{layer}.attn.hook_z"
     _, clean_cache = model.run_with_cache(ds.clean_tokens, names_filter=[name])
+
+    rows = torch.arange(len(ds.clean_tokens))
+
+    def at_end(tokens) -> float:  # each prompt's own END: the prompts are right-padded
+        logits = model(tokens)[rows, ds.pos["END"]]
+        return (logits[rows, ds.answer_ids] - logits[rows, ds.counterfactual_ids]).mean().item()
 
     def put_clean(z, hook):
         z[:, :, h] = clean_cache[name][:, :, h]
         return z
 
-    clean = end_logit_diff(model, ds.clean_tokens, ds)
-    corrupted = end_logit_diff(model, ds.corrupted_tokens, ds)
+    clean, corrupted = at_end(ds.clean_tokens), at_end(ds.corrupted_tokens)
     with model.hooks(fwd_hooks=[(name, put_clean)]):
-        patched = end_logit_diff(model, ds.corrupted_tokens, ds)
+        patched = at_end(ds.corrupted_tokens)
     return (patched - corrupted) / (clean - corrupted)
 
 
@@ -148,8 +188,9 @@ def _check_mover(fn, solution):
     for corrupt in ("a", "b"):
         model, ds = toy_case(corrupt=corrupt)
         case = f"toy model, operand {corrupt} corrupted"
+        expected = solution(model, ds)
         got = call(name, fn, model, ds, case=case)
-        compare(name, got, solution(model, ds), dims=("head",),
+        compare(name, got, expected, dims=("head",),
                 what="the normalised effect of each head's patch at '='", case=case)
 
 
@@ -159,6 +200,21 @@ def _check_mover(fn, solution):
           catches=("clean and corrupted swapped", "patched at the operand's position, not '='",
                    "not normalised"))
 def toy_operand_mover(model, ds) -> Float[Tensor, " head"]:
+    """The toy model's operand movers: each head's normalised patch at ``'='``.
+
+    Args:
+        model: the toy modular-addition model (1 layer; prompts ``a b = `` with ``'='`` at position 2).
+        ds: ``clean_tokens``, ``corrupted_tokens`` (``[batch, 3]``, one operand changed) and
+            ``logit_diff()`` (a metric read at position 2).
+
+    Returns:
+        ``Float[Tensor, " head"]``: for head ``h`` of layer 0, ``(M(patched) - M(corrupted)) /
+        (M(clean) - M(corrupted))`` where ``M`` is ``ds.logit_diff()`` and the patched run is the
+        corrupted one with the head's ``hook_z`` at position 2 only taken from the clean run.
+        Normalised; heads in ``range(n_heads)`` order.
+
+    Example: a head that moves the changed operand to ``'='`` scores near 1, the others near 0.
+    """
     metric = ds.logit_diff()  # at '=' (position 2)
     clean = metric(model(ds.clean_tokens)).item()
     corrupted = metric(model(ds.corrupted_tokens)).item()
@@ -177,8 +233,9 @@ def toy_operand_mover(model, ds) -> Float[Tensor, " head"]:
 def _check_operand_attention(fn, solution):
     name = "toy_operand_attention"
     model, ds = toy_case()
+    expected = solution(model, ds.clean_tokens)
     got = call(name, fn, model, ds.clean_tokens, case="toy model")
-    compare(name, got, solution(model, ds.clean_tokens), dims=("key_pos", "head"),
+    compare(name, got, expected, dims=("key_pos", "head"),
             what="attention from '=' to a and to b", case="toy model")
 
 
@@ -187,6 +244,19 @@ def _check_operand_attention(fn, solution):
           catches=("query and key swapped", "from b's position, not '='",
                    "scores before the softmax"))
 def toy_operand_attention(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "key_pos head"]:
+    """How much each toy head attends from ``'='`` to each operand.
+
+    Args:
+        model: the toy modular-addition model (1 layer).
+        tokens: ``Int[Tensor, "batch 3"]``, prompts ``a b =`` (``'='`` at position 2).
+
+    Returns:
+        ``Float[Tensor, "key_pos head"]``: row 0 is the attention probability from ``'='`` to ``a``
+        (position 0), row 1 to ``b`` (position 1), each the mean over the batch; heads in
+        ``range(n_heads)`` order. Probabilities after the softmax, in ``[0, 1]``.
+
+    Example: a head that reads ``a`` only has column ``[1.0, 0.0]``.
+    """
     _, cache = model.run_with_cache(tokens, names_filter=["blocks.0.attn.hook_pattern"])
     pattern = cache["blocks.0.attn.hook_pattern"]  # [batch, head, query_pos, key_pos]
     from_eq = pattern[:, :, 2].mean(0)  # [head, key_pos]: from '=' (position 2)

@@ -70,6 +70,20 @@ def _check_encode(fn, solution):
           catches=("decoder bias not subtracted", "ReLU without the top-k",
                    "top-k over the wrong dim"))
 def sae_encode(sae, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos feature"]:
+    """Encode activations with a TopK SAE, by hand.
+
+    Args:
+        sae: a SAELens ``TopKSAE`` with ``W_enc [d_model, feature]``, ``b_enc [feature]``,
+            ``b_dec [d_model]`` and ``cfg.k``.
+        x: ``Float[Tensor, "batch pos d_model"]``, the activations the SAE reads.
+
+    Returns:
+        ``Float[Tensor, "batch pos feature"]``: the pre-activations ``(x - b_dec) @ W_enc + b_enc``;
+        at each (batch, position) the ``k`` largest across features are kept and passed through a
+        ReLU, every other feature is 0 (so at most ``k`` non-zero latents per position).
+
+    Example: with ``k = 6`` and 48 features, each ``[b, p]`` row holds at most 6 positive values.
+    """
     pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc  # [batch, pos, feature]
     top = pre.topk(sae.cfg.k, dim=-1)
     return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
@@ -97,6 +111,18 @@ def _check_decode(fn, solution):
           objective="Reconstruct activations from SAE latents with the decoder and its bias.",
           catches=("decoder bias forgotten", "the encoder's transpose used as the decoder"))
 def sae_decode(sae, latents: Float[Tensor, "batch pos feature"]) -> Float[Tensor, "batch pos d_model"]:
+    """Reconstruct activations from SAE latents.
+
+    Args:
+        sae: a SAELens SAE with ``W_dec [feature, d_model]`` and ``b_dec [d_model]``.
+        latents: ``Float[Tensor, "batch pos feature"]``.
+
+    Returns:
+        ``Float[Tensor, "batch pos d_model"]``: the reconstruction, latents through the decoder plus
+        the decoder bias.
+
+    Example: all-zero latents decode to ``b_dec`` at every position.
+    """
     return latents @ sae.W_dec + sae.b_dec
 
 
@@ -111,8 +137,9 @@ def _check_feature_attribution(fn, solution):
     for make, label in ((tiny, "tiny model"), (tiny_gqa, "grouped-query model")):
         model = make()
         sae = course_sae(model)
+        expected = solution(model, sae, clean, corrupted, metric)
         got = call(name, fn, model, sae, clean, corrupted, metric, case=label)
-        compare(name, got, solution(model, sae, clean, corrupted, metric), dims=("feature",),
+        compare(name, got, expected, dims=("feature",),
                 what="the first-order estimate of each feature's patch", case=label)
 
 
@@ -123,6 +150,23 @@ def _check_feature_attribution(fn, solution):
                    "gradient taken on the clean run"))
 def feature_attribution(model, sae, clean: Int[Tensor, "batch pos"],
                         corrupted: Int[Tensor, "batch pos"], metric) -> Float[Tensor, " feature"]:
+    """Attribution patching on SAE features: the estimated effect of patching each feature.
+
+    Args:
+        model: a ``HookedTransformer``.
+        sae: the SAE reading ``blocks.1.hook_resid_pre`` (``HOOK``), with ``encode`` and ``decode``.
+        clean, corrupted: ``Int[Tensor, "batch pos"]``, position 0 is BOS.
+        metric: a callable ``logits -> 0-d tensor``; raw.
+
+    Returns:
+        ``Float[Tensor, " feature"]``: on the corrupted run with the SAE spliced in at ``HOOK`` *with
+        its error term* (the model's output unchanged), the corrupted metric plus, for each feature,
+        the sum over batch and positions ``1 ..`` (BOS left out) of the metric's gradient with
+        respect to the feature's latent times ``clean latent - corrupted latent``. Raw.
+
+    Example: with 48 features: shape ``[48]``; features that do not differ between the runs score
+    the corrupted metric.
+    """
     clean_latents = sae.encode(sae_input(model, clean))
     store = {}
 
