@@ -242,6 +242,7 @@ NOT_RESULTS = {
     "Source": "a model source (models.registry)", "Role": "a registry entry", "Phenomenon": "a registry entry",
     "Lens": "a way of reading the residual stream (the logit lens has no state)",
     "View": "an interactive figure of a result (saved as an HTML page)",
+    "CaseLog": "a course checker's record of one check (shown as its message)",
 }
 
 PROTOCOL = ("to_frame", "plot", "_repr_html_", "save", "load")
