@@ -115,6 +115,9 @@ class View:
     kind: str
     data: dict[str, Any]
 
+    def __repr__(self) -> str:  # the data are in the HTML; a notebook's text shows just what it is
+        return f"View({self.kind!r})"
+
     @property
     def payload(self) -> str:
         text = json.dumps({"kind": self.kind, **self.data}, separators=(",", ":"), allow_nan=False)
