@@ -153,7 +153,8 @@ def _parameter_names(source: str) -> set[str]:
     return names
 
 
-def _inject(nb, params: dict[str, object]) -> None:
+def _inject(nb, params: dict[str, object]) -> int:
+    """Insert a cell setting ``params`` after the cell tagged 'parameters'; return its index."""
     import nbformat
 
     index = next(
@@ -173,6 +174,7 @@ def _inject(nb, params: dict[str, object]) -> None:
     )
     cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
     nb.cells.insert(index + 1, cell)
+    return index + 1
 
 
 RANDOM_INIT_SUFFIX = "-random-init"
@@ -255,9 +257,9 @@ def run_notebook(
     wants_findings = wants_findings and "FINDINGS_PATH" not in params
     if wants_findings:  # written by the notebook's last cell; removed again if the run fails
         injected["FINDINGS_PATH"] = str((report / findings_name).resolve())
-    _inject(nb, injected)
+    injected_at = _inject(nb, injected)
     if random_init:
-        nb.cells.insert(index + 2, _random_init_cell(model, random_seed))
+        nb.cells.insert(injected_at + 1, _random_init_cell(model, random_seed))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for stale in [report / f"{stem}.ipynb", report / f"{stem}.html", report / f"{stem}.FAILED.ipynb",

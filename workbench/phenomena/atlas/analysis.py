@@ -57,8 +57,9 @@ from typing import Callable, Literal, Sequence, get_args
 
 import pandas as pd
 import torch
+from torch import Tensor
 
-from workbench.core.components import HeadSet, overlap_table, random_head_sets
+from workbench.core.components import HeadSet, OverlapMeasure, overlap_table, random_head_sets
 from workbench.core.metrics import normalise
 from workbench.core.results import Result, render
 from workbench.phenomena import (
@@ -68,7 +69,7 @@ from workbench.phenomena import (
     needle_haystacks,
     temporal_facts,
 )
-from workbench.phenomena.answers import NothingCorrect
+from workbench.phenomena.answers import Criterion, NothingCorrect
 from workbench.phenomena.retrieval.dataset import Needle
 from workbench.techniques import heads as head_scores
 
@@ -115,7 +116,7 @@ def _path_effect(model, clean, corrupted, metric, **kw) -> Result:
     return path_effect(path_patch_heads(model, clean, corrupted, metric, progress=False, **kw))
 
 
-def _kept(model, ds, *, criterion: str, role: str):
+def _kept(model, ds, *, criterion: Criterion, role: str):
     """The items ``model`` answers correctly; none at all means the role is absent, not an error."""
     try:
         return keep_correct(model, ds, criterion=criterion, verbose=False)
@@ -174,14 +175,14 @@ def temporal_scores(model, *, k: int, seed: int = 0) -> dict[str, Result]:
 
 
 def arithmetic_scores(model, *, k: int, n: int = 60, seed: int = 0) -> dict[str, Result]:
-    main = dict(ops=("+",), digits=1, template="few_shot", n=n, seed=seed)
-    total = None
-    for corruption in ("operands", "operator"):
-        ds = _kept(model, arithmetic_problems(model, corruption=corruption, **main), criterion="argmax",
-                   role="arithmetic")
+    def effect(corruption: Literal["operands", "operator"]) -> Tensor:
+        problems = arithmetic_problems(model, corruption=corruption, ops=("+",), digits=1, template="few_shot",
+                                       n=n, seed=seed)
+        ds = _kept(model, problems, criterion="argmax", role="arithmetic")
         metric = normalise(model, ds.clean_tokens, ds.corrupted_tokens, ds.logit_diff())
-        effect = _path_effect(model, ds.clean_tokens, ds.corrupted_tokens, metric)
-        total = effect.values if total is None else total + effect.values
+        return _path_effect(model, ds.clean_tokens, ds.corrupted_tokens, metric).values
+
+    total = effect("operands") + effect("operator")
     return {"arithmetic": Result(total, ("layer", "head"), "direct effect (operands + operator)")}
 
 
@@ -261,7 +262,7 @@ class HeadAtlas:
                     rows[-1]["null_percentile"] = null_percentile(len(shared), null)
         return pd.DataFrame(rows)
 
-    def overlap_matrix(self, measure: str = "jaccard") -> pd.DataFrame:
+    def overlap_matrix(self, measure: OverlapMeasure = "jaccard") -> pd.DataFrame:
         """Square table of :func:`workbench.techniques.heads.overlap_table` over the roles."""
         return overlap_table(list(self.sets.values()), measure)
 
