@@ -11,7 +11,6 @@ import torch
 from hooks import assert_no_hooks
 
 from workbench.models import tiny_model, to_tokens
-from workbench.phenomena import temporal as T
 from workbench.phenomena.answers import answer_correct, first_answer_token, keep_correct
 from workbench.phenomena.temporal.dataset import facts_frame, load_facts, temporal_facts
 
