@@ -46,6 +46,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check workbench tests benchmarks scripts
+	$(BIN)/mypy
 	$(BIN)/python -m pytest tests --doctest-modules workbench $(PYTEST_ARGS)
 	$(BIN)/python -m pytest --nbval notebooks --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider $(PYTEST_ARGS)
 

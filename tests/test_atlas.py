@@ -89,7 +89,7 @@ def test_overlap_matrix_is_symmetric_for_jaccard():
 
 def test_save_writes_png_and_csvs_that_read_back(tmp_path):
     a = _atlas()
-    paths = a.save(tmp_path / "atlas")
+    paths = a.save_report(tmp_path / "atlas")
     assert [p.name for p in paths] == ["atlas.png", "atlas_heads.csv", "atlas_overlaps.csv"]
     assert paths[0].read_bytes()[:4] == b"\x89PNG"
     heads = pd.read_csv(paths[1])

@@ -212,7 +212,7 @@ def test_scorecard_json_stays_findings_json_and_loads(instances, tmp_path):
 
 
 def test_atlas_folder_save_is_unchanged_and_not_loadable(instances, tmp_path):
-    paths = instances[HeadAtlas].save(tmp_path / "atlas")
+    paths = instances[HeadAtlas].save_report(tmp_path / "atlas")
     assert [p.name for p in paths] == ["atlas.png", "atlas_heads.csv", "atlas_overlaps.csv"]
     with pytest.raises(ValueError, match="report folder"):
         HeadAtlas.load(tmp_path / "atlas")

@@ -134,7 +134,8 @@ def _parameter_names(source: str) -> set[str]:
     return names
 
 
-def _inject(nb, params: dict[str, object]) -> None:
+def _inject(nb, params: dict[str, object]) -> int:
+    """Insert a cell setting ``params`` after the cell tagged 'parameters'; return its index."""
     import nbformat
 
     index = next(
@@ -154,6 +155,7 @@ def _inject(nb, params: dict[str, object]) -> None:
     )
     cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
     nb.cells.insert(index + 1, cell)
+    return index + 1
 
 
 RANDOM_INIT_SUFFIX = "-random-init"
@@ -227,9 +229,9 @@ def _prepare(nb, model: str, params: dict[str, object], findings: Path, *, rando
     wants_findings = wants_findings and "FINDINGS_PATH" not in params
     if wants_findings:  # written by the notebook's last cell; removed again if the run fails
         injected["FINDINGS_PATH"] = str(findings.resolve())
-    _inject(nb, injected)
+    injected_at = _inject(nb, injected)
     if random_init:
-        nb.cells.insert(index + 2, _random_init_cell(model, random_seed))
+        nb.cells.insert(injected_at + 1, _random_init_cell(model, random_seed))
     return wants_findings
 
 
@@ -352,7 +354,7 @@ def run_atlas(
     model = models.load_model(model_name, device=device, dtype=dtype)
     start = time.perf_counter()
     result = atlas.head_atlas(model, k=k, model_name=model.cfg.model_name)
-    paths = result.save(out_root / report_name(model_name) / "atlas")
+    paths = result.save_report(out_root / report_name(model_name) / "atlas")
     print(f"== head atlas of {model_name}: {time.perf_counter() - start:.0f} s -> {paths[0].parent}")
     import pandas as pd
 

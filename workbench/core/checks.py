@@ -161,7 +161,8 @@ def head_pair(x, *, name: str = "head") -> tuple[int, int]:
     ):
         pair = (int(x[0]), int(x[1]))
     elif isinstance(x, Tensor) and x.numel() == 2 and x.dtype in _INT_DTYPES:
-        pair = tuple(int(i) for i in x.flatten().tolist())
+        layer, head = (int(i) for i in x.flatten().tolist())
+        pair = (layer, head)
     else:
         raise TypeError(f"{name} must be a pair (layer, head) of ints or a label like 'L3H2', got {x!r}.")
     if pair[0] < 0 or pair[1] < 0:

@@ -44,6 +44,8 @@ __all__ = [
 ]
 
 Head = tuple[int, int]
+#: What names a head: ``(layer, head)`` (a tuple, list or 2-element int tensor) or a label ``"L3H2"``.
+HeadLike = Head | Sequence[int] | str | Tensor
 
 
 def top_k_heads(scores: Tensor, k: int, *, decimals: int | None = None) -> list[Head]:
@@ -118,6 +120,7 @@ def random_head_sets(
         return [sorted(candidates[i] for i in torch.randperm(len(candidates), generator=gen)[:k].tolist())
                 for _ in range(n_draws)]
 
+    assert like is not None  # exactly one of k and like, checked above
     per_layer: dict[int, int] = {}
     for layer, h in like:
         if not (0 <= layer < n_layers and 0 <= h < n_heads):
@@ -181,17 +184,18 @@ class HeadSet(Persistent):
     ([(1, 2)], 0.3333333333333333, 0.5)
     """
 
-    heads: frozenset
+    heads: frozenset[Head]
     name: str = ""
 
-    def __post_init__(self) -> None:
-        if isinstance(self.heads, (str, bytes)) or not isinstance(self.heads, Iterable):
-            raise TypeError(f"HeadSet takes an iterable of (layer, head) pairs, got {self.heads!r}.")
-        heads = frozenset(checks.head_pair(x) for x in self.heads)
-        bad = [x for x in heads if x[0] < 0 or x[1] < 0]
+    def __init__(self, heads: Iterable[HeadLike], name: str = "") -> None:
+        if isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
+            raise TypeError(f"HeadSet takes an iterable of (layer, head) pairs, got {heads!r}.")
+        pairs = frozenset(checks.head_pair(x) for x in heads)
+        bad = [x for x in pairs if x[0] < 0 or x[1] < 0]
         if bad:
             raise ValueError(f"Layer and head indices must be >= 0, got {sorted(bad)}.")
-        object.__setattr__(self, "heads", heads)
+        object.__setattr__(self, "heads", pairs)
+        object.__setattr__(self, "name", name)
 
     # ---- container
     def __len__(self) -> int:

@@ -68,7 +68,7 @@ def _positions(pos, batch: int) -> Tensor:
     return p.expand(batch).clone() if p.ndim == 0 else p
 
 
-def metric_name(metric) -> str:
+def metric_name(metric: object) -> str:
     """A short name for a metric: its own repr if it has one, else its function or class name."""
     if type(metric).__repr__ is not object.__repr__:
         return repr(metric)
@@ -179,7 +179,10 @@ class Normalised:
         return (value - self.corrupted_value) / (self.clean_value - self.corrupted_value)
 
     def from_readout(self, x: Tensor) -> Tensor:
-        return self._scale(self.metric.from_readout(x))
+        metric = self.metric
+        if not hasattr(metric, "from_readout"):
+            raise AttributeError(f"{metric_name(metric)} has no from_readout: it cannot finish from a readout.")
+        return self._scale(metric.from_readout(x))
 
     def __call__(self, logits: Tensor) -> Tensor:
         return self._scale(self.metric(logits))

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import html
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -185,6 +185,10 @@ class Persistent:
 
     Subclasses are registered by class name, so they can be saved and nested in other results.
     """
+
+    if TYPE_CHECKING:  # each result type writes its own (tests/test_result_protocol.py checks)
+
+        def to_frame(self) -> pd.DataFrame: ...
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -87,11 +87,12 @@ class Result(Persistent):
     values: Tensor
     dims: tuple[str, ...]
     metric: str = "value"
-    labels: dict[str, Sequence[Any]] = field(default_factory=dict)
+    labels: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.labels = dict(self.labels)  # never change the caller's dicts
+        labels: dict[str, Sequence[Any]] = dict(self.labels)  # never change the caller's dicts
+        self.labels = labels
         self.meta = dict(self.meta)
         if not isinstance(self.values, Tensor):
             self.values = torch.as_tensor(self.values)
@@ -107,13 +108,13 @@ class Result(Persistent):
             raise ValueError(f"Unknown axis name(s) {unknown}; use one of {sorted(AXES)}.")
         if len(set(self.dims)) != len(self.dims):
             raise ValueError(f"Axis names must be distinct, got {self.dims}.")
-        for axis, labels in self.labels.items():
+        for axis, axis_labels in labels.items():
             if axis not in self.dims:
                 raise ValueError(f"Labels given for axis {axis!r}, which is not in {self.dims}.")
             size = self.values.shape[self.dims.index(axis)]
-            if len(labels) != size:
-                raise ValueError(f"{len(labels)} labels for axis {axis!r} of size {size}.")
-            self.labels[axis] = list(labels)
+            if len(axis_labels) != size:
+                raise ValueError(f"{len(axis_labels)} labels for axis {axis!r} of size {size}.")
+            labels[axis] = list(axis_labels)
 
     # ------------------------------------------------------------------ views
     @property
@@ -137,7 +138,7 @@ class Result(Persistent):
             and bool((self.values.isnan() == other.values.isnan()).all())
         )
 
-    __hash__ = None  # mutable, compared by value
+    # No __hash__: a class that defines __eq__ alone is unhashable (mutable, compared by value).
 
     def _repr_html_(self) -> str:
         """The notebook view: what the numbers are, then a table (a grid for 2-d results)."""
@@ -183,10 +184,10 @@ class Result(Persistent):
         >>> r.sel(head="L1H2").values.item(), r.sel(layer=0).shape
         (5.0, (3,))
         """
-        index = self._resolve_labels(index)
+        resolved = self._resolve_labels(index)
         values, dims = self.values, list(self.dims)
         labels = dict(self.labels)
-        for axis, i in index.items():
+        for axis, i in resolved.items():
             if axis not in dims:
                 raise ValueError(f"No axis {axis!r} in {tuple(dims)}.")
             j = dims.index(axis)

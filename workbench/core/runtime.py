@@ -151,4 +151,6 @@ def cache_prefix(cache, *, end: int, times: int = 1, from_layer: int = 0):
     ]
     batch = cache.entries[from_layer].past_keys.shape[0]
     mask = torch.ones(times * batch, end, dtype=torch.long, device=cache.entries[from_layer].past_keys.device)
-    return TransformerLensKeyValueCache(entries, mask, frozen=True)
+    # The entries of layers before from_layer stay None: a run from there never reads them, but
+    # TransformerLens types the list as holding entries only.
+    return TransformerLensKeyValueCache(entries, mask, frozen=True)  # type: ignore[arg-type]

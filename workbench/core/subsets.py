@@ -51,7 +51,7 @@ def subset_items(obj: T, index: Sequence[int] | Tensor) -> T:
     """
     if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
         raise TypeError(f"subset_items needs a dataclass instance, got {type(obj).__name__}.")
-    n = len(obj)
+    n = len(obj)  # type: ignore[arg-type]  # every dataset class defines __len__ (checked by the caller's tests)
     idx = torch.as_tensor(index, dtype=torch.long).reshape(-1)
     pick = idx.tolist()
     values = {}

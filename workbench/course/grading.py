@@ -232,7 +232,7 @@ def grade_folder(folder: Path, *, time_limit: float = 300, out: Path | None = No
                          "points": float(row["points"]), "message": row["message"]})
     frame = pd.DataFrame(long, columns=["student", "exercise", "points", "message"])
     order = {n: e.order for n, e in registry().items()}
-    exercises = sorted(frame.exercise.unique(), key=order.get)
+    exercises = sorted(frame.exercise.unique(), key=lambda name: order.get(name, 0))
     wide = (frame.pivot_table(index="student", columns="exercise", values="points", aggfunc="first")
             .reindex(index=sorted(statuses), columns=exercises).fillna(0.0))
     wide["total"] = wide.sum(axis=1).round(3)

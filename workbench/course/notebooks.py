@@ -77,6 +77,7 @@ def stub_source(source: str) -> tuple[str, list[str]]:
         indent = " " * body[0].col_offset
         pieces.append("\n".join(lines[last:keep_until]))
         pieces.append(f"{indent}raise NotImplementedError({stub_message(node.name)!r})")
+        assert node.end_lineno is not None  # ast.parse sets every position
         last = node.end_lineno
         found.append(node.name)
     pieces.append("\n".join(lines[last:]))

@@ -10,6 +10,7 @@ trained toy model (``workbench.models.toy``).
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -176,7 +177,7 @@ def year_patch_head(model, ds, head: tuple[int, int]) -> float:
 # 21-22. The toy model's operand movers
 
 
-def toy_case(n: int = 32, corrupt: str = "a"):
+def toy_case(n: int = 32, corrupt: Literal["a", "b", "both"] = "a"):
     from workbench.models.toy import toy_problems
 
     model = toy()

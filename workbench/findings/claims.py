@@ -123,9 +123,9 @@ class Finding(Persistent):
         """The inverse of :meth:`to_dict` (``None`` values read back as NaN). The claim's ``partial``
         and ``null_level`` are not in the dict: they come back as their defaults."""
         claim = Claim(d["name"], d["claim"], d["paper"], d["statistic"], d["threshold"], d["direction"], null=d["null"])
-        nan = float("nan")
-        return cls(claim, *(nan if d[k] is None else d[k] for k in ("value", "ci_low", "ci_high")),
-                   d["null_percentile"], d["n_null"], d["n_select"], d["n_eval"], d["verdict"], d.get("note", ""))
+        value, low, high = (float("nan") if d[k] is None else float(d[k]) for k in ("value", "ci_low", "ci_high"))
+        return cls(claim, value, low, high, d["null_percentile"], d["n_null"], d["n_select"], d["n_eval"],
+                   d["verdict"], d.get("note", ""))
 
     def to_frame(self) -> pd.DataFrame:
         """One row: the claim and its measurement (the columns of ``findings.json``)."""

@@ -207,16 +207,18 @@ def load_hf_folder(folder: str | Path):
     file, or weights that do not fit the config (missing, unexpected or mis-shaped tensors:
     Hugging Face would otherwise fill missing ones with random values and only warn).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
     folder = Path(folder).expanduser().resolve()
     check_checkpoint(folder)
     try:
         with _quiet_hf():
             tokenizer = AutoTokenizer.from_pretrained(folder)
-            hf, info = AutoModelForCausalLM.from_pretrained(
+            # output_loading_info=True returns (model, info); transformers types the return as the model alone
+            loaded: tuple[PreTrainedModel, dict[str, list[str]]] = AutoModelForCausalLM.from_pretrained(  # type: ignore[assignment]
                 folder, dtype=torch.float32, attn_implementation="eager", output_loading_info=True
             )
+            hf, info = loaded
     except (RuntimeError, ValueError, OSError, KeyError) as e:
         raise _load_error(folder, "load this checkpoint", e, more=True,
                           hint="If the config and the weights disagree (sizes, layer count), they "

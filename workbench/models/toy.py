@@ -159,7 +159,8 @@ def build_toy_model(config: ToyConfig = ToyConfig()):
         model_name=f"toy-modadd-p{config.p}",
     )
     model = HookedTransformer(cfg, move_to_device=False)
-    model.toy_config = config
+    # torch types Module.__setattr__ for tensors and modules only; any value may be set
+    model.toy_config = config  # type: ignore[assignment]
     return model
 
 

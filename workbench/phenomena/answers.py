@@ -107,7 +107,7 @@ def _judge(model, ds, *, batch_size: int = 64, progress: bool = False) -> dict[s
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     candidates = getattr(ds, "candidate_ids", None) or None
-    out = {k: [] for k in ("logit_diff", "argmax", "candidates", "both", "diff")}
+    out: dict[str, list[Tensor]] = {k: [] for k in ("logit_diff", "argmax", "candidates", "both", "diff")}
     starts = range(0, len(ds.answer_ids), batch_size)
     for s in tqdm(starts, disable=not progress, desc="checking answers"):
         sl = slice(s, s + batch_size)

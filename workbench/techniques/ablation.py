@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Literal, Mapping, Sequence, get_args
+from typing import Callable, Iterable, Literal, Mapping, Sequence, get_args
 
 import pandas as pd
 import torch
@@ -102,7 +102,7 @@ class _Ablator:
             )
         self.ablation, self.seed = ablation, seed
         self.template_ids = None if template_ids is None else _as_ids(template_ids, "template_ids")
-        self.seq = None
+        self.seq: int | None = None
         self._rows: dict[int, Tensor] = {}
         self.stats: dict[str, Tensor] = {}
         if ablation == "zero":
@@ -114,7 +114,7 @@ class _Ablator:
             )
         self.n_ref, self.seq = reference.shape
         ref_ids = reference_template_ids if reference_template_ids is not None else template_ids
-        self.ref_ids = None
+        self.ref_ids: Tensor | None = None
         if ref_ids is not None:
             self.ref_ids = _as_ids(ref_ids, "reference_template_ids")
             if len(self.ref_ids) != self.n_ref:
@@ -143,13 +143,14 @@ class _Ablator:
                 self.stats[name] = acts
 
     def _input_ids(self, batch: int) -> Tensor:
-        ids = self.template_ids
+        ids, ref_ids = self.template_ids, self.ref_ids
+        assert ids is not None and ref_ids is not None  # called only when template ids were given
         if len(ids) != batch:
             raise ValueError(
                 f"template_ids has {len(ids)} entries but the ablated batch has {batch} prompts; "
                 "give one template id per prompt."
             )
-        missing = sorted(set(ids.tolist()) - set(self.ref_ids.tolist()))
+        missing = sorted(set(ids.tolist()) - set(ref_ids.tolist()))
         if missing:
             raise ValueError(f"Templates {missing} have no prompt in the reference batch.")
         return ids
@@ -188,8 +189,8 @@ class _Ablator:
         rows = torch.searchsorted(self.templates, self._input_ids(batch))
         return stats[rows]
 
-    def hooks(self, ablated: Circuit) -> list[tuple[str, object]]:
-        hooks = []
+    def hooks(self, ablated: Circuit) -> list[tuple[str, Callable[..., Tensor]]]:
+        hooks: list[tuple[str, Callable[..., Tensor]]] = []
         by_layer: dict[int, list[int]] = {}
         for layer, h in sorted(ablated.heads):
             by_layer.setdefault(layer, []).append(h)

@@ -122,9 +122,14 @@ def _grad_times_delta(model, clean_tokens, corrupted_tokens, metric, sites) -> t
     return out, (clean_value, value.item())
 
 
-def _stack(per_name: dict, site: str, n_layers: int) -> Tensor | None:
+def _stack(per_name: dict[str, Tensor], site: str, n_layers: int) -> Tensor | None:
     rows = [per_name.get(f"blocks.{L}.{_HOOKS[site]}") for L in range(n_layers)]
-    return None if rows[0] is None else torch.stack(rows).sum(1)  # sum over the batch
+    if rows[0] is None:
+        return None
+    present = [r for r in rows if r is not None]
+    if len(present) != n_layers:
+        raise ValueError(f"Site {site!r} runs in only {len(present)} of {n_layers} layers.")
+    return torch.stack(present).sum(1)  # sum over the batch
 
 
 @torch.no_grad()
@@ -183,17 +188,23 @@ def attribute(
 def attribute_heads(model, clean_tokens, corrupted_tokens, metric, *, by_pos: bool = False) -> Result:
     """Attribution patching of head outputs: ``(layer, head)``, or ``(layer, pos, head)`` by position."""
     a = attribute(model, clean_tokens, corrupted_tokens, metric, sites=("z",))
-    return a.heads_by_pos if by_pos else a.heads
+    out = a.heads_by_pos if by_pos else a.heads
+    assert out is not None  # the site asked for is filled
+    return out
 
 
 def attribute_resid(model, clean_tokens, corrupted_tokens, metric) -> Result:
     """Attribution patching of the residual stream before each block: ``(layer, pos)``."""
-    return attribute(model, clean_tokens, corrupted_tokens, metric, sites=("resid_pre",)).resid
+    out = attribute(model, clean_tokens, corrupted_tokens, metric, sites=("resid_pre",)).resid
+    assert out is not None  # the site asked for is filled
+    return out
 
 
 def attribute_attn_out(model, clean_tokens, corrupted_tokens, metric) -> Result:
     """Attribution patching of each attention layer's output: ``(layer, pos)``."""
-    return attribute(model, clean_tokens, corrupted_tokens, metric, sites=("attn_out",)).attn_out
+    out = attribute(model, clean_tokens, corrupted_tokens, metric, sites=("attn_out",)).attn_out
+    assert out is not None  # the site asked for is filled
+    return out
 
 
 def attribute_mlp_out(model, clean_tokens, corrupted_tokens, metric) -> Result:

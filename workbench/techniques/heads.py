@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -112,8 +112,7 @@ def _ordinary_token_ids(model) -> Tensor:
         keep[models.bos_id(model)] = False
     else:
         special = set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", {}) or {})
-        special = [i for i in special if 0 <= i < d_vocab]
-        keep[special] = False
+        keep[[i for i in special if 0 <= i < d_vocab]] = False
         keep[len(tok):] = False  # padded vocabulary rows with no token
     return keep.nonzero().squeeze(-1)
 
@@ -498,13 +497,15 @@ def retrieval_hits(model, haystack) -> tuple[Int[Tensor, "layer head"], bool]:
         same = full[0, top] == answer[None, :]
         hits[hook.layer()] = (inside & same).sum(-1)
 
-    kept = {}
+    kept: dict[str, Tensor] = {}
 
     def keep_answer_rows(resid: Tensor, hook) -> None:  # final residual stream at the answer queries
         kept["x"] = resid[:, queries - offset].detach()
 
     last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-    hooks = [(_pattern_name(layer), count_hits) for layer in range(model.cfg.n_layers)]
+    hooks: list[tuple[str, Callable[[Tensor, Any], None]]] = [
+        (_pattern_name(layer), count_hits) for layer in range(model.cfg.n_layers)
+    ]
     hooks.append((last, keep_answer_rows))
     with torch.no_grad():
         if runtime.supports_fast_path(model) and n - 1 > runtime.PREFILL_CHUNK:

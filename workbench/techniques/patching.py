@@ -54,7 +54,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.core import checks
-from workbench.core.metrics import Metric, check_scalar, metric_name
+from workbench.core.metrics import Metric, Readout, check_scalar, metric_name
 from workbench.core.results import Result
 from workbench.core.runtime import cache_prefix, readout_logits, resid_to_logits, supports_fast_path
 from workbench.models.tokens import position_labels
@@ -163,6 +163,7 @@ class _Plan:
         if pos is not None:
             sel[self.spec.pos_axis] = pos
         if head is not None:
+            assert self.spec.head_axis is not None  # a head index only at a head site
             sel[self.spec.head_axis] = head
         return tuple(sel)
 
@@ -199,12 +200,12 @@ def _make_plan(model, site, by_pos, layers, heads, positions, seq) -> _Plan:
     return plan
 
 
-def _head_labels(model, plan: _Plan) -> tuple[str, list]:
-    n_q, n_site = model.cfg.n_heads, n_heads_at(model, plan.site)
+def _head_labels(model, site: str, heads: list[int]) -> tuple[str, list]:
+    n_q, n_site = model.cfg.n_heads, n_heads_at(model, site)
     if n_site == n_q:
-        return "head", list(plan.heads)
+        return "head", list(heads)
     g = n_q // n_site  # TransformerLens repeats KV head j for query heads j*g .. j*g+g-1
-    return "kv_head", [f"kv{j}:q{j * g}-q{j * g + g - 1}" for j in plan.heads]
+    return "kv_head", [f"kv{j}:q{j * g}-q{j * g + g - 1}" for j in heads]
 
 
 def _result(model, plan: _Plan, values: Tensor, metric, clean_tokens, baselines, method) -> Result:
@@ -217,7 +218,7 @@ def _result(model, plan: _Plan, values: Tensor, metric, clean_tokens, baselines,
                 clean=baselines[0], corrupted=baselines[1],
                 direction="clean activation patched into the corrupted run")
     if plan.heads is not None:
-        head_dim, labels_h = _head_labels(model, plan)
+        head_dim, labels_h = _head_labels(model, plan.site, plan.heads)
         dims.append(head_dim)
         labels[head_dim] = labels_h
         if head_dim == "kv_head":
@@ -259,7 +260,7 @@ class _Context:
     corrupted_resid: dict[int, Tensor]  # layer -> resid_pre [batch, pos, d_model]
     corrupted_final: Tensor | None  # final residual [batch, pos, d_model]
     kv: object | None  # the corrupted run's key/value cache (fast path)
-    readout: object | None
+    readout: Readout | None  # set on the fast path only
     max_start: int  # a pass starts no later than this (the earliest position the metric reads)
 
 
@@ -333,9 +334,11 @@ def _run_chunk(model, ctx: _Context, plan: _Plan, layer: int, metric, mask: Tens
             kv = cache_prefix(ctx.kv, end=start, times=k, from_layer=layer) if start > 0 else None
             final = model(resid, start_at_layer=layer, stop_at_layer=n, past_kv_cache=kv)
     if ctx.readout is not None:
+        assert final is not None  # a readout is set on the fast path only
         rows = final.unflatten(0, (k, ctx.batch))[:, torch.arange(ctx.batch), ctx.readout.pos - start]
         return _from_readout(metric, readout_logits(model, rows, ctx.readout.tokens), k)
     if final is not None:
+        assert ctx.corrupted_final is not None  # kept on the fast path
         prefix = ctx.corrupted_final[:, :start].repeat(k, 1, 1)
         logits = resid_to_logits(model, torch.cat([prefix, final], dim=1))
     return torch.stack([check_scalar(metric(x)) for x in logits.split(ctx.batch)])
@@ -352,7 +355,9 @@ def _chunks(indices, todo: list[int], batch_size: int, seq: int, max_start: int)
     if not todo:
         return []
     order = sorted(todo, key=lambda i: -1 if indices[i][0] is None else indices[i][0])
-    out, rows, start = [], [], 0
+    out: list[tuple[Tensor, int]] = []
+    rows: list[int] = []
+    start = 0
     for i in order:
         pos = indices[i][0]
         s = 0 if pos is None else min(pos, max_start)
@@ -477,7 +482,7 @@ def patch_heads(model, clean_tokens, corrupted_tokens, metric, *, by_pos: bool =
                  heads=heads, positions=positions, batch_size=batch_size, progress=progress)
 
 
-def _layer_pos_variant(site: str, what: str):
+def _layer_pos_variant(site: Site, what: str):
     def variant(model, clean_tokens, corrupted_tokens, metric, *, layers=None, positions=None,
                 batch_size: int = 64, progress: bool = False) -> Result:
         return patch(model, clean_tokens, corrupted_tokens, metric, site=site, layers=layers,

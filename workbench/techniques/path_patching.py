@@ -220,7 +220,7 @@ def _frozen_hooks(model, cache: _Cache, sets: Sequence[Circuit], layers: range, 
 
         hooks.append((f"blocks.{L}.attn.hook_z", freeze_z))
         mlp_mask = torch.tensor([L in s.mlps for s in sets])
-        if cache.mlp_clean is not None and (freeze_mlps or mlp_mask.any()):
+        if cache.mlp_clean is not None and cache.mlp_corr is not None and (freeze_mlps or mlp_mask.any()):
             corr_m, clean_m = cache.mlp_corr[L], cache.mlp_clean[L]
 
             def freeze_mlp(out, hook, mlp_mask=mlp_mask, corr=corr_m, clean=clean_m):
@@ -268,6 +268,7 @@ def _direct_final(model, cache: _Cache, sets: Sequence[Circuit]) -> Float[Tensor
                 dz = cache.z_corr[layer][:, :, hs] - clean[:, :, hs]
                 final += torch.einsum("bphd,hdm->bpm", dz, model.blocks[layer].attn.W_O[hs])
         for layer in s.mlps:
+            assert cache.mlp_corr is not None and cache.mlp_clean is not None  # MLP senders need MLPs (_parse_senders)
             final += cache.mlp_corr[layer] - cache.mlp_clean[layer]
         out.append(final)
     return torch.cat(out)

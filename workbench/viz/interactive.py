@@ -144,7 +144,9 @@ class View:
         return self.to_html()
 
     def save(self, path: str | Path, *, title: str = "workbench view") -> Path:
-        return page([self], path, title=title)
+        written = page([self], path, title=title)
+        assert isinstance(written, Path)  # a page written to a path returns the path
+        return written
 
     @property
     def size(self) -> int:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.patches import Patch, Rectangle
 
 if TYPE_CHECKING:
     from workbench.core.results import Result
@@ -32,6 +33,12 @@ __all__ = [
 
 # Diverging colour map centred on zero: patching and attribution values have a sign.
 DIVERGING = "RdBu_r"
+
+
+class _HeadStripe(Rectangle):
+    """A stripe of the :func:`head_sets` grid; ``_head`` is the head ``(layer, head)`` it shows."""
+
+    _head: tuple[int, int]
 
 
 def _axis_ticks(result: "Result", axis: str) -> list[str] | None:
@@ -359,8 +366,6 @@ def head_sets(
     the smallest grid that holds every head. Each stripe is a ``Rectangle`` whose ``_head`` is
     ``(layer, head)``, so tests can count them.
     """
-    from matplotlib.patches import Patch, Rectangle
-
     sets = list(sets)
     if not sets:
         raise ValueError("head_sets needs at least one HeadSet.")
@@ -384,7 +389,7 @@ def head_sets(
         width = 1.0 / len(members)
         layer, h = head
         for j, i in enumerate(members):
-            patch = Rectangle((h - 0.5 + j * width, layer - 0.5), width, 1.0, color=colors[i], lw=0)
+            patch = _HeadStripe((h - 0.5 + j * width, layer - 0.5), width, 1.0, color=colors[i], lw=0)
             patch._head = head
             ax.add_patch(patch)
     ax.set_xlim(-0.5, n_heads - 0.5)

@@ -7,6 +7,9 @@ its ``catches``, function).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from workbench.course import lens
@@ -30,7 +33,7 @@ def resid_post_instead(model, tokens, layer):
 
 
 def resid_hook_left(model, tokens, layer):
-    stored = {}
+    stored: dict[str, object] = {}
     model.add_hook(f"blocks.{layer}.hook_resid_pre", lambda a, hook: stored.update(r=a.clone()))
     model(tokens)
     return stored["r"]
@@ -299,7 +302,7 @@ def attribution_no_baseline(model, clean, corrupted, metric):
     return _attribution(model, clean, corrupted, metric, baseline=False)
 
 
-WRONG = [
+WRONG: list[tuple[str, str, Callable[..., Any]]] = [
     ("tokens_with_bos", "missing BOS", tokens_missing_bos),
     ("tokens_with_bos", "doubled BOS", tokens_doubled_bos),
     ("tokens_with_bos", "1-d tensor instead of [1, pos]", tokens_1d),

@@ -7,6 +7,9 @@ its ``catches``, function).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from workbench.course import paths
@@ -346,7 +349,7 @@ def feature_grad_on_clean(model, sae, clean, corrupted, metric):
     return _feature_attr(model, sae, clean, corrupted, metric, at="clean")
 
 
-WRONG = [
+WRONG: list[tuple[str, str, Callable[..., Any]]] = [
     ("path_patch_logits", "nothing frozen (plain activation patching)", path_logits_unfrozen),
     ("path_patch_logits", "clean and corrupted swapped", path_logits_swapped),
     ("path_patch_logits", "MLPs left unfrozen", path_logits_mlps_unfrozen),

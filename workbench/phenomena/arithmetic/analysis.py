@@ -187,16 +187,20 @@ def top_vs_random(
     ks = [int(k) for k in ks]
     if not ks or n_draws < 1:
         raise ValueError(f"Give at least one k and n_draws >= 1, got ks={ks}, n_draws={n_draws}.")
-    kw = dict(ablation=ablation, reference=reference, batch_size=batch_size)
-    base = answer_accuracy(model, ds, **kw)
+
+    def accuracy(heads: Sequence[Head] = ()) -> float:
+        return answer_accuracy(model, ds, heads=heads, ablation=ablation, reference=reference,
+                               batch_size=batch_size)
+
+    base = accuracy()
     top, draws, heads, sets = [], torch.zeros(len(ks), n_draws), {}, {}
     for i, k in enumerate(tqdm(ks, disable=not progress, desc="top vs random")):
         heads[k] = top_heads(scores, k)
-        top.append(answer_accuracy(model, ds, heads=heads[k], **kw))
+        top.append(accuracy(heads[k]))
         sets[k] = [random_heads(model, k, seed=seed * 10**6 + k * 1000 + j, exclude=heads[k])
                    for j in range(n_draws)]
         for j, chosen in enumerate(sets[k]):
-            draws[i, j] = answer_accuracy(model, ds, heads=chosen, **kw)
+            draws[i, j] = accuracy(chosen)
     meta = dict(ablation=ablation, n_draws=n_draws, seed=seed, base=base)
     labels = {"k": ks}
     return TopVsRandom(

@@ -304,16 +304,16 @@ def _assemble(model, rows, template, digits, corruption, seed) -> ArithmeticProb
         )
     clean_tokens = to_tokens(model, prompts)
     corrupted_tokens = to_tokens(model, corrupted)
-    pos = {k: [] for k in ("A_START", "A", "OP", "B_START", "B")}
+    found: dict[str, list[int]] = {k: [] for k in ("A_START", "A", "OP", "B_START", "B")}
     for r in rows:
         for key in ("A", "OP", "B"):
             first, last = token_span(model, r["prompt"], *r["spans"][key])
             if key == "OP":
-                pos["OP"].append(last)
+                found["OP"].append(last)
             else:
-                pos[f"{key}_START"].append(first)
-                pos[key].append(last)
-    pos = {k: torch.tensor(v) for k, v in pos.items()}
+                found[f"{key}_START"].append(first)
+                found[key].append(last)
+    pos = {k: torch.tensor(v) for k, v in found.items()}
     pos["END"] = torch.full((len(rows),), clean_tokens.shape[1] - 1)
     cf = [r[corruption] for r in rows]
     return ArithmeticProblems(

@@ -45,7 +45,7 @@ Usage::
 
     atlas = head_atlas(model)                  # a few minutes on a 2-core CPU
     atlas.plot(); atlas.to_frame(); atlas.overlaps()
-    atlas.save("reports/smollm2-135m/atlas")   # atlas.png, atlas_heads.csv, atlas_overlaps.csv
+    atlas.save_report("reports/smollm2-135m/atlas")   # atlas.png, atlas_heads.csv, atlas_overlaps.csv
 
 or ``workbench atlas --model gemma-3-270m`` from a shell.
 """
@@ -63,12 +63,13 @@ import torch
 
 from workbench.core.components import (
     HeadSet,
+    OverlapMeasure,
     overlap_table,
     random_head_sets,
     top_k_heads,
     top_positive,
 )
-from workbench.core.persist import Persistent, load_state, save_state
+from workbench.core.persist import Persistent, load_state
 from workbench.core.results import Result, render
 from workbench.findings import null_percentile
 from workbench.phenomena import registry
@@ -145,7 +146,7 @@ class HeadAtlas(Persistent):
                     rows[-1]["null_percentile"] = null_percentile(len(shared), null)
         return pd.DataFrame(rows)
 
-    def overlap_matrix(self, measure: str = "jaccard") -> pd.DataFrame:
+    def overlap_matrix(self, measure: OverlapMeasure = "jaccard") -> pd.DataFrame:
         """Square table of :func:`workbench.techniques.heads.overlap_table` over the roles."""
         return overlap_table(list(self.sets.values()), measure)
 
@@ -158,17 +159,15 @@ class HeadAtlas(Persistent):
         colours = [colour.get(str(s.name), "C9") for s in sets]
         return render("head_sets", sets, shape=self.shape, title=title, colors=colours)
 
-    def save(self, folder: str | Path) -> list[Path]:
-        """Write ``atlas.png``, ``atlas_heads.csv`` and ``atlas_overlaps.csv`` into ``folder``
-        (a ``.pt`` path instead: the whole atlas in one result file, which :meth:`load` reads).
+    def save_report(self, folder: str | Path) -> list[Path]:
+        """Write ``atlas.png``, ``atlas_heads.csv`` and ``atlas_overlaps.csv`` into ``folder`` (the
+        report; :meth:`save` writes the whole atlas to one file that :meth:`load` reads).
 
         Files are written under temporary names and renamed at the end, so a folder never holds
         a mix of an old and a new atlas.
         """
         import matplotlib.pyplot as plt
 
-        if Path(folder).suffix == ".pt":
-            return [save_state(self, folder)]
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         final = [folder / "atlas.png", folder / "atlas_heads.csv", folder / "atlas_overlaps.csv"]
@@ -186,7 +185,7 @@ class HeadAtlas(Persistent):
     def load(cls, path: str | Path) -> "HeadAtlas":
         """Read an atlas saved to a ``.pt`` file (a report folder's csv files hold too little)."""
         if Path(path).is_dir():
-            raise ValueError(f"{path} is a report folder; an atlas loads from the .pt file save('atlas.pt') writes.")
+            raise ValueError(f"{path} is a report folder (save_report); an atlas loads from the file save() writes.")
         return load_state(cls, path)
 
 

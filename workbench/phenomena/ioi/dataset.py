@@ -200,7 +200,7 @@ def ioi_dataset(
 
     prompts = [r[4] for r in rows]
     lengths = {len(model.tokenizer.encode(p, add_special_tokens=False)) for p in prompts}
-    padding = "right" if len(lengths) > 1 else "error"
+    padding: Literal["error", "right"] = "right" if len(lengths) > 1 else "error"
     clean_tokens = to_tokens(model, prompts, padding=padding)
     corrupted_tokens = to_tokens(model, [r[5] for r in rows], padding=padding)
     abc_tokens = to_tokens(model, [r[6] for r in rows], padding=padding)
@@ -210,7 +210,7 @@ def ioi_dataset(
     tok = model.tokenizer
     io_ids = torch.tensor([tok.encode(" " + r[2], add_special_tokens=False)[0] for r in rows])
     s_ids = torch.tensor([tok.encode(" " + r[3], add_special_tokens=False)[0] for r in rows])
-    found = [_positions(clean_tokens[i], io_ids[i].item(), s_ids[i].item()) for i in range(n)]
+    found = [_positions(clean_tokens[i], int(io_ids[i]), int(s_ids[i])) for i in range(n)]
     pos = {k: torch.tensor([f[k] for f in found]) for k in ("IO", "S1", "S1+1", "S2")}
     pos["END"] = torch.tensor(
         [len(tok.encode(p, add_special_tokens=False)) for p in prompts]

@@ -359,7 +359,7 @@ def _check_masking(model, haystacks, scores: Result, ks, n_draws, threshold, mea
         raise ValueError(f"n_draws must be an int >= 1, got {n_draws!r}.")
     if not isinstance(threshold, (int, float)) or math.isnan(threshold):
         raise TypeError(f"threshold must be a number, got {threshold!r}.")
-    return haystacks, _check_ks(ks, model.cfg.n_layers * model.cfg.n_heads)
+    return list(haystacks), list(_check_ks(ks, model.cfg.n_layers * model.cfg.n_heads))
 
 
 def _head_orders(scores: Result, k_max: int, threshold: float, n_draws: int, seed: int):
@@ -444,7 +444,7 @@ def masking_experiment(
     conditions = [("top", k, top_order[:k]) for k in ks if k] + [
         (d, k, orders[d][:k]) for d in range(n_draws) for k in ks if k
     ]
-    baseline, accuracy = _masked_accuracies(model, haystacks, conditions, measure, batch_size, progress)
+    baseline, accuracy = _masked_accuracies(model, list(haystacks), conditions, measure, batch_size, progress)
 
     def acc(name, k):
         return baseline if k == 0 else accuracy[name, k]
@@ -454,7 +454,7 @@ def masking_experiment(
                 measure=measure, n_haystacks=len(haystacks))
     draws = torch.tensor([[acc(d, k) for k in ks] for d in range(n_draws)])
     return MaskingResult(
-        ks=ks,
+        ks=list(ks),
         top=Result(torch.tensor([acc("top", k) for k in ks]), ("k",), metric=metric,
                    labels={"k": ks}, meta=dict(meta, condition="top-K retrieval heads masked")),
         random=Result(draws.mean(0), ("k",), metric=metric, labels={"k": ks},

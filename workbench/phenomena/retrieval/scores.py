@@ -40,7 +40,7 @@ def _head_list(scores: Result, heads) -> list[tuple[int, int]]:
         return [(a, b) for a in range(n_layers) for b in range(n_heads)]
     if isinstance(heads, int) and not isinstance(heads, bool):
         return [(int(a), int(b)) for a, b in scores.top(heads)[["layer", "head"]].values.tolist()]
-    return [tuple(x) for x in HeadSet(heads)] if isinstance(heads, HeadSet) else [tuple(map(int, x)) for x in heads]
+    return list(heads) if isinstance(heads, HeadSet) else [(int(a), int(b)) for a, b in heads]
 
 
 def haystack_frame(scores: Result, haystacks: Sequence, heads=None) -> pd.DataFrame:

@@ -294,7 +294,10 @@ def _answer(model, fact: Fact, time_text: str) -> tuple[str, int]:
 def _times(fact: Fact, aliases, time_format: str, year: int | None = None) -> list[tuple[str, int]]:
     """The time expressions for ``fact``: its year as digits, or the aliases of its year."""
     if time_format == "year":
-        return [(str(fact.year if year is None else year), fact.year or year)]
+        y = fact.year if year is None else year
+        if y is None:
+            raise ValueError(f"{fact.relation} fact about {fact.subject!r} has no year to write.")
+        return [(str(y), y)]
     return [(text, y) for text, y, avoid in aliases
             if (year is None or y == year) and fact.relation not in avoid]
 
@@ -361,7 +364,7 @@ def _assemble(model, rows: list[_Row], kind: str, time_format: str, meta: dict) 
     prompts = [_fill(r.fact, r.time) for r in rows]
     corrupted = [_fill(r.fact, r.other_time) for r in rows]
     lengths = [len(encode_text(model, p)) for p in prompts]
-    padding = "right" if len(set(lengths)) > 1 else "error"
+    padding: Literal["error", "right"] = "right" if len(set(lengths)) > 1 else "error"
     clean_tokens = to_tokens(model, prompts, padding=padding)
     corrupted_tokens = to_tokens(model, corrupted, padding=padding)
     for p, c, n in zip(prompts, corrupted, lengths):

@@ -158,7 +158,7 @@ class EdgePatcher:
         return float(value), per
 
 
-def areas(fractions: Sequence[float], faithfulness: Sequence[float] | Tensor, *,
+def areas(fractions: Sequence[float] | Tensor, faithfulness: Sequence[float] | Tensor, *,
           log_x: bool = False) -> tuple[float, float]:
     """``(CPR, CMD)``: trapezoid areas under the curve and between it and 1, over ``fractions``.
 
@@ -273,7 +273,13 @@ def _faith(value: float, clean: float, empty: float) -> float:
 
 def _circuit(graph: Graph, n: int, selection: str, by: SelectBy, prune: bool) -> Tensor:
     g = graph.top_n(n, by=by) if selection == "top-n" else graph.greedy(n, by=by)
-    return g.prune().in_circuit if prune else g.in_circuit
+    return _in_circuit(g.prune() if prune else g)
+
+
+def _in_circuit(graph: Graph) -> Tensor:
+    """The edge mask of a graph that has a circuit chosen."""
+    assert graph.in_circuit is not None  # top_n, greedy, with_circuit and prune all set it
+    return graph.in_circuit
 
 
 def _check_fractions(fractions) -> tuple[float, ...]:
@@ -325,10 +331,12 @@ def _curve(p: EdgePatcher, fr: tuple[float, ...], sizes: list[int], total: int,
             bar.update()
         kept.append(sum(counts) / len(counts))
         faith.append(sum(_faith(v, p.clean_value, empty) for v in vals) / len(vals))
-        rows.append(None if pers[0] is None else torch.stack(pers).mean(0))
+        known = [q for q in pers if q is not None]
+        rows.append(torch.stack(known).mean(0) if len(known) == len(pers) else None)
     per_prompt = None
-    if all(r is not None for r in rows) and p.clean_per_prompt is not None and empty_per is not None:
-        per_prompt = torch.stack(rows + [p.clean_per_prompt, empty_per], dim=1)
+    full = [r for r in rows if r is not None]
+    if len(full) == len(rows) and p.clean_per_prompt is not None and empty_per is not None:
+        per_prompt = torch.stack(full + [p.clean_per_prompt, empty_per], dim=1)
     faith_t = torch.tensor(faith)
     x = torch.tensor(kept, dtype=torch.float64) / total
     cpr, cmd = areas(x, faith_t)
@@ -342,11 +350,13 @@ def _random_masks(graph: Graph, n_draws: int, gen: torch.Generator,
     total = graph.n_edges
 
     def random_masks(n: int) -> list[Tensor]:
-        out = []
+        out: list[Tensor] = []
         for _ in range(n_draws):
             m = torch.zeros(total, dtype=torch.bool)
             m[torch.randperm(total, generator=gen)[:n]] = True
-            out.append(graph.with_circuit(m).prune().in_circuit if prune else m)
+            kept = graph.with_circuit(m).prune().in_circuit if prune else m
+            assert kept is not None  # a graph given a circuit has one
+            out.append(kept)
         return out
 
     return random_masks
@@ -409,11 +419,10 @@ def evaluate_circuit(model, clean_tokens, corrupted_tokens, metric, *, graph: Gr
     (and, with ``prune=True``, its dangling edges dropped first, as there)."""
     if graph.in_circuit is None:
         raise ValueError("The graph has no circuit: choose one with .top_n(), .greedy() or Graph.from_heads().")
-    if prune:
-        graph = graph.prune()
+    circuit = _in_circuit(graph.prune()) if prune else graph.in_circuit
     p = patcher or EdgePatcher(model, clean_tokens, corrupted_tokens, metric, ablation=ablation)
     empty, _ = p.run(torch.zeros(graph.n_edges, dtype=torch.bool))
-    value, _ = p.run(graph.in_circuit)
-    n = int(graph.in_circuit.sum())
+    value, _ = p.run(circuit)
+    n = int(circuit.sum())
     return {"n_edges": n, "fraction": n / graph.n_edges, "value": value,
             "faithfulness": _faith(value, p.clean_value, empty)}

@@ -410,14 +410,16 @@ class Graph(Persistent):
                 live[u] = bool(m[live][:, readers[u]].any())
             if lay.post_norm and live[heads[L].start:heads[L].stop].any():
                 live[heads[L].start:heads[L].stop] = True
-            if mlps[L] is not None:
-                live[mlps[L]] = bool(m[live][:, readers[mlps[L]]].any())
+            mlp = mlps[L]
+            if mlp is not None:
+                live[mlp] = bool(m[live][:, readers[mlp]].any())
 
         read = torch.zeros(lay.n_backward, dtype=torch.bool)  # the inputs of useful nodes
         read[lay.logits_column] = True
         for L in reversed(range(lay.n_layers)):
-            if mlps[L] is not None and live[mlps[L]] and (m[mlps[L]] & read).any():
-                read[readers[mlps[L]]] = True
+            mlp = mlps[L]
+            if mlp is not None and live[mlp] and (m[mlp] & read).any():
+                read[readers[mlp]] = True
             useful = [u for u in heads[L] if live[u] and (m[u] & read).any()]
             for u in (heads[L] if lay.post_norm and useful else useful):  # post-norm: live heads are the layer
                 read[readers[u]] = True

@@ -358,7 +358,7 @@ def as_token_rows(model, prompts_or_tokens) -> list[Tensor]:
     return [models.to_tokens(model, p) for p in prompts]
 
 
-def str_tokens(model, ids: Sequence[int]) -> list[str]:
+def str_tokens(model, ids: Sequence[int] | Tensor) -> list[str]:
     if getattr(model, "tokenizer", None) is None:
         return [str(int(i)) for i in ids]
     return models.to_str_tokens(model, [int(i) for i in ids])

@@ -202,7 +202,7 @@ def steer(
     if not scales:
         raise ValueError("No scales given.")
     direction = feature_direction(sae, feature)
-    mask = _position_mask(sae, *tokens.shape, positions)
+    mask = _position_mask(sae, tokens.shape[0], tokens.shape[1], positions)
     values = []
     for s in tqdm(scales, desc="steering", disable=not progress):
         fn = partial(_add_hook, direction=s * direction, mask=mask)

@@ -147,7 +147,8 @@ def evaluate_sae(
     if max_tokens is not None:
         tokens = tokens[: max(1, max_tokens // tokens.shape[1])]
     n = n_excluded = 0
-    sum_x = sum_x2 = sum_err2 = l0 = 0.0
+    sum_x = torch.zeros((), dtype=torch.float64)  # becomes the per-dimension sum [d]
+    sum_x2 = sum_err2 = l0 = 0.0
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     losses = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
     n_pred = 0
