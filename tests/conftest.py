@@ -17,7 +17,17 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest
 import torch
 
-from workbench import models
+# WORKBENCH_TYPECHECK=1 enforces every jaxtyping annotation of the package (``Float[Tensor,
+# "batch pos d_model"]``) and every other annotation with beartype across the whole suite. It is
+# off by default: beartype's own check of a Literal option fires before the package's clearer
+# ValueError, which the bad-input tests assert. tests/test_runtime_shapes.py always runs the
+# techniques under the hook, in a process of its own.
+if os.environ.get("WORKBENCH_TYPECHECK") == "1":
+    from jaxtyping import install_import_hook
+
+    install_import_hook("workbench", "beartype.beartype")
+
+from workbench import models  # noqa: E402  (after the import hook)
 
 
 class NetworkBlocked(RuntimeError):

@@ -108,3 +108,4 @@ def test_pos_labels_are_the_same_in_every_result(which, request):
     assert attribution.attribute(model, clean, corrupted, metric, sites=("resid_pre",)).resid.labels["pos"] == want
     assert lens.logit_lens(model, clean[:1]).rank.labels["pos"] == want
     assert all(isinstance(x, int) for x in want) if which == "tiny" else want[2].startswith("2:")
+
