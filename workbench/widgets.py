@@ -23,6 +23,7 @@ from typing import Literal, Sequence
 from torch import Tensor
 
 from workbench.core import checks
+from workbench.core.types import Model
 from workbench.techniques.attention import get_patterns
 from workbench.techniques.lens import token_strings
 from workbench.viz import plot
@@ -71,7 +72,7 @@ class AttentionExplorer:
         figure: the last figure drawn; ``n_draws`` counts the redraws.
     """
 
-    def __init__(self, ipywidgets, model, tokens: Tensor, patterns, prompt_names: list[str]):
+    def __init__(self, ipywidgets, model: Model, tokens: Tensor, patterns, prompt_names: list[str]):
         self.model = model
         self.tokens = tokens
         self.patterns = patterns
@@ -123,7 +124,7 @@ class AttentionExplorer:
 
 
 def attention_explorer(
-    model,
+    model: Model,
     prompts_or_tokens: str | Sequence[str] | Tensor,
     *,
     mode: ExplorerMode = "auto",

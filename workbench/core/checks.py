@@ -25,6 +25,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from workbench.core.types import Model
+
 __all__ = ["Ablation", "head", "head_pair", "heads", "indices", "layer", "option", "position_mask", "positions", "token_pair", "tokens"]
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
@@ -37,7 +39,7 @@ _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
 Ablation = Literal["zero", "mean", "resample", "patch"]
 
 
-def tokens(model, toks, *, name: str = "tokens") -> Int[Tensor, "batch pos"]:
+def tokens(model: Model, toks, *, name: str = "tokens") -> Int[Tensor, "batch pos"]:
     """``toks`` as a ``[batch, pos]`` long tensor on its own device; one prompt may be 1-d.
 
     Checks: an integer tensor, 1-d or 2-d, not empty, ids inside the vocabulary, no longer than the
@@ -65,7 +67,7 @@ def tokens(model, toks, *, name: str = "tokens") -> Int[Tensor, "batch pos"]:
     return toks.long()
 
 
-def token_pair(model, clean_tokens, corrupted_tokens) -> tuple[int, int]:
+def token_pair(model: Model, clean_tokens, corrupted_tokens) -> tuple[int, int]:
     """Check a clean/corrupted pair (each as :func:`tokens`, both 2-d and of one shape); ``(batch, pos)``."""
     for nm, t in (("clean_tokens", clean_tokens), ("corrupted_tokens", corrupted_tokens)):
         tokens(model, t, name=nm)
@@ -170,7 +172,7 @@ def head_pair(x, *, name: str = "head") -> tuple[int, int]:
     return pair
 
 
-def head(model, x, *, name: str = "head", n_heads: int | None = None) -> tuple[int, int]:
+def head(model: Model, x, *, name: str = "head", n_heads: int | None = None) -> tuple[int, int]:
     """A head as ``(layer, head)`` (see :func:`head_pair`) that exists in ``model``.
 
     ``n_heads`` overrides the number of heads per layer (key/value heads of a grouped-query model).
@@ -184,7 +186,7 @@ def head(model, x, *, name: str = "head", n_heads: int | None = None) -> tuple[i
     return pair
 
 
-def heads(model, xs, *, name: str = "heads", n_heads: int | None = None) -> list[tuple[int, int]]:
+def heads(model: Model, xs, *, name: str = "heads", n_heads: int | None = None) -> list[tuple[int, int]]:
     """Heads as a list of distinct ``(layer, head)`` in the order given; any iterable of heads (a HeadSet too).
 
     ``None`` is every head of the model; a single pair ``(layer, head)`` is one head. ``n_heads``
@@ -203,7 +205,7 @@ def heads(model, xs, *, name: str = "heads", n_heads: int | None = None) -> list
     return out
 
 
-def layer(model, x, *, name: str = "layer") -> int:
+def layer(model: Model, x, *, name: str = "layer") -> int:
     """A layer index in ``0..n_layers - 1`` (negative counts from the end)."""
     if not isinstance(x, int) or isinstance(x, bool):
         raise TypeError(f"{name} must be an int, got {x!r}.")

@@ -30,6 +30,7 @@ from torch import Tensor
 from workbench.core import checks
 from workbench.core.persist import Persistent
 from workbench.core.results import Result, render
+from workbench.core.types import Model
 
 __all__ = [
     "top_positive",
@@ -374,15 +375,15 @@ class Circuit(Persistent):
         return cls([c for c in comps if not isinstance(c, int)], mlps)
 
     @classmethod
-    def full(cls, model) -> "Circuit":
+    def full(cls, model: Model) -> "Circuit":
         cfg = model.cfg
         heads = [(layer, h) for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
         return cls(heads, [] if cfg.attn_only else range(cfg.n_layers))
 
-    def with_all_mlps(self, model) -> "Circuit":
+    def with_all_mlps(self, model: Model) -> "Circuit":
         return self | Circuit(mlps=[] if model.cfg.attn_only else range(model.cfg.n_layers))
 
-    def validate(self, model) -> "Circuit":
+    def validate(self, model: Model) -> "Circuit":
         cfg = model.cfg
         for layer, h in self.heads:
             if not (0 <= layer < cfg.n_layers and 0 <= h < cfg.n_heads):

@@ -22,6 +22,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from workbench.core.types import Model
+
 __all__ = [
     "Metric",
     "Readout",
@@ -195,7 +197,7 @@ class Normalised:
 
 
 @torch.no_grad()
-def normalise(model, clean_tokens: Tensor, corrupted_tokens: Tensor, metric: Metric) -> Normalised:
+def normalise(model: Model, clean_tokens: Tensor, corrupted_tokens: Tensor, metric: Metric) -> Normalised:
     """Wrap ``metric`` so the clean run scores 1 and the corrupted run 0, and check that it does."""
     clean = check_scalar(metric(model(clean_tokens)), "metric on the clean run")
     corrupted = check_scalar(metric(model(corrupted_tokens)), "metric on the corrupted run")

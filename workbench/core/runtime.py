@@ -15,6 +15,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from workbench.core.types import Model
+
 __all__ = [
     "PREFILL_CHUNK",
     "cache_prefix",
@@ -29,19 +31,19 @@ __all__ = [
 ]
 
 
-def softcap_value(model) -> float:
+def softcap_value(model: Model) -> float:
     """The model's output logit soft cap (Gemma-2 style ``output_logits_soft_cap``), 0.0 when none."""
     cap = getattr(model.cfg, "output_logits_soft_cap", None)
     return float(cap) if cap is not None and cap > 0 else 0.0
 
 
-def softcap(model, logits: Tensor) -> Tensor:
+def softcap(model: Model, logits: Tensor) -> Tensor:
     """``cap * tanh(logits / cap)`` when the model soft-caps its logits, else ``logits`` unchanged."""
     cap = softcap_value(model)
     return cap * torch.tanh(logits / cap) if cap else logits
 
 
-def supports_fast_path(model) -> bool:
+def supports_fast_path(model: Model) -> bool:
     """Whether runs may start mid-model from a cached residual (``start_at_layer``) and reuse a
     key/value cache: a ``HookedTransformer`` (not a bridge), without shortformer embeddings, whose
     tokenizer does not pad on the left (a mid-model start would lose the attention mask)."""
@@ -56,7 +58,7 @@ def supports_fast_path(model) -> bool:
 
 
 def readout_logits(
-    model, final_resid: Float[Tensor, "k batch d_model"], tokens: Int[Tensor, "batch target"]
+    model: Model, final_resid: Float[Tensor, "k batch d_model"], tokens: Int[Tensor, "batch target"]
 ) -> Float[Tensor, "k batch target"]:
     """Logits of only ``tokens`` from final residuals (before ``ln_final``), as the model computes
     them; in float32 whatever the model's dtype (they are few, and metrics reduce in float32)."""
@@ -66,7 +68,7 @@ def readout_logits(
     return softcap(model, torch.einsum("kbd,dbt->kbt", x.float(), w) + bias)
 
 
-def resid_to_logits(model, resid: Float[Tensor, "... pos d_model"]) -> Float[Tensor, "... pos d_vocab"]:
+def resid_to_logits(model: Model, resid: Float[Tensor, "... pos d_model"]) -> Float[Tensor, "... pos d_vocab"]:
     """Logits of final-residual vectors, as the model's own forward computes them.
 
     The final norm (``ln_final``, when the model has one), the unembedding and the output soft
@@ -77,7 +79,7 @@ def resid_to_logits(model, resid: Float[Tensor, "... pos d_model"]) -> Float[Ten
 
 
 def logits_at(
-    model, tokens: Int[Tensor, "batch pos"], pos: Int[Tensor, " batch"]
+    model: Model, tokens: Int[Tensor, "batch pos"], pos: Int[Tensor, " batch"]
 ) -> Float[Tensor, "batch d_vocab"]:
     """The logits at one position per prompt (e.g. each prompt's last real token).
 
@@ -102,7 +104,7 @@ def logits_at(
 PREFILL_CHUNK = 256
 
 
-def prefill(model, tokens: Int[Tensor, "batch pos"], *, chunk: int = PREFILL_CHUNK):
+def prefill(model: Model, tokens: Int[Tensor, "batch pos"], *, chunk: int = PREFILL_CHUNK):
     """Run ``tokens`` through a ``HookedTransformer`` ``chunk`` positions at a time; return the
     filled key/value cache, to continue with :func:`run_cached`.
 
@@ -122,7 +124,7 @@ def prefill(model, tokens: Int[Tensor, "batch pos"], *, chunk: int = PREFILL_CHU
     return cache
 
 
-def run_cached(model, tokens: Int[Tensor, "batch pos"], cache, **kwargs):
+def run_cached(model: Model, tokens: Int[Tensor, "batch pos"], cache, **kwargs):
     """``model(tokens, past_kv_cache=cache)``: the tokens continue the ones already in ``cache``.
 
     Every position is attended (no padding inside a cached context), so no tokenizer is needed

@@ -59,6 +59,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from workbench.core.types import Model
+
 __all__ = [
     "disable",
     "enable",
@@ -285,7 +287,7 @@ def _set_layout(param: torch.nn.Parameter, order: tuple[int, ...]) -> None:
         param.data = param.data.permute(order).contiguous().permute(inverse)
 
 
-def _relayout(model, *, fast: bool) -> None:
+def _relayout(model: Model, *, fast: bool) -> None:
     for module in model.modules():
         for name in _relayout_names(module):
             param = getattr(module, name, None)
@@ -301,7 +303,7 @@ def _relayout(model, *, fast: bool) -> None:
 # Public switch
 
 
-def _attention_layers(model) -> list:
+def _attention_layers(model: Model) -> list:
     return [m for m in model.modules() if type(m) in _attention_classes()]
 
 
@@ -319,7 +321,7 @@ def _fast_forward_of(module):
     return None
 
 
-def enable(model):
+def enable(model: Model):
     """Give every supported attention layer of ``model`` the per-call fast path; returns ``model``.
 
     Idempotent. Layers that :func:`unsupported_reason` rules out keep the explicit forward.
@@ -334,7 +336,7 @@ def enable(model):
     return model
 
 
-def disable(model):
+def disable(model: Model):
     """Back to TransformerLens's explicit forward everywhere, with contiguous weights."""
     for module in model.modules():
         if getattr(module, _MARK, False):
@@ -344,6 +346,6 @@ def disable(model):
     return model
 
 
-def is_enabled(model) -> bool:
+def is_enabled(model: Model) -> bool:
     """True if at least one attention layer of ``model`` has the fast path."""
     return any(getattr(attn, _MARK, False) for attn in _attention_layers(model))

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from workbench.core.types import Model
 from workbench.models import cache, fast_attention, sources
 from workbench.models.devices import resolve_device, resolve_dtype
 from workbench.models.errors import CacheCorruptedError
@@ -199,7 +200,7 @@ def random_init_model(name: str = "smollm2-135m", *, seed: int = 0, n_layers: in
     return model
 
 
-def model_label(model, name: str) -> str:
+def model_label(model: Model, name: str) -> str:
     """``name``, marked ``-random-init`` when ``model`` is the negative control of :func:`random_init_model`.
 
     Notebooks label their scorecard and files with it, so a control run never passes for the model.

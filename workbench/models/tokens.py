@@ -17,12 +17,14 @@ for them. :func:`bos_token_id` says which id is used; a tokenizer with neither t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ["to_tokens", "to_str_tokens", "position_labels", "single_token_id", "bos_token_id", "bos_id"]
+from workbench.core.types import Model
+
+__all__ = ["to_tokens", "to_str_tokens", "position_labels", "tokenizer_of", "decode_token", "single_token_id", "bos_token_id", "bos_id"]
 
 
 def bos_token_id(tokenizer) -> int:
@@ -37,7 +39,7 @@ def bos_token_id(tokenizer) -> int:
     )
 
 
-def bos_id(model) -> int:
+def bos_id(model: Model) -> int:
     """The id at position 0 of every prompt :func:`to_tokens` makes for ``model``.
 
     A model without a tokenizer (the tiny test models) reads raw ids; its BOS is id 0.
@@ -46,7 +48,7 @@ def bos_id(model) -> int:
     return 0 if tok is None else bos_token_id(tok)
 
 
-def _tokenizer(model):
+def _tokenizer(model: Model):
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         raise ValueError(
@@ -56,7 +58,7 @@ def _tokenizer(model):
 
 
 def to_tokens(
-    model,
+    model: Model,
     prompts: str | Sequence[str],
     *,
     prepend_bos: bool = True,
@@ -92,7 +94,7 @@ def to_tokens(
     return torch.tensor(ids, dtype=torch.long)
 
 
-def to_str_tokens(model, tokens: Tensor | Sequence[int]) -> list[str]:
+def to_str_tokens(model: Model, tokens: Tensor | Sequence[int]) -> list[str]:
     """The string of each token id in a 1-d sequence (for plot labels)."""
     tok = _tokenizer(model)
     if isinstance(tokens, Tensor):
@@ -102,7 +104,21 @@ def to_str_tokens(model, tokens: Tensor | Sequence[int]) -> list[str]:
     return [tok.decode([t]) for t in tokens]
 
 
-def position_labels(model, tokens: Tensor | Sequence[int], positions: Sequence[int] | None = None) -> list:
+def tokenizer_of(model) -> Any:
+    """``model.tokenizer``; a model without one (e.g. ``tiny_model()``) is a ValueError that says
+    text prompts need a tokenizer."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError("The model has no tokenizer: text datasets need one (load a model with load_model).")
+    return tokenizer
+
+
+def decode_token(model, token: int) -> str:
+    """The text of one token id."""
+    return str(tokenizer_of(model).decode([int(token)]))
+
+
+def position_labels(model: Model, tokens: Tensor | Sequence[int], positions: Sequence[int] | None = None) -> list:
     """The ``pos`` labels of every result: ``"p:token"`` (e.g. ``"5: John"``) where the model has a
     tokenizer, the position ``p`` itself where it has none. ``tokens`` is one prompt (the first of
     the batch, for results over a batch); ``positions`` default to all."""
@@ -114,7 +130,7 @@ def position_labels(model, tokens: Tensor | Sequence[int], positions: Sequence[i
     return [f"{p}:{strs[p]}" for p in positions]
 
 
-def single_token_id(model, text: str) -> int:
+def single_token_id(model: Model, text: str) -> int:
     """The id of ``text`` if it is exactly one token (no BOS); ``ValueError`` naming its pieces if not."""
     ids = _tokenizer(model).encode(text, add_special_tokens=False)
     if len(ids) != 1:

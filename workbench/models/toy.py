@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from workbench.core.metrics import LogitDiff
 from workbench.core.resources import data_path
 from workbench.core.subsets import subset_items
+from workbench.core.types import Model
 
 __all__ = [
     "TOY_DIR",
@@ -165,7 +166,7 @@ def build_toy_model(config: ToyConfig = ToyConfig()):
 
 
 @torch.no_grad()
-def toy_accuracy(model, pairs: Int[Tensor, "batch 2"]) -> float:
+def toy_accuracy(model: Model, pairs: Int[Tensor, "batch 2"]) -> float:
     """Share of operand pairs ``[n, 2]`` for which the model's top output is ``(a + b) mod p``."""
     p = model.cfg.d_vocab_out
     logits = model(_tokens(pairs, p))[:, -1]
@@ -217,7 +218,7 @@ def train_toy(config: ToyConfig = ToyConfig(), *, progress: bool = False):
 
 
 @torch.no_grad()
-def _evaluate(model, config: ToyConfig) -> dict:
+def _evaluate(model: Model, config: ToyConfig) -> dict:
     split = toy_split(config)
     out = {}
     for name, pairs in split.items():
@@ -229,7 +230,7 @@ def _evaluate(model, config: ToyConfig) -> dict:
     return out
 
 
-def save_toy(model, metrics: dict, folder: str | Path = TOY_DIR) -> Path:
+def save_toy(model: Model, metrics: dict, folder: str | Path = TOY_DIR) -> Path:
     """Write ``weights.safetensors``, ``config.json`` and ``metrics.json`` to ``folder``."""
     from safetensors.torch import save_file
 
@@ -238,7 +239,8 @@ def save_toy(model, metrics: dict, folder: str | Path = TOY_DIR) -> Path:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()
              if not k.endswith(("IGNORE", "mask"))}
     save_file(state, str(folder / "weights.safetensors"))
-    (folder / "config.json").write_text(json.dumps(model.toy_config.to_json(), indent=1) + "\n")
+    config: ToyConfig = model.toy_config  # type: ignore[assignment]  # set by build_toy_model
+    (folder / "config.json").write_text(json.dumps(config.to_json(), indent=1) + "\n")
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     return folder
 
@@ -323,7 +325,7 @@ class ToyProblems:
 
 
 def toy_problems(
-    model,
+    model: Model,
     *,
     n: int | None = None,
     split: Literal["test", "train", "all"] = "test",

@@ -11,7 +11,9 @@ from jaxtyping import Bool
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from workbench.core.types import Model
 from workbench.models import logits_at
+from workbench.models.tokens import decode_token, tokenizer_of
 from workbench.phenomena.registry import PhenomenonAbsent
 
 __all__ = [
@@ -32,12 +34,12 @@ Criterion = Literal["logit_diff", "argmax", "candidates", "both"]
 # Tokenization helpers (shared with the arithmetic generator)
 
 
-def encode_text(model, text: str) -> list[int]:
-    return model.tokenizer.encode(text, add_special_tokens=False)
+def encode_text(model: Model, text: str) -> list[int]:
+    return tokenizer_of(model).encode(text, add_special_tokens=False)
 
 
 def first_answer_token(
-    model, prompt: str, answer: str, *, absorb_space: bool = False
+    model: Model, prompt: str, answer: str, *, absorb_space: bool = False
 ) -> tuple[str, int]:
     """The first token of ``answer`` as it follows ``prompt``: ``(prompt, token_id)``.
 
@@ -57,7 +59,7 @@ def first_answer_token(
             "answer has no first token of its own. Use another template or model."
         )
     first = full[len(p_ids)]
-    text = model.tokenizer.decode([first])
+    text = decode_token(model, first)
     if text.strip() == "":
         if not absorb_space or answer == answer.lstrip():
             raise ValueError(
@@ -73,7 +75,7 @@ def first_answer_token(
     return prompt, first
 
 
-def token_span(model, text: str, start: int, end: int) -> tuple[int, int]:
+def token_span(model: Model, text: str, start: int, end: int) -> tuple[int, int]:
     """Token positions (with BOS at 0) of the characters ``text[start:end]``: first and last."""
     full = encode_text(model, text)
 
@@ -100,7 +102,7 @@ def token_span(model, text: str, start: int, end: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def _judge(model, ds, *, batch_size: int = 64, progress: bool = False) -> dict[str, Tensor]:
+def _judge(model: Model, ds, *, batch_size: int = 64, progress: bool = False) -> dict[str, Tensor]:
     """Every criterion at once: ``{"logit_diff", "argmax", "candidates", "both"} -> [batch]``
     booleans (``candidates`` only if ``ds`` has ``candidate_ids``), plus the per-prompt logit
     difference under ``"diff"``."""
@@ -131,7 +133,7 @@ def _judge(model, ds, *, batch_size: int = 64, progress: bool = False) -> dict[s
 
 
 def answer_correct(
-    model, ds, *, criterion: Criterion = "logit_diff", batch_size: int = 64,
+    model: Model, ds, *, criterion: Criterion = "logit_diff", batch_size: int = 64,
     progress: bool = False,
 ) -> Bool[Tensor, "batch"]:
     """Whether the model answers each prompt of ``ds`` correctly, judged at ``pos["END"]``.
@@ -158,7 +160,7 @@ class NothingCorrect(ValueError):
 
 
 def keep_correct(
-    model, ds, *, criterion: Criterion = "logit_diff", batch_size: int = 64,
+    model: Model, ds, *, criterion: Criterion = "logit_diff", batch_size: int = 64,
     progress: bool = False, verbose: bool = True,
 ):
     """The subset of ``ds`` that ``model`` answers correctly (see :func:`answer_correct`).
@@ -189,7 +191,7 @@ def keep_correct(
     return chosen
 
 
-def kept(model, ds, *, criterion: Criterion, role: str):
+def kept(model: Model, ds, *, criterion: Criterion, role: str):
     """:func:`keep_correct` for a finder: nothing answered means the role is absent, not an error
     (:class:`~workbench.phenomena.registry.PhenomenonAbsent`)."""
     try:

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Mapping, Sequence, get_args
+from typing import Iterable, Literal, Mapping, Sequence, get_args
 
 import pandas as pd
 import torch
@@ -59,6 +59,7 @@ from workbench.core.components import Circuit
 from workbench.core.metrics import Metric, check_scalar
 from workbench.core.persist import Persistent
 from workbench.core.results import Result, render
+from workbench.core.types import HookList, Model
 
 __all__ = [
     "ComponentAblation",
@@ -94,7 +95,7 @@ def _as_ids(ids, name: str) -> Tensor:
 class _Ablator:
     """Replacement activations for every component that may be ablated, built once."""
 
-    def __init__(self, model, ablation, components: Circuit, reference, template_ids,
+    def __init__(self, model: Model, ablation, components: Circuit, reference, template_ids,
                  reference_template_ids, seed: int):
         if ablation not in get_args(ComponentAblation):
             raise ValueError(
@@ -189,8 +190,8 @@ class _Ablator:
         rows = torch.searchsorted(self.templates, self._input_ids(batch))
         return stats[rows]
 
-    def hooks(self, ablated: Circuit) -> list[tuple[str, Callable[..., Tensor]]]:
-        hooks: list[tuple[str, Callable[..., Tensor]]] = []
+    def hooks(self, ablated: Circuit) -> HookList:
+        hooks: HookList = []
         by_layer: dict[int, list[int]] = {}
         for layer, h in sorted(ablated.heads):
             by_layer.setdefault(layer, []).append(h)
@@ -210,7 +211,7 @@ class _Ablator:
         return hooks
 
 
-def ablation_hooks(model, *, heads=(), mlps=(), ablation: ComponentAblation = "mean", reference=None,
+def ablation_hooks(model: Model, *, heads=(), mlps=(), ablation: ComponentAblation = "mean", reference=None,
                    template_ids=None, reference_template_ids=None, seed: int = 0):
     """The ``(hook_name, fn)`` pairs that :func:`ablate` attaches, for ``run_with_hooks``."""
     circuit = Circuit(heads, mlps).validate(model)
@@ -220,7 +221,7 @@ def ablation_hooks(model, *, heads=(), mlps=(), ablation: ComponentAblation = "m
 
 @contextmanager
 def ablate(
-    model,
+    model: Model,
     *,
     heads: Iterable[tuple[int, int]] = (),
     mlps: Iterable[int] = (),
@@ -252,7 +253,7 @@ def ablate(
 
 
 @contextmanager
-def mask_attention(model, heads: Iterable[tuple[int, int]]):
+def mask_attention(model: Model, heads: Iterable[tuple[int, int]]):
     """Within the block, each head's query is zero, so it attends uniformly to what it can see.
 
     The masking of Wu et al. 2024 (retrieval heads): with ``q = 0`` every attention score is 0,
@@ -278,7 +279,7 @@ def mask_attention(model, heads: Iterable[tuple[int, int]]):
         q[:, :, by_layer[int(hook.name.split(".")[1])]] = 0.0
         return q
 
-    hooks = [(f"blocks.{layer}.attn.hook_q", zero_queries) for layer in by_layer]
+    hooks: HookList = [(f"blocks.{layer}.attn.hook_q", zero_queries) for layer in by_layer]
     with model.hooks(fwd_hooks=hooks):
         yield
 
@@ -290,7 +291,7 @@ def mask_attention(model, heads: Iterable[tuple[int, int]]):
 class _Evaluator:
     """``F(X)``: the metric with every component outside ``X`` ablated, for many ``X``."""
 
-    def __init__(self, model, tokens, metric, keep_mlps, ablation, reference, template_ids,
+    def __init__(self, model: Model, tokens, metric, keep_mlps, ablation, reference, template_ids,
                  reference_template_ids, seed):
         if not isinstance(tokens, Tensor) or tokens.ndim != 2:
             raise ValueError("tokens must be a token tensor [batch, pos].")
@@ -318,7 +319,7 @@ class _Evaluator:
         return self._memo[kept]
 
 
-def _circuit(model, circuit, *, allow_empty: bool, keep_mlps: bool) -> Circuit:
+def _circuit(model: Model, circuit, *, allow_empty: bool, keep_mlps: bool) -> Circuit:
     c = Circuit.of(circuit).validate(model)
     if keep_mlps:
         c = Circuit(c.heads)
@@ -355,7 +356,7 @@ class Faithfulness(Persistent):
 
 
 def faithfulness(
-    model, tokens: Int[Tensor, "batch pos"], metric: Metric, circuit, *,
+    model: Model, tokens: Int[Tensor, "batch pos"], metric: Metric, circuit, *,
     reference: Int[Tensor, "batch pos"] | None = None, ablation: ComponentAblation = "mean",
     template_ids=None, reference_template_ids=None, seed: int = 0, keep_mlps: bool = False,
 ) -> Faithfulness:
@@ -410,7 +411,7 @@ def _inside(circuit: Circuit, ks: list[Circuit]) -> list[Circuit]:
 
 
 def completeness(
-    model, tokens: Int[Tensor, "batch pos"], metric: Metric, circuit, *,
+    model: Model, tokens: Int[Tensor, "batch pos"], metric: Metric, circuit, *,
     reference: Int[Tensor, "batch pos"] | None = None, subsets: Sequence | None = None,
     n_draws: int = 10, p: float = 0.5, ablation: ComponentAblation = "mean", template_ids=None,
     reference_template_ids=None, seed: int = 0, keep_mlps: bool = False, progress: bool = False,
@@ -472,7 +473,7 @@ class Minimality(Persistent):
 
 
 def minimality(
-    model, tokens: Int[Tensor, "batch pos"], metric: Metric, circuit, *,
+    model: Model, tokens: Int[Tensor, "batch pos"], metric: Metric, circuit, *,
     reference: Int[Tensor, "batch pos"] | None = None, k: Sequence | Mapping | None = None,
     ablation: ComponentAblation = "mean", template_ids=None, reference_template_ids=None, seed: int = 0,
     keep_mlps: bool = False, progress: bool = False,

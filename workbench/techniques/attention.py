@@ -10,6 +10,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench.core import checks
+from workbench.core.types import HookList, Model
 
 __all__ = [
     "get_patterns",
@@ -21,7 +22,7 @@ __all__ = [
 
 @torch.no_grad()
 def get_patterns(
-    model, tokens: Int[Tensor, "batch pos"], heads: Sequence[tuple[int, int]] | None = None
+    model: Model, tokens: Int[Tensor, "batch pos"], heads: Sequence[tuple[int, int]] | None = None
 ) -> dict[tuple[int, int], Float[Tensor, "batch pos pos"]]:
     """Attention patterns of the chosen heads only, ``{(layer, head): [batch, query, key]}``.
 
@@ -49,7 +50,7 @@ def get_patterns(
 
         return keep_heads
 
-    hooks = [(f"blocks.{l}.attn.hook_pattern", make_hook(l, hs)) for l, hs in by_layer.items()]
+    hooks: HookList = [(f"blocks.{l}.attn.hook_pattern", make_hook(l, hs)) for l, hs in by_layer.items()]
     with model.hooks(fwd_hooks=hooks):
         model(tokens, stop_at_layer=max(by_layer) + 1)
     return {k: out[k] for k in heads}

@@ -39,6 +39,7 @@ from workbench.core import checks
 from workbench.core.metrics import Metric, check_scalar, metric_name
 from workbench.core.persist import Persistent
 from workbench.core.results import Result
+from workbench.core.types import HookList, Model
 from workbench.models.tokens import position_labels
 
 __all__ = [
@@ -99,7 +100,7 @@ def _keep(act: Tensor, hook, *, into: dict) -> None:
     into[hook.name] = act
 
 
-def _grad_times_delta(model, clean_tokens, corrupted_tokens, metric, sites) -> tuple[dict, tuple]:
+def _grad_times_delta(model: Model, clean_tokens, corrupted_tokens, metric, sites) -> tuple[dict, tuple]:
     """``{hook name: sum over d of grad * (clean - corrupted)}``, each ``[batch, pos(, head)]``."""
     names = [f"blocks.{L}.{_HOOKS[s]}" for s in sites for L in range(model.cfg.n_layers)]
     names = [n for n in names if n in model.hook_dict]
@@ -110,7 +111,7 @@ def _grad_times_delta(model, clean_tokens, corrupted_tokens, metric, sites) -> t
     if not names:
         return {}, (clean_value, check_scalar(metric(model(corrupted_tokens))).item())
     acts: dict[str, Tensor] = {}
-    hooks = [("blocks.0.hook_resid_pre", _make_leaf)] + [(n, partial(_keep, into=acts)) for n in names]
+    hooks: HookList = [("blocks.0.hook_resid_pre", _make_leaf)] + [(n, partial(_keep, into=acts)) for n in names]
     with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
         value = check_scalar(metric(model(corrupted_tokens)), "metric on the corrupted run")
         grads = torch.autograd.grad(value, [acts[n] for n in names], allow_unused=True)
@@ -134,7 +135,7 @@ def _stack(per_name: dict[str, Tensor], site: str, n_layers: int) -> Tensor | No
 
 @torch.no_grad()
 def attribute(
-    model,
+    model: Model,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupted_tokens: Int[Tensor, "batch pos"],
     metric: Metric,
@@ -185,7 +186,7 @@ def attribute(
     )
 
 
-def attribute_heads(model, clean_tokens, corrupted_tokens, metric, *, by_pos: bool = False) -> Result:
+def attribute_heads(model: Model, clean_tokens, corrupted_tokens, metric, *, by_pos: bool = False) -> Result:
     """Attribution patching of head outputs: ``(layer, head)``, or ``(layer, pos, head)`` by position."""
     a = attribute(model, clean_tokens, corrupted_tokens, metric, sites=("z",))
     out = a.heads_by_pos if by_pos else a.heads
@@ -193,21 +194,21 @@ def attribute_heads(model, clean_tokens, corrupted_tokens, metric, *, by_pos: bo
     return out
 
 
-def attribute_resid(model, clean_tokens, corrupted_tokens, metric) -> Result:
+def attribute_resid(model: Model, clean_tokens, corrupted_tokens, metric) -> Result:
     """Attribution patching of the residual stream before each block: ``(layer, pos)``."""
     out = attribute(model, clean_tokens, corrupted_tokens, metric, sites=("resid_pre",)).resid
     assert out is not None  # the site asked for is filled
     return out
 
 
-def attribute_attn_out(model, clean_tokens, corrupted_tokens, metric) -> Result:
+def attribute_attn_out(model: Model, clean_tokens, corrupted_tokens, metric) -> Result:
     """Attribution patching of each attention layer's output: ``(layer, pos)``."""
     out = attribute(model, clean_tokens, corrupted_tokens, metric, sites=("attn_out",)).attn_out
     assert out is not None  # the site asked for is filled
     return out
 
 
-def attribute_mlp_out(model, clean_tokens, corrupted_tokens, metric) -> Result:
+def attribute_mlp_out(model: Model, clean_tokens, corrupted_tokens, metric) -> Result:
     """Attribution patching of each MLP layer's output: ``(layer, pos)``."""
     r = attribute(model, clean_tokens, corrupted_tokens, metric, sites=("mlp_out",)).mlp_out
     if r is None:

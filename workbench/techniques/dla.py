@@ -44,6 +44,7 @@ from workbench.core import checks
 from workbench.core.metrics import LogitDiff
 from workbench.core.results import Result
 from workbench.core.runtime import softcap_value
+from workbench.core.types import Model
 from workbench.techniques.lens import decode, final_norm_kind
 
 __all__ = [
@@ -57,7 +58,7 @@ __all__ = [
 # Direct logit attribution
 
 
-def _post_norm(model) -> bool:
+def _post_norm(model: Model) -> bool:
     return bool(getattr(model.cfg, "use_normalization_before_and_after", False))
 
 
@@ -86,7 +87,7 @@ def _read_direction(w, centre: bool, direction: Float[Tensor, "batch d_model"]) 
     return d - d.mean(-1, keepdim=True) if centre else d
 
 
-def component_labels(model) -> list[str]:
+def component_labels(model: Model) -> list[str]:
     """Names of the DLA components of ``model``, in the order of the result's component axis."""
     names = ["embed"]
     if model.cfg.positional_embedding_type == "standard":
@@ -102,7 +103,7 @@ def component_labels(model) -> list[str]:
     return names
 
 
-def _check_inputs(model, metric) -> None:
+def _check_inputs(model: Model, metric) -> None:
     if not isinstance(metric, LogitDiff):
         raise TypeError(
             f"metric must be a workbench.core.metrics.LogitDiff, got {type(metric).__name__}: direct "
@@ -134,7 +135,7 @@ def _warn_post_norm() -> None:
     )
 
 
-def _final_direction(model, kind: str, ans: Tensor, wrong: Tensor) -> tuple[Tensor, Tensor]:
+def _final_direction(model: Model, kind: str, ans: Tensor, wrong: Tensor) -> tuple[Tensor, Tensor]:
     """(direction each part's output is dotted with, constant unembed-bias term), ``[batch, ...]``."""
     w_fin, b_fin, centre = _norm_parts(getattr(model, "ln_final", None), kind)
     # Every dot product and sum below is taken in float32, whatever the model's dtype.
@@ -146,7 +147,7 @@ def _final_direction(model, kind: str, ans: Tensor, wrong: Tensor) -> tuple[Tens
     return d_final, const
 
 
-def _attribution_hooks(model, store: dict, bar, rows: Tensor, pos: Tensor, d_final: Tensor,
+def _attribution_hooks(model: Model, store: dict, bar, rows: Tensor, pos: Tensor, d_final: Tensor,
                        kind: str, post: bool) -> tuple[list, list[Tensor]]:
     """(forward hooks filling ``store`` with each part's dot product, each layer's direction)."""
     batch = rows.shape[0]
@@ -202,7 +203,7 @@ def _attribution_hooks(model, store: dict, bar, rows: Tensor, pos: Tensor, d_fin
     return hooks, d_layers
 
 
-def _component_values(model, store: dict, d_layers: list[Tensor], d_final: Tensor, const: Tensor,
+def _component_values(model: Model, store: dict, d_layers: list[Tensor], d_final: Tensor, const: Tensor,
                       kind: str, post: bool) -> Tensor:
     """``[batch, component]``: the stored dot products in :func:`component_labels` order."""
     batch = const.shape[0]
@@ -227,7 +228,7 @@ def _component_values(model, store: dict, d_layers: list[Tensor], d_final: Tenso
     return torch.cat([values, const[:, None]], dim=-1)
 
 
-def _actual_logit_diffs(model, resid: Tensor, rows: Tensor, ans: Tensor, wrong: Tensor, kind: str,
+def _actual_logit_diffs(model: Model, resid: Tensor, rows: Tensor, ans: Tensor, wrong: Tensor, kind: str,
                         cap) -> tuple[Tensor, Tensor]:
     """(the model's logit difference, the same before the soft-cap), ``[batch]`` each."""
     logits = decode(model, resid).float()  # [batch, d_vocab], softcap included
@@ -243,7 +244,7 @@ def _actual_logit_diffs(model, resid: Tensor, rows: Tensor, ans: Tensor, wrong: 
 
 @torch.no_grad()
 def direct_logit_attribution(
-    model,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     metric: LogitDiff,
     *,

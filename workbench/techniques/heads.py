@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Callable, Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -47,6 +47,7 @@ from workbench import models
 from workbench.core import checks, runtime
 from workbench.core.components import HeadSet, overlap_table
 from workbench.core.results import Result
+from workbench.core.types import HookList, Model
 
 __all__ = [
     "repeated_tokens",
@@ -75,14 +76,14 @@ def _pattern_name(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_pattern"
 
 
-def _head_result(values: Tensor, metric: str, model, **meta) -> Result:
+def _head_result(values: Tensor, metric: str, model: Model, **meta) -> Result:
     n_layers, n_heads = values.shape
     meta = dict(model=model.cfg.model_name, **meta)
     return Result(values.float(), ("layer", "head"), metric=metric, meta=meta)
 
 
 def _reduce_patterns(
-    model, tokens: Tensor, reducers: dict[str, PatternReducer]
+    model: Model, tokens: Tensor, reducers: dict[str, PatternReducer]
 ) -> dict[str, Float[Tensor, "layer head"]]:
     """One forward pass; each layer's pattern is reduced by every reducer to ``[head]`` at once."""
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
@@ -93,7 +94,7 @@ def _reduce_patterns(
         for k, fn in reducers.items():
             out[k][layer] = fn(pattern.detach()).float().cpu()
 
-    hooks = [(_pattern_name(layer), reduce_pattern) for layer in range(n_layers)]
+    hooks: HookList = [(_pattern_name(layer), reduce_pattern) for layer in range(n_layers)]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         model(tokens, return_type=None)
     return out
@@ -103,7 +104,7 @@ def _reduce_patterns(
 # Repeated random tokens: previous-token, duplicate-token and induction scores
 
 
-def _ordinary_token_ids(model) -> Tensor:
+def _ordinary_token_ids(model: Model) -> Tensor:
     """Vocabulary ids that are not special or added tokens (all ids for a model with no tokenizer)."""
     d_vocab = model.cfg.d_vocab
     keep = torch.ones(d_vocab, dtype=torch.bool)
@@ -117,7 +118,7 @@ def _ordinary_token_ids(model) -> Tensor:
     return keep.nonzero().squeeze(-1)
 
 
-def repeated_tokens(model, seq_len: int = 50, batch: int = 4, seed: int = 0) -> Int[Tensor, "batch pos"]:
+def repeated_tokens(model: Model, seq_len: int = 50, batch: int = 4, seed: int = 0) -> Int[Tensor, "batch pos"]:
     """``[BOS] + r + r`` with ``r`` seeded random tokens, shape ``[batch, 1 + 2 * seq_len]``.
 
     Tokens are drawn uniformly (with replacement) from the vocabulary without special or added
@@ -168,7 +169,7 @@ _REPEAT_METRICS = {
 
 
 def repeated_token_scores(
-    model, *, seq_len: int = 50, batch: int = 4, seed: int = 0
+    model: Model, *, seq_len: int = 50, batch: int = 4, seed: int = 0
 ) -> dict[str, Result]:
     """Previous-token, duplicate-token and induction scores from one forward pass on repeated tokens.
 
@@ -196,7 +197,7 @@ def repeated_token_scores(
 
 
 def previous_token_scores(
-    model, tokens: Int[Tensor, "batch pos"] | None = None, *, seq_len: int = 50, batch: int = 4, seed: int = 0
+    model: Model, tokens: Int[Tensor, "batch pos"] | None = None, *, seq_len: int = 50, batch: int = 4, seed: int = 0
 ) -> Result:
     """Mean attention from each position ``i >= 1`` to ``i - 1``, ``[layer, head]``.
 
@@ -217,17 +218,17 @@ def previous_token_scores(
     return _head_result(v, _REPEAT_METRICS["previous_token"], model, seconds=time.perf_counter() - start)
 
 
-def duplicate_token_scores(model, *, seq_len: int = 50, batch: int = 4, seed: int = 0) -> Result:
+def duplicate_token_scores(model: Model, *, seq_len: int = 50, batch: int = 4, seed: int = 0) -> Result:
     """Attention from the second copy of each token to its first copy on ``[BOS] r r``, ``[layer, head]``."""
     return repeated_token_scores(model, seq_len=seq_len, batch=batch, seed=seed)["duplicate_token"]
 
 
-def induction_scores(model, *, seq_len: int = 50, batch: int = 4, seed: int = 0) -> Result:
+def induction_scores(model: Model, *, seq_len: int = 50, batch: int = 4, seed: int = 0) -> Result:
     """Attention from the second copy of each token to the token after its first copy, ``[layer, head]``."""
     return repeated_token_scores(model, seq_len=seq_len, batch=batch, seed=seed)["induction"]
 
 
-def _final_norm(model, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+def _final_norm(model: Model, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
     """``ln_final`` without its bias (the bias is the same for every input, so it is no part of a map)."""
     shape = x.shape
     y = model.ln_final(x.reshape(-1, 1, shape[-1])).reshape(shape)
@@ -236,7 +237,7 @@ def _final_norm(model, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_
 
 
 def induction_loss(
-    model, *, seq_len: int = 50, batch: int = 4, seed: int = 0, progress: bool = False
+    model: Model, *, seq_len: int = 50, batch: int = 4, seed: int = 0, progress: bool = False
 ) -> Result:
     """Logit-lens loss drop on repeated tokens after each layer, ``[layer]``.
 
@@ -262,7 +263,7 @@ def induction_loss(
         second[layer] = nll[:, L + 1 : 2 * L].mean()  # q = L+1..2L-1 predict r[1..L-1] again
         bar.update()
 
-    hooks = [(f"blocks.{layer}.hook_resid_post", lens_loss) for layer in range(n_layers)]
+    hooks: HookList = [(f"blocks.{layer}.hook_resid_post", lens_loss) for layer in range(n_layers)]
     try:
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
             model(tokens, return_type=None)
@@ -280,14 +281,14 @@ def induction_loss(
 # Copy (OV circuit) score
 
 
-def _sample_tokens(model, n_tokens: int, seed: int) -> Tensor:
+def _sample_tokens(model: Model, n_tokens: int, seed: int) -> Tensor:
     pool = _ordinary_token_ids(model)
     gen = torch.Generator().manual_seed(seed)
     n = min(n_tokens, len(pool))
     return pool[torch.randperm(len(pool), generator=gen)[:n]].sort().values
 
 
-def _embedding_input(model, tokens: Tensor, embedding: str) -> Float[Tensor, "token d_model"]:
+def _embedding_input(model: Model, tokens: Tensor, embedding: str) -> Float[Tensor, "token d_model"]:
     """What a head in any layer is taken to read for token t: ``embed(t)``, optionally + MLP0."""
     e = model.embed(tokens[None])  # [1, n, d_model], with any embedding scale the model applies
     if embedding == "mlp0":
@@ -302,7 +303,7 @@ def _embedding_input(model, tokens: Tensor, embedding: str) -> Float[Tensor, "to
 
 
 def _ov_logits(
-    model, layer: int, x: Tensor, heads: Sequence[int] | None = None, vocab: Tensor | None = None
+    model: Model, layer: int, x: Tensor, heads: Sequence[int] | None = None, vocab: Tensor | None = None
 ) -> Float[Tensor, "head token d_vocab"]:
     """Direct-path logits of each head's OV circuit for inputs ``x`` ``[token, d_model]``
     (only the columns ``vocab`` of the unembedding if given)."""
@@ -320,7 +321,7 @@ def _ov_logits(
 
 
 def copy_scores(
-    model,
+    model: Model,
     *,
     n_tokens: int = 100,
     k: int = 5,
@@ -402,7 +403,7 @@ def copy_scores(
 
 
 def attention_to(
-    model,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     key_positions,
     query_positions=None,
@@ -438,7 +439,7 @@ def attention_to(
     return _head_result(v, "attention mass on the key positions", model, seconds=time.perf_counter() - start)
 
 
-def bos_attention(model, tokens: Int[Tensor, "batch pos"], query_positions=None) -> Result:
+def bos_attention(model: Model, tokens: Int[Tensor, "batch pos"], query_positions=None) -> Result:
     """Attention-sink score: mean attention to position 0, by default from every position from 1 on."""
     n_pos = checks.tokens(model, tokens).shape[1]
     if query_positions is None:
@@ -463,7 +464,7 @@ def _check_haystack(h) -> None:
             )
 
 
-def retrieval_hits(model, haystack) -> tuple[Int[Tensor, "layer head"], bool]:
+def retrieval_hits(model: Model, haystack) -> tuple[Int[Tensor, "layer head"], bool]:
     """Per-head retrieval hits on one haystack, by teacher forcing, and whether the model answers it.
 
     One forward pass over ``prompt + answer``. The query at position ``n - 1 + j`` (``n`` prompt
@@ -503,7 +504,7 @@ def retrieval_hits(model, haystack) -> tuple[Int[Tensor, "layer head"], bool]:
         kept["x"] = resid[:, queries - offset].detach()
 
     last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-    hooks: list[tuple[str, Callable[[Tensor, Any], None]]] = [
+    hooks: HookList = [
         (_pattern_name(layer), count_hits) for layer in range(model.cfg.n_layers)
     ]
     hooks.append((last, keep_answer_rows))
@@ -522,7 +523,7 @@ def retrieval_hits(model, haystack) -> tuple[Int[Tensor, "layer head"], bool]:
     return hits, answered
 
 
-def retrieval_scores(model, haystacks: Sequence, *, progress: bool = False) -> Result:
+def retrieval_scores(model: Model, haystacks: Sequence, *, progress: bool = False) -> Result:
     """Retrieval score of every head (Wu et al. 2024), ``[layer, head]``, in [0, 1].
 
     For each haystack the model answers (its greedy continuation is the answer, checked at every

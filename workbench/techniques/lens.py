@@ -24,7 +24,7 @@ Direct logit attribution lives in :mod:`workbench.techniques.dla`, attention pat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal, Sequence, cast
 
 import pandas as pd
 import torch
@@ -36,6 +36,7 @@ from workbench.core import checks
 from workbench.core.persist import Persistent
 from workbench.core.results import Result, render
 from workbench.core.runtime import resid_to_logits
+from workbench.core.types import Model
 from workbench.models.tokens import position_labels
 
 __all__ = [
@@ -62,7 +63,7 @@ CHUNK_ELEMENTS = 1 << 24  # 64 MB of float32
 # Shared helpers
 
 
-def token_strings(model, ids: Sequence[int]) -> list[str]:
+def token_strings(model: Model, ids: Sequence[int]) -> list[str]:
     """Token strings for labels; the ids themselves when the model has no tokenizer."""
     tok = getattr(model, "tokenizer", None)
     if tok is None:
@@ -70,7 +71,7 @@ def token_strings(model, ids: Sequence[int]) -> list[str]:
     return [tok.decode([int(i)]) for i in ids]
 
 
-def final_norm_kind(model) -> NormKind:
+def final_norm_kind(model: Model) -> NormKind:
     """The kind of ``model.ln_final``, read from ``model.cfg`` (``"none"`` when there is none).
 
     ``"LN"``/``"RMS"`` carry a weight ``ln_final.w`` (and ``"LN"`` a bias ``ln_final.b``); the
@@ -84,10 +85,10 @@ def final_norm_kind(model) -> NormKind:
         raise ValueError(f"Unsupported normalization_type {kind!r} in model.cfg.")
     if getattr(cfg, "final_rms", False) and kind in ("LN", "LNPre"):
         kind = "RMS" if kind == "LN" else "RMSPre"
-    return kind
+    return cast(NormKind, kind)
 
 
-def decode(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+def decode(model: Model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
     """Logits of residual vectors through the model's own final norm, unembedding and soft cap."""
     return resid_to_logits(model, resid[None])[0]
 
@@ -108,7 +109,7 @@ class Lens:
     name: str
     title: str
 
-    def transform(self, model, layer: int, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+    def transform(self, model: Model, layer: int, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         return resid
 
 
@@ -139,7 +140,7 @@ def _lens(lens: str | Lens) -> Lens:
 # Logit lens
 
 
-def layer_labels(model) -> list[str]:
+def layer_labels(model: Model) -> list[str]:
     """Row labels of the lens: ``"L0 pre"`` ... ``"L{n-1} pre"``, then ``"final"``."""
     return [f"L{i} pre" for i in range(model.cfg.n_layers)] + ["final"]
 
@@ -169,7 +170,7 @@ def _logsumexp(logits: Float[Tensor, "pos d_vocab"]) -> Float[Tensor, " pos"]:
 
 @torch.no_grad()
 def _read_layer(
-    model,
+    model: Model,
     resid: Float[Tensor, "batch pos d_model"],
     targets: Int[Tensor, "batch pos"],
     top_k: int,
@@ -211,7 +212,7 @@ def _lens_positions(positions, seq: int) -> Tensor:
     return torch.tensor(checks.positions(positions, seq), dtype=torch.long)
 
 
-def _lens_targets(model, tokens: Tensor, targets, pos: Tensor) -> Tensor | None:
+def _lens_targets(model: Model, tokens: Tensor, targets, pos: Tensor) -> Tensor | None:
     """Targets as ``[batch, npos]`` ids (-1 = none); None means "the final layer's top-1"."""
     batch, seq = tokens.shape
     if isinstance(targets, str):
@@ -289,7 +290,7 @@ class LensResult(Persistent):
 
 @torch.no_grad()
 def logit_lens(
-    model,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     targets: Int[Tensor, "batch"] | Int[Tensor, "batch pos"] | int | LensTargets | None = "final",
     *,
@@ -340,7 +341,7 @@ def logit_lens(
     return _assemble_lens(model, tokens, pos, tgt, reads, top_k, mode, reader)
 
 
-def _run_lens(model, tokens, pos, targets, *, top_k, layers, progress, lens: Lens) -> dict[int, _Readout]:
+def _run_lens(model: Model, tokens, pos, targets, *, top_k, layers, progress, lens: Lens) -> dict[int, _Readout]:
     """One forward pass; the hook of each requested layer reduces it to a :class:`_Readout`."""
     n = model.cfg.n_layers
     reads: dict[int, _Readout] = {}
@@ -367,7 +368,7 @@ def _run_lens(model, tokens, pos, targets, *, top_k, layers, progress, lens: Len
     return reads
 
 
-def _assemble_lens(model, tokens, pos, tgt, reads, top_k, mode, lens: Lens) -> LensResult:
+def _assemble_lens(model: Model, tokens, pos, tgt, reads, top_k, mode, lens: Lens) -> LensResult:
     n = model.cfg.n_layers
     batch = tokens.shape[0]
     labels = layer_labels(model)
@@ -412,7 +413,7 @@ def _assemble_lens(model, tokens, pos, tgt, reads, top_k, mode, lens: Lens) -> L
     )
 
 
-def _top_frame(model, reads: list[_Readout], labels, pos, top_k) -> pd.DataFrame:
+def _top_frame(model: Model, reads: list[_Readout], labels, pos, top_k) -> pd.DataFrame:
     ids = torch.stack([r.top_ids for r in reads])  # [layer, batch, npos, k]
     L, B, P, K = ids.shape
     grid = torch.meshgrid(*[torch.arange(s) for s in (L, B, P, K)], indexing="ij")

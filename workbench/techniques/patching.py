@@ -57,6 +57,7 @@ from workbench.core import checks
 from workbench.core.metrics import Metric, Readout, check_scalar, metric_name
 from workbench.core.results import Result
 from workbench.core.runtime import cache_prefix, readout_logits, resid_to_logits, supports_fast_path
+from workbench.core.types import Model
 from workbench.models.tokens import position_labels
 
 __all__ = [
@@ -112,7 +113,7 @@ def _check_options(site: str, batch_size: int) -> _Spec:
     return _SITES[site]
 
 
-def n_heads_at(model, site: str) -> int:
+def n_heads_at(model: Model, site: str) -> int:
     """Heads at a site: query heads, or key/value heads for ``k``/``v`` on a grouped-query model."""
     cfg = model.cfg
     n_kv = getattr(cfg, "n_key_value_heads", None)
@@ -168,7 +169,7 @@ class _Plan:
         return tuple(sel)
 
 
-def _make_plan(model, site, by_pos, layers, heads, positions, seq) -> _Plan:
+def _make_plan(model: Model, site, by_pos, layers, heads, positions, seq) -> _Plan:
     spec = _SITES[site]
     is_head_site = spec.head_axis is not None
     if not is_head_site and heads is not None:
@@ -200,7 +201,7 @@ def _make_plan(model, site, by_pos, layers, heads, positions, seq) -> _Plan:
     return plan
 
 
-def _head_labels(model, site: str, heads: list[int]) -> tuple[str, list]:
+def _head_labels(model: Model, site: str, heads: list[int]) -> tuple[str, list]:
     n_q, n_site = model.cfg.n_heads, n_heads_at(model, site)
     if n_site == n_q:
         return "head", list(heads)
@@ -208,7 +209,7 @@ def _head_labels(model, site: str, heads: list[int]) -> tuple[str, list]:
     return "kv_head", [f"kv{j}:q{j * g}-q{j * g + g - 1}" for j in heads]
 
 
-def _result(model, plan: _Plan, values: Tensor, metric, clean_tokens, baselines, method) -> Result:
+def _result(model: Model, plan: _Plan, values: Tensor, metric, clean_tokens, baselines, method) -> Result:
     dims, labels = ["layer"], {"layer": list(plan.layers)}
     if plan.positions is not None:
         dims.append("pos")
@@ -264,7 +265,7 @@ class _Context:
     max_start: int  # a pass starts no later than this (the earliest position the metric reads)
 
 
-def _prepare(model, plan, clean_tokens, corrupted_tokens, metric, fast: bool):
+def _prepare(model: Model, plan, clean_tokens, corrupted_tokens, metric, fast: bool):
     """Run clean and corrupted once; check the metric on both; return the context and baselines."""
     names = {_hook_name(plan.site, L) for L in plan.layers}
     clean_logits, cache = model.run_with_cache(clean_tokens, names_filter=lambda n: n in names)
@@ -291,6 +292,8 @@ def _prepare(model, plan, clean_tokens, corrupted_tokens, metric, fast: bool):
     readout, max_start = None, seq - 1
     if fast and _has_readout(metric):
         readout = metric.readout(batch, seq)
+        assert readout.pos is not None and readout.tokens is not None  # a readout names both
+        assert final is not None  # the fast path keeps the corrupted final residual
         max_start = int(readout.pos.min())
         check = _from_readout(metric, readout_logits(model, final[None, torch.arange(batch), readout.pos],
                                                      readout.tokens), 1)
@@ -318,7 +321,7 @@ def _from_readout(metric, x: Tensor, k: int) -> Tensor:
     return out
 
 
-def _run_chunk(model, ctx: _Context, plan: _Plan, layer: int, metric, mask: Tensor,
+def _run_chunk(model: Model, ctx: _Context, plan: _Plan, layer: int, metric, mask: Tensor,
                start: int, corrupted_tokens: Tensor) -> Tensor:
     """Metric values of ``k = len(mask)`` patched runs, positions before ``start`` reused."""
     k, n, name = mask.shape[0], model.cfg.n_layers, _hook_name(plan.site, layer)
@@ -376,7 +379,7 @@ def _chunks(indices, todo: list[int], batch_size: int, seq: int, max_start: int)
 
 @torch.no_grad()
 def patch(
-    model,
+    model: Model,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupted_tokens: Int[Tensor, "batch pos"],
     metric: Metric,
@@ -439,7 +442,7 @@ def patch(
 
 
 @torch.no_grad()
-def patch_reference(model, clean_tokens, corrupted_tokens, metric, *, site: Site, by_pos: bool = True,
+def patch_reference(model: Model, clean_tokens, corrupted_tokens, metric, *, site: Site, by_pos: bool = True,
                     layers=None, heads=None, positions=None, progress: bool = False) -> Result:
     """The slow, obviously correct loop: one hooked forward of the corrupted batch per index."""
     _check_options(site, 1)
@@ -464,7 +467,7 @@ def patch_reference(model, clean_tokens, corrupted_tokens, metric, *, site: Site
 # ------------------------------------------------------------------------------ named variants
 
 
-def patch_heads(model, clean_tokens, corrupted_tokens, metric, *, by_pos: bool = False,
+def patch_heads(model: Model, clean_tokens, corrupted_tokens, metric, *, by_pos: bool = False,
                 site: HeadSite = "z", layers=None, heads=None, positions=None,
                 batch_size: int = 64, progress: bool = False) -> Result:
     """Patch attention heads: output ``z`` (default), ``q``, ``k``, ``v`` or ``pattern``.
@@ -483,7 +486,7 @@ def patch_heads(model, clean_tokens, corrupted_tokens, metric, *, by_pos: bool =
 
 
 def _layer_pos_variant(site: Site, what: str):
-    def variant(model, clean_tokens, corrupted_tokens, metric, *, layers=None, positions=None,
+    def variant(model: Model, clean_tokens, corrupted_tokens, metric, *, layers=None, positions=None,
                 batch_size: int = 64, progress: bool = False) -> Result:
         return patch(model, clean_tokens, corrupted_tokens, metric, site=site, layers=layers,
                      positions=positions, batch_size=batch_size, progress=progress)

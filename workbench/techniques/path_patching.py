@@ -65,6 +65,7 @@ from workbench.core.components import Circuit
 from workbench.core.metrics import Metric, check_scalar, metric_name
 from workbench.core.results import Result
 from workbench.core.runtime import cache_prefix, readout_logits, resid_to_logits
+from workbench.core.types import Model
 
 __all__ = ["ReceiverInput", "kv_head_of", "path_patch", "path_patch_heads"]
 
@@ -75,19 +76,19 @@ ReceiverInput = Literal["q", "k", "v", "resid"]
 # Checking the arguments
 
 
-def _n_kv_heads(model) -> int:
+def _n_kv_heads(model: Model) -> int:
     cfg = model.cfg
     if cfg.n_key_value_heads is None or cfg.ungroup_grouped_query_attention:
         return cfg.n_heads
     return cfg.n_key_value_heads
 
 
-def kv_head_of(model, head: int) -> int:
+def kv_head_of(model: Model, head: int) -> int:
     """The key/value head that query ``head`` reads (itself unless the model is grouped-query)."""
     return head // (model.cfg.n_heads // _n_kv_heads(model))
 
 
-def _parse_senders(model, senders) -> Circuit:
+def _parse_senders(model: Model, senders) -> Circuit:
     if isinstance(senders, tuple) and len(senders) == 2 and all(type(i) is int for i in senders):
         raise TypeError(
             f"senders={senders!r} is ambiguous: write [{senders!r}] for one head, or "
@@ -110,7 +111,7 @@ def _parse_senders(model, senders) -> Circuit:
     return Circuit(heads, mlps)
 
 
-def _parse_receivers(model, receivers, receiver_input) -> dict[int, list[int]]:
+def _parse_receivers(model: Model, receivers, receiver_input) -> dict[int, list[int]]:
     """``{layer: [receiver head indices]}``; empty for ``"resid"``."""
     if receiver_input not in get_args(ReceiverInput):
         raise ValueError(
@@ -142,7 +143,7 @@ def _parse_receivers(model, receivers, receiver_input) -> dict[int, list[int]]:
 # The engine: P sender sets at once, stacked along the batch axis as [P * batch, ...]
 
 
-def _metric_per_set(model, resid: Tensor, metric: Metric, n_sets: int) -> Float[Tensor, "k"]:
+def _metric_per_set(model: Model, resid: Tensor, metric: Metric, n_sets: int) -> Float[Tensor, "k"]:
     """The metric of each of ``n_sets`` stacked runs, from their final residual streams.
 
     A metric that says which logits it reads (``readout``) gets only those, unembedded from the
@@ -167,7 +168,7 @@ def _metric_per_set(model, resid: Tensor, metric: Metric, n_sets: int) -> Float[
 class _Cache:
     """Clean and corrupted activations that every sender set shares."""
 
-    def __init__(self, model, clean: Tensor, corrupted: Tensor, qkv_layers: dict, kind: str):
+    def __init__(self, model: Model, clean: Tensor, corrupted: Tensor, qkv_layers: dict, kind: str):
         n = model.cfg.n_layers
         mlp = not model.cfg.attn_only
 
@@ -206,7 +207,7 @@ def _stack(t: Tensor, n_sets: int) -> Tensor:
     return t.repeat(n_sets, *([1] * (t.ndim - 1)))
 
 
-def _frozen_hooks(model, cache: _Cache, sets: Sequence[Circuit], layers: range, freeze_mlps):
+def _frozen_hooks(model: Model, cache: _Cache, sets: Sequence[Circuit], layers: range, freeze_mlps):
     """Hooks for step 2 over ``layers``: senders corrupted, every other head (and MLP) clean."""
     P, H = len(sets), model.cfg.n_heads
     hooks = []
@@ -233,7 +234,7 @@ def _frozen_hooks(model, cache: _Cache, sets: Sequence[Circuit], layers: range, 
     return hooks
 
 
-def _direct_ok(model) -> bool:
+def _direct_ok(model: Model) -> bool:
     """Whether a head's write to the residual stream can be computed from its ``hook_z`` alone:
     ``z @ W_O + b_O``, then Gemma's post-attention norm where there is one (not: post-norm
     architectures such as OLMo 2, whose ``ln1`` follows the attention, or 4-bit weights)."""
@@ -243,14 +244,14 @@ def _direct_ok(model) -> bool:
     return cfg.original_architecture not in POST_NORM_ARCHITECTURES and not cfg.load_in_4bit
 
 
-def _attn_write(model, layer: int, z: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "batch pos d_model"]:
+def _attn_write(model: Model, layer: int, z: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "batch pos d_model"]:
     """What attention layer ``layer`` adds to the residual stream when its heads output ``z``."""
     attn, block = model.blocks[layer].attn, model.blocks[layer]
     out = torch.einsum("bphd,hdm->bpm", z, attn.W_O) + attn.b_O
     return block.ln1_post(out) if model.cfg.use_normalization_before_and_after else out
 
 
-def _direct_final(model, cache: _Cache, sets: Sequence[Circuit]) -> Float[Tensor, "k_batch pos d_model"]:
+def _direct_final(model: Model, cache: _Cache, sets: Sequence[Circuit]) -> Float[Tensor, "k_batch pos d_model"]:
     """The final residual stream of each sender set when everything else is frozen, without a
     forward pass: the clean one plus each sender's change of output (exact, since no frozen
     component reads the change)."""
@@ -275,7 +276,7 @@ def _direct_final(model, cache: _Cache, sets: Sequence[Circuit]) -> Float[Tensor
 
 
 def _run_sets(
-    model, cache: _Cache, sets: Sequence[Circuit], metric: Metric, receivers: dict[int, list[int]],
+    model: Model, cache: _Cache, sets: Sequence[Circuit], metric: Metric, receivers: dict[int, list[int]],
     kind: ReceiverInput, mask: Tensor, freeze_mlps: bool, direct: bool = True,
 ) -> Float[Tensor, "k"]:
     """Steps 2 and 3 for ``P = len(sets)`` sender sets at once; returns the metric of each.
@@ -356,7 +357,7 @@ def _first_changed(mask: Tensor, metric) -> int:
     return 0
 
 
-def _check_model(model) -> None:
+def _check_model(model: Model) -> None:
     if not isinstance(model, HookedTransformer):
         raise TypeError(
             f"Path patching needs a TransformerLens HookedTransformer, got {type(model).__name__}."
@@ -378,7 +379,7 @@ def _check_model(model) -> None:
 
 @torch.no_grad()
 def path_patch(
-    model,
+    model: Model,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupted_tokens: Int[Tensor, "batch pos"],
     metric: Metric,
@@ -421,7 +422,7 @@ def path_patch(
 
 @torch.no_grad()
 def path_patch_heads(
-    model,
+    model: Model,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupted_tokens: Int[Tensor, "batch pos"],
     metric: Metric,

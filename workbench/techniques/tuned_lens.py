@@ -24,6 +24,7 @@ from workbench.core import checks
 from workbench.core.persist import Persistent
 from workbench.core.results import render
 from workbench.core.runtime import resid_to_logits
+from workbench.core.types import Model
 from workbench.techniques.lens import Lens
 
 __all__ = ["TunedLens", "fit_tuned_lens", "lens_kl"]
@@ -40,7 +41,7 @@ class TunedLens(Lens, Persistent):
     weight: Tensor = field(default_factory=lambda: torch.zeros(0, 0, 0))
     bias: Tensor = field(default_factory=lambda: torch.zeros(0, 0))
 
-    def transform(self, model, layer: int, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+    def transform(self, model: Model, layer: int, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         if layer >= self.weight.shape[0]:
             return resid  # the final residual is read as it is
         w, b = self.weight[layer].to(resid), self.bias[layer].to(resid)
@@ -61,17 +62,18 @@ class TunedLens(Lens, Persistent):
                       ylabel="|A_l| (Frobenius)", title="tuned lens: translator sizes", **kwargs)
 
 
-def _residuals(model, tokens: Tensor) -> tuple[Tensor, Tensor]:
+def _residuals(model: Model, tokens: Tensor) -> tuple[Tensor, Tensor]:
     """Every layer's ``resid_pre`` ``[layer, rows, d_model]`` and the final log-probabilities."""
     n = model.cfg.n_layers
     names = [f"blocks.{l}.hook_resid_pre" for l in range(n)]
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
+    assert isinstance(logits, Tensor)
     resid = torch.stack([cache[name].reshape(-1, model.cfg.d_model) for name in names]).float()
     return resid, logits.reshape(-1, logits.shape[-1]).float().log_softmax(-1)
 
 
-def lens_kl(model, lens: Lens, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, " layer"]:
+def lens_kl(model: Model, lens: Lens, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, " layer"]:
     """Mean KL(final || lens) per layer, over every position of ``tokens``."""
     tokens = checks.tokens(model, tokens)
     resid, final = _residuals(model, tokens)
@@ -84,7 +86,7 @@ def lens_kl(model, lens: Lens, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor
 
 
 def fit_tuned_lens(
-    model, tokens: Int[Tensor, "batch pos"], *, steps: int = 200, lr: float = 1e-3, seed: int = 0,
+    model: Model, tokens: Int[Tensor, "batch pos"], *, steps: int = 200, lr: float = 1e-3, seed: int = 0,
 ) -> TunedLens:
     """Fit the translators on ``tokens`` (every position) with Adam, minimising the summed KL
     divergence of every layer's decoded distribution from the final one. The model is not changed."""

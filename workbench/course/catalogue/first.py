@@ -8,10 +8,11 @@ its ``catches``, function).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
+from workbench.core.types import HookList, Model
 from workbench.course import lens
 
 
@@ -27,12 +28,12 @@ def tokens_1d(tokenizer, text):
     return torch.tensor([tokenizer.bos_token_id, *tokenizer.encode(text, add_special_tokens=False)])
 
 
-def resid_post_instead(model, tokens, layer):
+def resid_post_instead(model: Model, tokens, layer):
     _, cache = model.run_with_cache(tokens)
     return cache[f"blocks.{layer}.hook_resid_post"]
 
 
-def resid_hook_left(model, tokens, layer):
+def resid_hook_left(model: Model, tokens, layer):
     stored: dict[str, object] = {}
     model.add_hook(f"blocks.{layer}.hook_resid_pre", lambda a, hook: stored.update(r=a.clone()))
     model(tokens)
@@ -109,7 +110,7 @@ def ld_summed(logits, answers, wrong):
     return (logits[rows, -1, answers] - logits[rows, -1, wrong]).sum()
 
 
-def _lens_resid(model, tokens, post=False):
+def _lens_resid(model: Model, tokens, post=False):
     n = model.cfg.n_layers
     kind = "post" if post else "pre"
     names = [f"blocks.{layer}.hook_resid_{kind}" for layer in range(n)]
@@ -119,31 +120,31 @@ def _lens_resid(model, tokens, post=False):
     return torch.stack([cache[name][:, -1] for name in names])
 
 
-def lens_no_final_norm(model, tokens):
+def lens_no_final_norm(model: Model, tokens):
     return model.unembed(_lens_resid(model, tokens))
 
 
-def lens_resid_post(model, tokens):
+def lens_resid_post(model: Model, tokens):
     return model.unembed(model.ln_final(_lens_resid(model, tokens, post=True)))
 
 
-def lens_block_ln1(model, tokens):
+def lens_block_ln1(model: Model, tokens):
     n = model.cfg.n_layers
     resid = _lens_resid(model, tokens)
     normed = [model.blocks[min(i, n - 1)].ln1(r) for i, r in enumerate(resid)]  # each block's norm
     return model.unembed(torch.stack(normed))
 
 
-def lens_no_unembed_bias(model, tokens):
+def lens_no_unembed_bias(model: Model, tokens):
     return model.ln_final(_lens_resid(model, tokens)) @ model.W_U
 
 
-def _dla(model, tokens, answers, wrong, *, norm=True, centre=True, sign=1.0, weight=True):
+def _dla(model: Model, tokens, answers, wrong, *, norm=True, centre=True, sign=1.0, weight=True):
     _, cache = model.run_with_cache(tokens)
     direction = (model.W_U[:, answers] - model.W_U[:, wrong]).T
     scale = cache["ln_final.hook_scale"][:, -1] if norm else torch.ones(len(tokens), 1)
     if norm and weight:
-        direction = direction * model.ln_final.w
+        direction = direction * cast(torch.Tensor, model.ln_final.w)
     out = []
     for layer in range(model.cfg.n_layers):
         z = cache[f"blocks.{layer}.attn.hook_z"][:, -1]
@@ -154,19 +155,19 @@ def _dla(model, tokens, answers, wrong, *, norm=True, centre=True, sign=1.0, wei
     return sign * torch.stack(out)
 
 
-def dla_no_final_norm(model, tokens, answers, wrong):
+def dla_no_final_norm(model: Model, tokens, answers, wrong):
     return _dla(model, tokens, answers, wrong, norm=False)
 
 
-def dla_no_norm_weight(model, tokens, answers, wrong):
+def dla_no_norm_weight(model: Model, tokens, answers, wrong):
     return _dla(model, tokens, answers, wrong, weight=False)
 
 
-def dla_sign_flipped(model, tokens, answers, wrong):
+def dla_sign_flipped(model: Model, tokens, answers, wrong):
     return _dla(model, tokens, answers, wrong, sign=-1.0)
 
 
-def dla_not_centred(model, tokens, answers, wrong):
+def dla_not_centred(model: Model, tokens, answers, wrong):
     return _dla(model, tokens, answers, wrong, centre=False)
 
 
@@ -178,7 +179,7 @@ def normalise_by_clean(value, clean, corrupted):
     return value / clean
 
 
-def _patch_resid(model, source, target, metric, layer, pos, *, kind="pre", all_pos=False):
+def _patch_resid(model: Model, source, target, metric, layer, pos, *, kind="pre", all_pos=False):
     name = f"blocks.{layer}.hook_resid_{kind}"
     _, cache = model.run_with_cache(source)
 
@@ -192,19 +193,19 @@ def _patch_resid(model, source, target, metric, layer, pos, *, kind="pre", all_p
         return metric(model(target)).item()
 
 
-def one_site_swapped(model, clean, corrupted, metric, layer, pos):
+def one_site_swapped(model: Model, clean, corrupted, metric, layer, pos):
     return _patch_resid(model, corrupted, clean, metric, layer, pos)
 
 
-def one_site_off_by_one(model, clean, corrupted, metric, layer, pos):
+def one_site_off_by_one(model: Model, clean, corrupted, metric, layer, pos):
     return _patch_resid(model, clean, corrupted, metric, layer, pos + 1)
 
 
-def one_site_every_position(model, clean, corrupted, metric, layer, pos):
+def one_site_every_position(model: Model, clean, corrupted, metric, layer, pos):
     return _patch_resid(model, clean, corrupted, metric, layer, pos, all_pos=True)
 
 
-def one_site_hook_left(model, clean, corrupted, metric, layer, pos):
+def one_site_hook_left(model: Model, clean, corrupted, metric, layer, pos):
     name = f"blocks.{layer}.hook_resid_pre"
     _, cache = model.run_with_cache(clean)
 
@@ -216,7 +217,7 @@ def one_site_hook_left(model, clean, corrupted, metric, layer, pos):
     return metric(model(corrupted)).item()
 
 
-def _sweep(model, clean, corrupted, metric, **kw):
+def _sweep(model: Model, clean, corrupted, metric, **kw):
     out = torch.zeros(model.cfg.n_layers, clean.shape[1])
     for layer in range(model.cfg.n_layers):
         for pos in range(clean.shape[1]):
@@ -224,19 +225,19 @@ def _sweep(model, clean, corrupted, metric, **kw):
     return out
 
 
-def sweep_swapped(model, clean, corrupted, metric):
+def sweep_swapped(model: Model, clean, corrupted, metric):
     return _sweep(model, corrupted, clean, metric)
 
 
-def sweep_transposed(model, clean, corrupted, metric):
+def sweep_transposed(model: Model, clean, corrupted, metric):
     return _sweep(model, clean, corrupted, metric).T
 
 
-def sweep_resid_post(model, clean, corrupted, metric):
+def sweep_resid_post(model: Model, clean, corrupted, metric):
     return _sweep(model, clean, corrupted, metric, kind="post")
 
 
-def _patch_heads(model, source, target, metric, *, index="head", last_only=False):
+def _patch_heads(model: Model, source, target, metric, *, index="head", last_only=False):
     _, cache = model.run_with_cache(source)
     out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     for layer in range(model.cfg.n_layers):
@@ -257,19 +258,19 @@ def _patch_heads(model, source, target, metric, *, index="head", last_only=False
     return out
 
 
-def heads_swapped(model, clean, corrupted, metric):
+def heads_swapped(model: Model, clean, corrupted, metric):
     return _patch_heads(model, corrupted, clean, metric)
 
 
-def heads_position_axis(model, clean, corrupted, metric):
+def heads_position_axis(model: Model, clean, corrupted, metric):
     return _patch_heads(model, clean, corrupted, metric, index="pos")
 
 
-def heads_last_position_only(model, clean, corrupted, metric):
+def heads_last_position_only(model: Model, clean, corrupted, metric):
     return _patch_heads(model, clean, corrupted, metric, last_only=True)
 
 
-def _attribution(model, clean, corrupted, metric, *, sign=1.0, grad_on="corrupted", baseline=True):
+def _attribution(model: Model, clean, corrupted, metric, *, sign=1.0, grad_on="corrupted", baseline=True):
     at, other = (corrupted, clean) if grad_on == "corrupted" else (clean, corrupted)
     _, other_cache = model.run_with_cache(other)
     zs = {}
@@ -281,7 +282,7 @@ def _attribution(model, clean, corrupted, metric, *, sign=1.0, grad_on="corrupte
     def leaf(resid, hook):
         return resid.detach().requires_grad_(True)
 
-    hooks = [("blocks.0.hook_resid_pre", leaf), (lambda n: n.endswith("hook_z"), keep)]
+    hooks: HookList = [("blocks.0.hook_resid_pre", leaf), (lambda n: n.endswith("hook_z"), keep)]
     with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
         value = metric(model(at))
         grads = torch.autograd.grad(value, list(zs.values()))
@@ -290,15 +291,15 @@ def _attribution(model, clean, corrupted, metric, *, sign=1.0, grad_on="corrupte
     return delta + value.detach() if baseline else delta
 
 
-def attribution_sign_flipped(model, clean, corrupted, metric):
+def attribution_sign_flipped(model: Model, clean, corrupted, metric):
     return _attribution(model, clean, corrupted, metric, sign=-1.0)
 
 
-def attribution_grad_on_clean(model, clean, corrupted, metric):
+def attribution_grad_on_clean(model: Model, clean, corrupted, metric):
     return _attribution(model, clean, corrupted, metric, grad_on="clean")
 
 
-def attribution_no_baseline(model, clean, corrupted, metric):
+def attribution_no_baseline(model: Model, clean, corrupted, metric):
     return _attribution(model, clean, corrupted, metric, baseline=False)
 
 

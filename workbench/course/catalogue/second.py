@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 
+from workbench.core.types import HookList, Model
 from workbench.course import paths
 from workbench.course import sae as csae
 
 
-def path_logits_unfrozen(model, clean, corrupted, metric, sender):
+def path_logits_unfrozen(model: Model, clean, corrupted, metric, sender):
     layer, head = sender
     name = f"blocks.{layer}.attn.hook_z"
     _, cache = model.run_with_cache(corrupted)
@@ -29,11 +30,11 @@ def path_logits_unfrozen(model, clean, corrupted, metric, sender):
         return metric(model(clean)).item()
 
 
-def path_logits_swapped(model, clean, corrupted, metric, sender):
+def path_logits_swapped(model: Model, clean, corrupted, metric, sender):
     return paths.path_patch_logits(model, corrupted, clean, metric, sender)
 
 
-def path_logits_mlps_unfrozen(model, clean, corrupted, metric, sender):
+def path_logits_mlps_unfrozen(model: Model, clean, corrupted, metric, sender):
     _, clean_cache = model.run_with_cache(clean)
     _, corrupted_cache = model.run_with_cache(corrupted)
     hooks = [h for h in paths.frozen_run_hooks(model, clean_cache, corrupted_cache, sender)
@@ -42,7 +43,7 @@ def path_logits_mlps_unfrozen(model, clean, corrupted, metric, sender):
         return metric(model(clean)).item()
 
 
-def _path_query(model, clean, corrupted, metric, sender, receiver, *, frozen=True, site="q"):
+def _path_query(model: Model, clean, corrupted, metric, sender, receiver, *, frozen=True, site="q"):
     _, clean_cache = model.run_with_cache(clean)
     _, corrupted_cache = model.run_with_cache(corrupted)
     name = f"blocks.{receiver[0]}.attn.hook_{site}"
@@ -73,19 +74,19 @@ def _path_query(model, clean, corrupted, metric, sender, receiver, *, frozen=Tru
         return metric(model(clean)).item()
 
 
-def path_query_unfrozen(model, clean, corrupted, metric, sender, receiver):
+def path_query_unfrozen(model: Model, clean, corrupted, metric, sender, receiver):
     return _path_query(model, clean, corrupted, metric, sender, receiver, frozen=False)
 
 
-def path_query_key_recorded(model, clean, corrupted, metric, sender, receiver):
+def path_query_key_recorded(model: Model, clean, corrupted, metric, sender, receiver):
     return _path_query(model, clean, corrupted, metric, sender, receiver, site="k")
 
 
-def path_query_swapped(model, clean, corrupted, metric, sender, receiver):
+def path_query_swapped(model: Model, clean, corrupted, metric, sender, receiver):
     return paths.path_patch_query(model, corrupted, clean, metric, sender, receiver)
 
 
-def zero_position_axis(model, tokens, metric, layer, head):
+def zero_position_axis(model: Model, tokens, metric, layer, head):
     def hook(z, hook):
         z[:, head] = 0.0
         return z
@@ -94,12 +95,12 @@ def zero_position_axis(model, tokens, metric, layer, head):
         return metric(model(tokens)).item()
 
 
-def zero_whole_layer(model, tokens, metric, layer, head):
+def zero_whole_layer(model: Model, tokens, metric, layer, head):
     with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_attn_out", lambda x, hook: 0 * x)]):
         return metric(model(tokens)).item()
 
 
-def zero_hook_left(model, tokens, metric, layer, head):
+def zero_hook_left(model: Model, tokens, metric, layer, head):
     def hook(z, hook):
         z[:, :, head] = 0.0
         return z
@@ -108,13 +109,13 @@ def zero_hook_left(model, tokens, metric, layer, head):
     return metric(model(tokens)).item()
 
 
-def zero_w_o_in_place(model, tokens, metric, layer, head):
+def zero_w_o_in_place(model: Model, tokens, metric, layer, head):
     with torch.no_grad():
         model.blocks[layer].attn.W_O[head] = 0.0  # the weights, not the activation; never restored
     return metric(model(tokens)).item()
 
 
-def _mean_ablate(model, tokens, metric, layer, head, reference, how):
+def _mean_ablate(model: Model, tokens, metric, layer, head, reference, how):
     name = f"blocks.{layer}.attn.hook_z"
     _, cache = model.run_with_cache(tokens if how == "input" else reference)
     z_ref = cache[name][:, :, head]
@@ -128,19 +129,19 @@ def _mean_ablate(model, tokens, metric, layer, head, reference, how):
         return metric(model(tokens)).item()
 
 
-def mean_over_positions_too(model, tokens, metric, layer, head, reference):
+def mean_over_positions_too(model: Model, tokens, metric, layer, head, reference):
     return _mean_ablate(model, tokens, metric, layer, head, reference, "pos_too")
 
 
-def mean_over_input_batch(model, tokens, metric, layer, head, reference):
+def mean_over_input_batch(model: Model, tokens, metric, layer, head, reference):
     return _mean_ablate(model, tokens, metric, layer, head, reference, "input")
 
 
-def mean_zeros_instead(model, tokens, metric, layer, head, reference):
+def mean_zeros_instead(model: Model, tokens, metric, layer, head, reference):
     return _mean_ablate(model, tokens, metric, layer, head, reference, "zero")
 
 
-def _faithfulness(model, tokens, metric, circuit, reference, *, invert=False, kind="mean",
+def _faithfulness(model: Model, tokens, metric, circuit, reference, *, invert=False, kind="mean",
                   ratio="circuit/model"):
     _, cache = model.run_with_cache(reference)
     keep = set(circuit)
@@ -152,26 +153,26 @@ def _faithfulness(model, tokens, metric, circuit, reference, *, invert=False, ki
                 z[:, :, h] = mean if kind == "mean" else 0 * mean
         return z
 
-    hooks = [(f"blocks.{layer}.attn.hook_z", hook) for layer in range(model.cfg.n_layers)]
+    hooks: HookList = [(f"blocks.{layer}.attn.hook_z", hook) for layer in range(model.cfg.n_layers)]
     with model.hooks(fwd_hooks=hooks):
         c = metric(model(tokens)).item()
     m = metric(model(tokens)).item()
     return c / m if ratio == "circuit/model" else m / c
 
 
-def faith_circuit_ablated(model, tokens, metric, circuit, reference):
+def faith_circuit_ablated(model: Model, tokens, metric, circuit, reference):
     return _faithfulness(model, tokens, metric, circuit, reference, invert=True)
 
 
-def faith_ratio_inverted(model, tokens, metric, circuit, reference):
+def faith_ratio_inverted(model: Model, tokens, metric, circuit, reference):
     return _faithfulness(model, tokens, metric, circuit, reference, ratio="model/circuit")
 
 
-def faith_zero_ablation(model, tokens, metric, circuit, reference):
+def faith_zero_ablation(model: Model, tokens, metric, circuit, reference):
     return _faithfulness(model, tokens, metric, circuit, reference, kind="zero")
 
 
-def _hits(model, haystack, *, shift=0, compare_token=True, argmax_dim=-1):
+def _hits(model: Model, haystack, *, shift=0, compare_token=True, argmax_dim=-1):
     full = haystack.full_tokens
     n, m = haystack.tokens.shape[1], len(haystack.answer_ids)
     queries = torch.arange(n - 1, n - 1 + m) + shift
@@ -194,19 +195,19 @@ def _hits(model, haystack, *, shift=0, compare_token=True, argmax_dim=-1):
     return hits
 
 
-def hits_off_by_one_query(model, haystack):
+def hits_off_by_one_query(model: Model, haystack):
     return _hits(model, haystack, shift=1)
 
 
-def hits_token_not_compared(model, haystack):
+def hits_token_not_compared(model: Model, haystack):
     return _hits(model, haystack, compare_token=False)
 
 
-def hits_argmax_over_queries(model, haystack):
+def hits_argmax_over_queries(model: Model, haystack):
     return _hits(model, haystack, argmax_dim=-2)
 
 
-def _year(model, ds, head, *, at_end=True, swapped=False, normalised=True):
+def _year(model: Model, ds, head, *, at_end=True, swapped=False, normalised=True):
     layer, h = head
     name = f"blocks.{layer}.attn.hook_z"
     source, target = ((ds.corrupted_tokens, ds.clean_tokens) if swapped
@@ -229,19 +230,19 @@ def _year(model, ds, head, *, at_end=True, swapped=False, normalised=True):
     return (patched - base_target) / (base_source - base_target) if normalised else patched
 
 
-def year_last_position(model, ds, head):
+def year_last_position(model: Model, ds, head):
     return _year(model, ds, head, at_end=False)
 
 
-def year_swapped(model, ds, head):
+def year_swapped(model: Model, ds, head):
     return _year(model, ds, head, swapped=True)
 
 
-def year_not_normalised(model, ds, head):
+def year_not_normalised(model: Model, ds, head):
     return _year(model, ds, head, normalised=False)
 
 
-def _mover(model, ds, *, swapped=False, pos=2, normalised=True):
+def _mover(model: Model, ds, *, swapped=False, pos=2, normalised=True):
     metric = ds.logit_diff()
     source, target = ((ds.corrupted_tokens, ds.clean_tokens) if swapped
                       else (ds.clean_tokens, ds.corrupted_tokens))
@@ -259,19 +260,19 @@ def _mover(model, ds, *, swapped=False, pos=2, normalised=True):
     return out
 
 
-def mover_swapped(model, ds):
+def mover_swapped(model: Model, ds):
     return _mover(model, ds, swapped=True)
 
 
-def mover_at_operand(model, ds):
+def mover_at_operand(model: Model, ds):
     return _mover(model, ds, pos=0)
 
 
-def mover_not_normalised(model, ds):
+def mover_not_normalised(model: Model, ds):
     return _mover(model, ds, normalised=False)
 
 
-def _operand_attention(model, tokens, *, hook="pattern", query=2, swapped=False):
+def _operand_attention(model: Model, tokens, *, hook="pattern", query=2, swapped=False):
     _, cache = model.run_with_cache(tokens)
     p = cache[f"blocks.0.attn.hook_{hook}"]
     if swapped:
@@ -279,15 +280,15 @@ def _operand_attention(model, tokens, *, hook="pattern", query=2, swapped=False)
     return p[:, :, query, :2].mean(0).T
 
 
-def attention_query_key_swapped(model, tokens):
+def attention_query_key_swapped(model: Model, tokens):
     return _operand_attention(model, tokens, swapped=True)
 
 
-def attention_from_b(model, tokens):
+def attention_from_b(model: Model, tokens):
     return _operand_attention(model, tokens, query=1)
 
 
-def attention_scores_not_pattern(model, tokens):
+def attention_scores_not_pattern(model: Model, tokens):
     return _operand_attention(model, tokens, hook="attn_scores")
 
 
@@ -319,7 +320,7 @@ def decode_encoder_transpose(sae, latents):
     return latents @ sae.W_enc.T + sae.b_dec
 
 
-def _feature_attr(model, sae, clean, corrupted, metric, *, sign=1.0, error_term=True, at="corrupted"):
+def _feature_attr(model: Model, sae, clean, corrupted, metric, *, sign=1.0, error_term=True, at="corrupted"):
     at_tokens, other = (corrupted, clean) if at == "corrupted" else (clean, corrupted)
     _, cache = model.run_with_cache(other)
     other_latents = sae.encode(cache[csae.HOOK])
@@ -337,15 +338,15 @@ def _feature_attr(model, sae, clean, corrupted, metric, *, sign=1.0, error_term=
     return value.detach() + delta[:, 1:].sum(dim=(0, 1))
 
 
-def feature_sign_flipped(model, sae, clean, corrupted, metric):
+def feature_sign_flipped(model: Model, sae, clean, corrupted, metric):
     return _feature_attr(model, sae, clean, corrupted, metric, sign=-1.0)
 
 
-def feature_no_error_term(model, sae, clean, corrupted, metric):
+def feature_no_error_term(model: Model, sae, clean, corrupted, metric):
     return _feature_attr(model, sae, clean, corrupted, metric, error_term=False)
 
 
-def feature_grad_on_clean(model, sae, clean, corrupted, metric):
+def feature_grad_on_clean(model: Model, sae, clean, corrupted, metric):
     return _feature_attr(model, sae, clean, corrupted, metric, at="clean")
 
 

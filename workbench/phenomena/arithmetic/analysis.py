@@ -42,6 +42,7 @@ from workbench.core.components import random_head_sets, top_k_heads
 from workbench.core.persist import Persistent
 from workbench.core.results import Result, render
 from workbench.core.runtime import logits_at, resid_to_logits
+from workbench.core.types import HookList, Model
 from workbench.techniques.ablation import ComponentAblation, ablate
 from workbench.techniques.heads import attention_to
 
@@ -67,7 +68,7 @@ def _check_ablation(ablation: str) -> None:
 
 
 @torch.no_grad()
-def _correct(model, ds, batch_size: int) -> Tensor:
+def _correct(model: Model, ds, batch_size: int) -> Tensor:
     """Bool [batch]: the top prediction at ``pos["END"]`` is ``answer_ids``."""
     out = []
     for start in range(0, len(ds.clean_tokens), batch_size):
@@ -78,7 +79,7 @@ def _correct(model, ds, batch_size: int) -> Tensor:
 
 
 def answer_accuracy(
-    model,
+    model: Model,
     ds,
     *,
     heads: Sequence[Head] = (),
@@ -110,7 +111,7 @@ def top_heads(scores: Result, k: int) -> list[Head]:
     return top_k_heads(scores.values, k)
 
 
-def random_heads(model, k: int, *, seed: int, exclude: Sequence[Head] = ()) -> list[Head]:
+def random_heads(model: Model, k: int, *, seed: int, exclude: Sequence[Head] = ()) -> list[Head]:
     """``k`` distinct heads drawn uniformly (seeded) from all heads not in ``exclude``."""
     return random_head_sets(model.cfg.n_layers, model.cfg.n_heads, k=k, n_draws=1, seed=seed, exclude=exclude)[0]
 
@@ -165,7 +166,7 @@ class TopVsRandom(Persistent):
 
 
 def top_vs_random(
-    model,
+    model: Model,
     ds,
     scores: Result,
     *,
@@ -221,7 +222,7 @@ def _role_mask(ds, role: str, n_pos: int) -> Tensor:
     return (ar >= start[:, None]) & (ar <= end[:, None])
 
 
-def operand_attention(model, ds, roles: Sequence[str] | None = None) -> Result:
+def operand_attention(model: Model, ds, roles: Sequence[str] | None = None) -> Result:
     """Attention from ``pos["END"]`` to each role's tokens, ``[key_pos, layer, head]``.
 
     ``roles``: keys of ``ds.pos`` (default: ``"A", "OP", "B"`` where present; the toy problems
@@ -249,14 +250,14 @@ def operand_attention(model, ds, roles: Sequence[str] | None = None) -> Result:
 
 
 @torch.no_grad()
-def head_means(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer pos head d_head"]:
+def head_means(model: Model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer pos head d_head"]:
     """Each head's output ``z`` averaged over ``tokens``, position by position (mean ablation's means)."""
     kept: dict[int, Tensor] = {}
 
     def keep(z: Tensor, hook) -> None:
         kept[int(hook.name.split(".")[1])] = z.mean(0)
 
-    hooks = [(f"blocks.{layer}.attn.hook_z", keep) for layer in range(model.cfg.n_layers)]
+    hooks: HookList = [(f"blocks.{layer}.attn.hook_z", keep) for layer in range(model.cfg.n_layers)]
     with model.hooks(fwd_hooks=hooks):
         model(tokens, return_type=None)
     return torch.stack([kept[layer] for layer in range(model.cfg.n_layers)])
@@ -264,7 +265,7 @@ def head_means(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer 
 
 @torch.no_grad()
 def sum_correct(
-    model, ds, head_sets: Sequence[Sequence[Head]], *, means: Tensor, sets_per_pass: int = 8,
+    model: Model, ds, head_sets: Sequence[Sequence[Head]], *, means: Tensor, sets_per_pass: int = 8,
 ) -> Float[Tensor, "head_set batch"]:
     """Whether each problem's whole answer (both digits) is the top prediction, ``[set, problem]``,
     with each set's heads mean-ablated (outputs replaced by ``means``, from :func:`head_means`).
@@ -303,7 +304,7 @@ def sum_correct(
             d = drop[:, layer][:, None, :, None].to(z.dtype)
             return z * (1 - d) + means[layer][None].to(z.dtype) * d
 
-        hooks = [(f"blocks.{layer}.attn.hook_z", mean_ablate) for layer in range(low, n_layers)]
+        hooks: HookList = [(f"blocks.{layer}.attn.hook_z", mean_ablate) for layer in range(low, n_layers)]
         with model.hooks(fwd_hooks=hooks):
             final = model(resid.repeat(len(chunk), 1, 1), start_at_layer=low, stop_at_layer=n_layers)
         logits = resid_to_logits(model, final[:, end : end + 2])
@@ -313,7 +314,7 @@ def sum_correct(
 
 
 @torch.no_grad()
-def operand_attention_per_problem(model, ds) -> Float[Tensor, "batch layer head"]:
+def operand_attention_per_problem(model: Model, ds) -> Float[Tensor, "batch layer head"]:
     """Attention from ``pos["END"]`` to both operands' tokens (``A_START..A`` and ``B_START..B``), per problem."""
     _check_dataset(ds)
     tokens = ds.clean_tokens
@@ -325,7 +326,7 @@ def operand_attention_per_problem(model, ds) -> Float[Tensor, "batch layer head"
         q = pattern[rows, :, ds.pos["END"]]  # [batch, head, key]
         out.append((q * keys[:, None].to(q.dtype)).sum(-1))
 
-    hooks = [(f"blocks.{layer}.attn.hook_pattern", read) for layer in range(model.cfg.n_layers)]
+    hooks: HookList = [(f"blocks.{layer}.attn.hook_pattern", read) for layer in range(model.cfg.n_layers)]
     with model.hooks(fwd_hooks=hooks):
         model(tokens, return_type=None)
     return torch.stack(out, 1)

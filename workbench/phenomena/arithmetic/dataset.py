@@ -42,7 +42,9 @@ from torch import Tensor
 
 from workbench.core.metrics import LogitDiff
 from workbench.core.subsets import subset_items
+from workbench.core.types import Model
 from workbench.models import to_tokens
+from workbench.models.tokens import decode_token
 from workbench.phenomena.answers import (
     answer_correct,
     encode_text,
@@ -164,8 +166,8 @@ def _render(template: str, a: int, op: str, b: int, shots: str) -> tuple[str, di
     return "".join(parts), spans
 
 
-def _check_answer_token(model, result: int, token: int) -> str:
-    text = model.tokenizer.decode([token]).strip()
+def _check_answer_token(model: Model, result: int, token: int) -> str:
+    text = decode_token(model, token).strip()
     value = str(result)
     if text not in (value[0], value):
         raise ValueError(
@@ -177,7 +179,7 @@ def _check_answer_token(model, result: int, token: int) -> str:
 
 
 def arithmetic_problems(
-    model,
+    model: Model,
     *,
     ops: Sequence[str] = OPS,
     digits: int = 1,
@@ -253,7 +255,7 @@ def _shots(rng, ops, op: str, digits: int, avoid: tuple[int, int]) -> str:
     return "".join(f"{a}{op}{b}={_apply(a, op, b)}\n" for a, b in rng.sample(pool, 2))
 
 
-def _problem(model, rng, ops, template, digits, a, op, b):
+def _problem(model: Model, rng, ops, template, digits, a, op, b):
     """One clean problem with both counterfactuals, or None if it has no usable counterfactual."""
     shots = _shots(rng, ops, op, digits, (a, b)) if template == "few_shot" else ""
     prompt, spans = _render(template, a, op, b, shots)
@@ -286,14 +288,14 @@ def _problem(model, rng, ops, template, digits, a, op, b):
                 answer_str=answer_str, operands=by_operands, operator=by_operator)
 
 
-def _first_after(model, prompt: str, result: int) -> int:
+def _first_after(model: Model, prompt: str, result: int) -> int:
     """First token of ``result`` written right after ``prompt`` (which ends where digits go)."""
     _, token = first_answer_token(model, prompt, str(result))
     _check_answer_token(model, result, token)
     return token
 
 
-def _assemble(model, rows, template, digits, corruption, seed) -> ArithmeticProblems:
+def _assemble(model: Model, rows, template, digits, corruption, seed) -> ArithmeticProblems:
     prompts = [r["prompt"] for r in rows]
     corrupted = [r[corruption][0] for r in rows]
     lengths = {len(encode_text(model, p)) for p in prompts + corrupted}
@@ -382,7 +384,7 @@ def _differs(r: int, s: int) -> bool:
     return str(r)[0] != str(s)[0] and str(r)[1] != str(s)[1]
 
 
-def sum_problems(model, *, n: int = 200, seed: int = 0, lo: int = 10, hi: int = 49) -> SumProblems:
+def sum_problems(model: Model, *, n: int = 200, seed: int = 0, lo: int = 10, hi: int = 49) -> SumProblems:
     """``n`` distinct seeded problems ``a+b=`` with ``lo <= a, b <= hi`` (results of two digits),
     after two solved examples whose results share no digit position with the answer (so neither
     digit can be copied from them); the counterfactual has other operands whose result differs in

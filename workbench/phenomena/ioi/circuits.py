@@ -45,6 +45,7 @@ from workbench.core import checks
 from workbench.core.persist import Persistent
 from workbench.core.results import Result, render
 from workbench.core.runtime import logits_at
+from workbench.core.types import HookList, Model
 from workbench.techniques.heads import HeadSet
 
 __all__ = [
@@ -128,7 +129,7 @@ def select_heads(
     return HeadSet(keep.nonzero().tolist(), label)
 
 
-def kv_receivers(model, heads) -> list[tuple[int, int]]:
+def kv_receivers(model: Model, heads) -> list[tuple[int, int]]:
     """The ``(layer, kv_head)`` pairs that query heads read keys and values from, sorted.
 
     Path patching to ``"k"``/``"v"`` takes key/value heads; on a model without grouped-query
@@ -351,7 +352,7 @@ def percentile_rank(scores: Result) -> Result:
 
 
 def ioi_splits(
-    model,
+    model: Model,
     n_select: int,
     n_eval: int,
     *,
@@ -384,7 +385,7 @@ def ioi_splits(
     return out[0], out[1]
 
 
-def _head_means(model, reference: Tensor, template_ids: Tensor) -> dict[int, Tensor]:
+def _head_means(model: Model, reference: Tensor, template_ids: Tensor) -> dict[int, Tensor]:
     """Per layer, the mean ``hook_z`` over reference prompts of each prompt's template ``[batch, pos, head, d]``."""
     names = {f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)}
     _, cache = model.run_with_cache(reference, names_filter=lambda n: n in names, return_type=None)
@@ -398,7 +399,7 @@ def _head_means(model, reference: Tensor, template_ids: Tensor) -> dict[int, Ten
 
 
 @torch.no_grad()
-def ablated_metric(model, tokens: Int[Tensor, "batch pos"], reference: Int[Tensor, "batch pos"], metric,
+def ablated_metric(model: Model, tokens: Int[Tensor, "batch pos"], reference: Int[Tensor, "batch pos"], metric,
                    kept: Sequence[Sequence[tuple[int, int]]], *, template_ids: Tensor, chunk: int = 4) -> Tensor:
     """``metric`` per prompt with every head outside each kept set mean-ablated: ``[set, batch]``.
 
@@ -433,7 +434,7 @@ def ablated_metric(model, tokens: Int[Tensor, "batch pos"], reference: Int[Tenso
             ablate = m[:, layer].repeat_interleave(batch, 0)[:, None, :, None]  # [c*batch, 1, head, 1]
             return torch.where(ablate, means[layer].repeat(c, 1, 1, 1), z)
 
-        hooks = [(f"blocks.{layer}.attn.hook_z", hook) for layer in range(n_layers)]
+        hooks: HookList = [(f"blocks.{layer}.attn.hook_z", hook) for layer in range(n_layers)]
         with model.hooks(fwd_hooks=hooks):
             if readout is None:
                 logits = model(tokens.repeat(c, 1))
@@ -448,7 +449,7 @@ def ablated_metric(model, tokens: Int[Tensor, "batch pos"], reference: Int[Tenso
 
 @torch.no_grad()
 def attention_by_prompt(
-    model, tokens: Int[Tensor, "batch pos"], query_pos: Tensor, key_pos: Sequence[Tensor]
+    model: Model, tokens: Int[Tensor, "batch pos"], query_pos: Tensor, key_pos: Sequence[Tensor]
 ) -> Tensor:
     """Attention from one query position to a set of key positions, per prompt: ``[batch, layer, head]``.
 
@@ -461,7 +462,7 @@ def attention_by_prompt(
     out = []
     for layer in range(model.cfg.n_layers):
         p = cache[f"blocks.{layer}.attn.hook_pattern"][rows, :, torch.as_tensor(query_pos)]  # [batch, head, key]
-        out.append(sum(p[rows, :, torch.as_tensor(k)] for k in key_pos))
+        out.append(torch.stack([p[rows, :, torch.as_tensor(k)] for k in key_pos]).sum(0))
     return torch.stack(out, 1)
 
 
@@ -486,7 +487,7 @@ class IOIClasses(Persistent):
         return render("head_sets", sets, shape=grids[0] if grids else None, **kwargs)
 
 
-def find_ioi_classes(model, ds, *, rel: float = 0.1, min_effect: float = 0.01) -> IOIClasses:
+def find_ioi_classes(model: Model, ds, *, rel: float = 0.1, min_effect: float = 0.01) -> IOIClasses:
     """The paper's four path patching steps on ``ds`` (clean vs its ABC prompts), as in ``01_ioi_circuit``.
 
     (a) head -> logits at END: name movers (positive) and negative name movers; (b) head -> queries

@@ -22,7 +22,9 @@ from torch import Tensor
 
 from workbench.core.metrics import LogitDiff
 from workbench.core.subsets import subset_items
+from workbench.core.types import Model
 from workbench.models import to_tokens
+from workbench.models.tokens import tokenizer_of
 
 __all__ = ["TEMPLATES", "IOIDataset", "ioi_dataset", "single_token_words"]
 
@@ -63,9 +65,9 @@ OBJECTS = (
 ).split()
 
 
-def single_token_words(model, words: Sequence[str]) -> list[str]:
+def single_token_words(model: Model, words: Sequence[str]) -> list[str]:
     """The words that are one token for the model's tokenizer when preceded by a space."""
-    tok = model.tokenizer
+    tok = tokenizer_of(model)
     return [w for w in words if len(tok.encode(" " + w, add_special_tokens=False)) == 1]
 
 
@@ -144,7 +146,7 @@ def _check_options(n: int, templates: Sequence[int] | None, order: str, corrupti
     return chosen
 
 
-def _prompt_rows(model, n: int, chosen: list[int], seed: int, order: str, corruption: str) -> list[tuple]:
+def _prompt_rows(model: Model, n: int, chosen: list[int], seed: int, order: str, corruption: str) -> list[tuple]:
     """``n`` seeded rows ``(template, order, IO name, S name, clean, corrupted, ABC prompt)``."""
     names = single_token_words(model, NAMES)
     places = single_token_words(model, PLACES)
@@ -177,7 +179,7 @@ def _prompt_rows(model, n: int, chosen: list[int], seed: int, order: str, corrup
 
 
 def ioi_dataset(
-    model,
+    model: Model,
     n: int = 50,
     *,
     seed: int = 0,
@@ -199,7 +201,7 @@ def ioi_dataset(
     rows = _prompt_rows(model, n, chosen, seed, order, corruption)
 
     prompts = [r[4] for r in rows]
-    lengths = {len(model.tokenizer.encode(p, add_special_tokens=False)) for p in prompts}
+    lengths = {len(tokenizer_of(model).encode(p, add_special_tokens=False)) for p in prompts}
     padding: Literal["error", "right"] = "right" if len(lengths) > 1 else "error"
     clean_tokens = to_tokens(model, prompts, padding=padding)
     corrupted_tokens = to_tokens(model, [r[5] for r in rows], padding=padding)
@@ -207,7 +209,7 @@ def ioi_dataset(
     if clean_tokens.shape != corrupted_tokens.shape or clean_tokens.shape != abc_tokens.shape:
         raise RuntimeError("Clean and corrupted prompts tokenized to different lengths.")
 
-    tok = model.tokenizer
+    tok = tokenizer_of(model)
     io_ids = torch.tensor([tok.encode(" " + r[2], add_special_tokens=False)[0] for r in rows])
     s_ids = torch.tensor([tok.encode(" " + r[3], add_special_tokens=False)[0] for r in rows])
     found = [_positions(clean_tokens[i], int(io_ids[i]), int(s_ids[i])) for i in range(n)]

@@ -56,6 +56,7 @@ from workbench.core.runtime import (
     run_cached,
     supports_fast_path,
 )
+from workbench.core.types import HookList, Model
 from workbench.phenomena.retrieval.scores import haystack_frame, score_summary
 from workbench.techniques.ablation import mask_attention
 from workbench.techniques.heads import HeadSet
@@ -79,7 +80,7 @@ _MEASURES = ("exact", "tokens")
 # Checks
 
 
-def _check_haystacks(model, haystacks) -> list:
+def _check_haystacks(model: Model, haystacks) -> list:
     if isinstance(haystacks, (str, bytes, Tensor)) or not isinstance(haystacks, Iterable):
         raise TypeError(
             f"haystacks must be a list of Haystack, got {type(haystacks).__name__}; "
@@ -115,7 +116,7 @@ def _check_batch_size(batch_size) -> None:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
 
 
-def _check_scores(model, scores) -> None:
+def _check_scores(model: Model, scores) -> None:
     if not isinstance(scores, Result) or tuple(scores.dims) != ("layer", "head"):
         got = scores.dims if isinstance(scores, Result) else type(scores).__name__
         raise TypeError(f"scores must be a Result with dims ('layer', 'head') (heads.retrieval_scores), got {got}.")
@@ -138,7 +139,7 @@ def _label(h) -> str:
 # Needle accuracy
 
 
-def _answer_logits(model, full: Tensor, n_prompt: int, n_answer: int) -> Float[Tensor, "batch target d_vocab"]:
+def _answer_logits(model: Model, full: Tensor, n_prompt: int, n_answer: int) -> Float[Tensor, "batch target d_vocab"]:
     """Logits at the ``n_answer`` queries that predict the answer tokens; only those rows unembedded.
 
     A long prompt is run in chunks first (:func:`workbench.models.prefill`, as
@@ -170,7 +171,7 @@ def _groups(haystacks: list, batch_size: int) -> list[list[int]]:
     return [idx[s : s + batch_size] for idx in by_shape.values() for s in range(0, len(idx), batch_size)]
 
 
-def _correct(model, haystacks: list, measure: str, batch_size: int, progress: bool) -> Tensor:
+def _correct(model: Model, haystacks: list, measure: str, batch_size: int, progress: bool) -> Tensor:
     out = torch.zeros(len(haystacks))
     groups = _groups(haystacks, batch_size)
     with torch.no_grad():
@@ -185,7 +186,7 @@ def _correct(model, haystacks: list, measure: str, batch_size: int, progress: bo
 
 
 def needle_correct(
-    model,
+    model: Model,
     haystacks: Sequence,
     *,
     heads: Iterable[tuple[int, int]] = (),
@@ -227,7 +228,7 @@ def needle_correct(
     )
 
 
-def needle_accuracy(model, haystacks: Sequence, **options) -> float:
+def needle_accuracy(model: Model, haystacks: Sequence, **options) -> float:
     """Mean of :func:`needle_correct` over the haystacks (same options): needle accuracy in [0, 1]."""
     return float(needle_correct(model, haystacks, **options).values.mean())
 
@@ -315,7 +316,7 @@ class MaskingResult(Persistent):
         )
 
 
-def k_sweep(model, *, max_fraction: float = 0.1, steps: int = 4) -> list[int]:
+def k_sweep(model: Model, *, max_fraction: float = 0.1, steps: int = 4) -> list[int]:
     """Head counts ``K`` for :func:`masking_experiment`: ``steps`` values spaced geometrically
     from 1 to ``round(max_fraction * n_layers * n_heads)`` (rounded, repeats dropped).
 
@@ -349,7 +350,7 @@ def _check_ks(ks, n_heads: int) -> list[int]:
     return sorted(ks)
 
 
-def _check_masking(model, haystacks, scores: Result, ks, n_draws, threshold, measure, batch_size):
+def _check_masking(model: Model, haystacks, scores: Result, ks, n_draws, threshold, measure, batch_size):
     """(haystacks, sorted ks), checked."""
     _check_measure(measure)
     _check_batch_size(batch_size)
@@ -379,7 +380,7 @@ def _head_orders(scores: Result, k_max: int, threshold: float, n_draws: int, see
     return top_order, [[pool[i] for i in torch.randperm(len(pool), generator=gen).tolist()] for _ in range(n_draws)]
 
 
-def _masked_accuracies(model, haystacks: list, conditions: list, measure: str, batch_size: int,
+def _masked_accuracies(model: Model, haystacks: list, conditions: list, measure: str, batch_size: int,
                        progress: bool) -> tuple[float, dict]:
     """(accuracy with nothing masked, ``{(name, k): accuracy}`` for each masked condition)."""
     accuracy = {}
@@ -396,7 +397,7 @@ def _masked_accuracies(model, haystacks: list, conditions: list, measure: str, b
 
 
 def masking_experiment(
-    model,
+    model: Model,
     haystacks: Sequence,
     scores: Result,
     ks: Sequence[int],
@@ -473,7 +474,7 @@ def masking_experiment(
 
 
 def answer_masking(
-    model, haystacks: Sequence, head_sets: Sequence[Iterable[tuple[int, int]]], *, sets_per_pass: int = 8,
+    model: Model, haystacks: Sequence, head_sets: Sequence[Iterable[tuple[int, int]]], *, sets_per_pass: int = 8,
 ) -> Float[Tensor, "head_set batch"]:
     """Exact needle correctness with each head set masked at the answer queries only, ``[set, batch]``.
 
@@ -515,7 +516,7 @@ def answer_masking(
                 def zero_queries(q: Tensor, hook, mask=mask) -> Tensor:  # [rows, pos, head, d_head]
                     return q * mask[:, int(hook.name.split(".")[1])][:, None, :, None].to(q.dtype)
 
-                hooks = [(f"blocks.{layer}.attn.hook_q", zero_queries) for layer in range(low, n_layers)]
+                hooks: HookList = [(f"blocks.{layer}.attn.hook_q", zero_queries) for layer in range(low, n_layers)]
                 with model.hooks(fwd_hooks=hooks):
                     final = model(resid.repeat(len(chunk), 1, 1), start_at_layer=low, stop_at_layer=n_layers,
                                   past_kv_cache=cache_prefix(kv, end=first, times=len(chunk), from_layer=low))

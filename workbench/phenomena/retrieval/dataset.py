@@ -43,7 +43,9 @@ from jaxtyping import Int
 from torch import Tensor
 
 from workbench.core.resources import data_path
+from workbench.core.types import Model
 from workbench.models import to_tokens
+from workbench.models.tokens import decode_token
 
 __all__ = ["FILLER_PATH", "Needle", "Haystack", "load_filler", "needle_haystacks"]
 
@@ -174,7 +176,7 @@ def _nearest(candidates: list[int], target: int, window: int) -> int:
 
 
 def needle_haystacks(
-    model,
+    model: Model,
     *,
     context_lengths: Sequence[int] = (300, 1000, 2000),
     depths: Sequence[float] = (0.1, 0.5, 0.9),
@@ -211,8 +213,7 @@ def needle_haystacks(
             raise ValueError(f"depths must lie in [0, 1], got {d}.")
     text = load_filler(filler)
     filler_ids = to_tokens(model, " " + text, prepend_bos=False)[0].tolist()
-    tok = model.tokenizer
-    decoded = [tok.decode([i]) for i in filler_ids]
+    decoded = [decode_token(model, i) for i in filler_ids]
     starts = [0, *_sentence_starts(filler_ids, decoded)]
     bos = to_tokens(model, "")[0].tolist()  # exactly [BOS]
 
@@ -230,7 +231,7 @@ def needle_haystacks(
     return out
 
 
-def _one_haystack(model, length, depth, rng, needle, snap, bos, filler_ids, decoded, starts, seed):
+def _one_haystack(model: Model, length, depth, rng, needle, snap, bos, filler_ids, decoded, starts, seed):
     code = needle.code(rng)
     needle_ids = to_tokens(model, needle.sentence.format(code=code), prepend_bos=False)[0].tolist()
     question_ids = to_tokens(model, needle.question.format(code=code), prepend_bos=False)[0].tolist()

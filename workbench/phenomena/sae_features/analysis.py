@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from workbench.core.types import Model
 from workbench.techniques.sae import check_sae, encode, feature_direction
 
 __all__ = ["active_features", "feature_ablations"]
@@ -34,7 +35,7 @@ def _layer(hook_name: str) -> int:
 
 @torch.no_grad()
 def feature_ablations(
-    model, sae, tokens: Int[Tensor, "batch pos"], metric: Callable[[Tensor], Tensor], features: Sequence[int],
+    model: Model, sae, tokens: Int[Tensor, "batch pos"], metric: Callable[[Tensor], Tensor], features: Sequence[int],
     *, per_pass: int = 8,
 ) -> Float[Tensor, "feature batch"]:
     """``metric(logits)`` (one value per prompt, ``[batch]``) with each feature ablated alone.
@@ -67,7 +68,7 @@ def feature_ablations(
 
 
 @torch.no_grad()
-def active_features(model, sae, tokens: Int[Tensor, "batch pos"], *, min_share: float = 0.1) -> list[int]:
+def active_features(model: Model, sae, tokens: Int[Tensor, "batch pos"], *, min_share: float = 0.1) -> list[int]:
     """Features that fire (activation > 0) at some non-BOS position of at least ``min_share`` of the prompts."""
     fires = (encode(model, sae, tokens)[:, 1:] > 0).any(1).float().mean(0)  # [d_sae]
     return (fires >= min_share).nonzero().flatten().tolist()

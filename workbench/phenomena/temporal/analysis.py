@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from workbench.core import checks
 from workbench.core.results import Result
 from workbench.core.runtime import logits_at, resid_to_logits, supports_fast_path
+from workbench.core.types import HookList, Model
 from workbench.techniques.ablation import ComponentAblation, ablate
 from workbench.techniques.heads import attention_to
 
@@ -71,7 +72,7 @@ def _check_batch_size(batch_size: int) -> None:
 
 @torch.no_grad()
 def final_logits(
-    model, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"], *, batch_size: int = 64
+    model: Model, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"], *, batch_size: int = 64
 ) -> Float[Tensor, "batch d_vocab"]:
     """The logits at each prompt's END, computed ``batch_size`` prompts at a time.
 
@@ -99,7 +100,7 @@ def _scores_from_logits(ds, last: Tensor) -> dict:
     return dict(logit_diff=diff.mean().item(), accuracy=ok.float().mean().item(), diff=diff)
 
 
-def score(model, ds, tokens: Tensor | None = None, *, batch_size: int = 64) -> dict:
+def score(model: Model, ds, tokens: Tensor | None = None, *, batch_size: int = 64) -> dict:
     """Logit difference and accuracy of ``model`` on ``ds`` (under any active hooks).
 
     Returns ``{"logit_diff": mean, "accuracy": fraction, "diff": [batch] per prompt}``. Accuracy
@@ -112,7 +113,7 @@ def score(model, ds, tokens: Tensor | None = None, *, batch_size: int = 64) -> d
     return _scores_from_logits(ds, final_logits(model, tokens, ds.pos["END"], batch_size=batch_size))
 
 
-def time_attention(model, ds) -> Result:
+def time_attention(model: Model, ds) -> Result:
     """Attention from each prompt's END to its time tokens (TIME_START..TIME), ``[layer, head]``.
 
     The mass each head puts on the year (or alias) tokens, averaged over prompts.
@@ -145,7 +146,7 @@ def group_ids(ds) -> Tensor:
 
 
 @torch.no_grad()
-def _cache(model, tokens: Tensor, hook: str, layers: Sequence[int], batch_size: int) -> dict[int, Tensor]:
+def _cache(model: Model, tokens: Tensor, hook: str, layers: Sequence[int], batch_size: int) -> dict[int, Tensor]:
     """One activation (``hook``, e.g. ``"attn.hook_z"``) of the given layers: ``{layer: [batch, ...]}``."""
     names = {f"blocks.{layer}.{hook}" for layer in layers}
     parts: dict[int, list[Tensor]] = {layer: [] for layer in layers}
@@ -158,7 +159,7 @@ def _cache(model, tokens: Tensor, hook: str, layers: Sequence[int], batch_size: 
     return {layer: torch.cat(p) for layer, p in parts.items()}
 
 
-def _z_cache(model, tokens: Tensor, layers: Sequence[int], batch_size: int) -> dict[int, Tensor]:
+def _z_cache(model: Model, tokens: Tensor, layers: Sequence[int], batch_size: int) -> dict[int, Tensor]:
     """``hook_z`` of the given layers: ``{layer: [batch, pos, head, d_head]}``."""
     return _cache(model, tokens, "attn.hook_z", layers, batch_size)
 
@@ -170,7 +171,7 @@ def _edit_hook(z: Tensor, hook, *, source: Tensor, heads: list[int], scale: floa
 
 
 @torch.no_grad()
-def _edited_logits(model, tokens, end, source_z: dict[int, Tensor], heads, scale: float,
+def _edited_logits(model: Model, tokens, end, source_z: dict[int, Tensor], heads, scale: float,
                    batch_size: int, resid_pre: Tensor | None = None) -> Tensor:
     """Logits at END with ``z <- z + scale * (z_source - z)`` for ``heads`` at every position.
 
@@ -186,7 +187,7 @@ def _edited_logits(model, tokens, end, source_z: dict[int, Tensor], heads, scale
     out = []
     for s in range(0, tokens.shape[0], batch_size):
         sl = slice(s, s + batch_size)
-        hooks = [
+        hooks: HookList = [
             (f"blocks.{layer}.attn.hook_z",
              lambda z, hook, src=source_z[layer][sl], hs=hs: _edit_hook(
                  z, hook, source=src, heads=hs, scale=scale))
@@ -203,7 +204,7 @@ def _edited_logits(model, tokens, end, source_z: dict[int, Tensor], heads, scale
 
 
 def patch_each_head(
-    model, ds, heads: Sequence[tuple[int, int]], *, batch_size: int = 64, progress: bool = False
+    model: Model, ds, heads: Sequence[tuple[int, int]], *, batch_size: int = 64, progress: bool = False
 ) -> Result:
     """Exact activation patching of each head in ``heads`` alone, clean INTO corrupted.
 
@@ -240,7 +241,7 @@ def patch_each_head(
                             method="exact patching of hook_z, clean into corrupted, one head at a time"))
 
 
-def edit_heads(model, ds, heads: Sequence[tuple[int, int]], *, scale: float = 1.0,
+def edit_heads(model: Model, ds, heads: Sequence[tuple[int, int]], *, scale: float = 1.0,
                batch_size: int = 64) -> Float[Tensor, " batch"]:
     """The value edit: per-prompt logit difference of the clean prompt with ``heads`` edited.
 
@@ -258,7 +259,7 @@ def edit_heads(model, ds, heads: Sequence[tuple[int, int]], *, scale: float = 1.
 
 
 def ablation_table(
-    model, datasets: dict, head_sets: dict, *, ablation: ComponentAblation = "mean",
+    model: Model, datasets: dict, head_sets: dict, *, ablation: ComponentAblation = "mean",
     batch_size: int = 64, progress: bool = False,
 ) -> pd.DataFrame:
     """Logit difference and accuracy of each dataset with each head set ablated.
@@ -291,7 +292,7 @@ def ablation_table(
     return pd.DataFrame(rows)
 
 
-def edit_table(model, ds, head_sets: dict, scales: Sequence[float], *, batch_size: int = 64,
+def edit_table(model: Model, ds, head_sets: dict, scales: Sequence[float], *, batch_size: int = 64,
                progress: bool = False) -> pd.DataFrame:
     """For each head set and scale, the mean logit difference after :func:`edit_heads` and the
     fraction of prompts whose answer moved to the other year's object (difference below 0)."""
@@ -309,7 +310,7 @@ def edit_table(model, ds, head_sets: dict, scales: Sequence[float], *, batch_siz
     return pd.DataFrame(rows)
 
 
-def ablated_diffs(model, ds, head_sets: Sequence[Sequence[tuple[int, int]]], *, ablation: ComponentAblation = "mean",
+def ablated_diffs(model: Model, ds, head_sets: Sequence[Sequence[tuple[int, int]]], *, ablation: ComponentAblation = "mean",
                   batch_size: int = 64) -> Float[Tensor, "head_set batch"]:
     """Per-prompt logit difference with each head set ablated, ``[set, prompt]`` (an empty set: none).
 

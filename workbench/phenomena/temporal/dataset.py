@@ -51,6 +51,7 @@ from torch import Tensor
 
 from workbench.core.metrics import LogitDiff
 from workbench.core.resources import data_path
+from workbench.core.types import Model
 from workbench.models import to_tokens
 from workbench.phenomena.answers import encode_text, first_answer_token, token_span
 
@@ -232,7 +233,7 @@ class _Row:
 
 
 def temporal_facts(
-    model,
+    model: Model,
     *,
     kind: Kind = "temporal",
     relations: Sequence[str] | None = None,
@@ -285,7 +286,7 @@ def temporal_facts(
                      meta=dict(seed=seed, dropped=dropped, relations=chosen, path=str(path)))
 
 
-def _answer(model, fact: Fact, time_text: str) -> tuple[str, int]:
+def _answer(model: Model, fact: Fact, time_text: str) -> tuple[str, int]:
     answer = " " + fact.object
     _, first = first_answer_token(model, _fill(fact, time_text), answer)
     return answer, first
@@ -302,7 +303,7 @@ def _times(fact: Fact, aliases, time_format: str, year: int | None = None) -> li
             if (year is None or y == year) and fact.relation not in avoid]
 
 
-def _temporal_rows(model, facts, aliases, time_format, rng):
+def _temporal_rows(model: Model, facts, aliases, time_format, rng):
     n_tokens = {}
 
     def length(fact, time_text):
@@ -333,7 +334,7 @@ def _temporal_rows(model, facts, aliases, time_format, rng):
     return rows, dropped
 
 
-def _invariant_rows(model, facts, aliases, time_format, rng):
+def _invariant_rows(model: Model, facts, aliases, time_format, rng):
     if time_format == "year":
         pool = [(str(y), y) for y in INVARIANT_YEARS]
     else:
@@ -360,7 +361,7 @@ def _invariant_rows(model, facts, aliases, time_format, rng):
     return rows, dropped
 
 
-def _assemble(model, rows: list[_Row], kind: str, time_format: str, meta: dict) -> TemporalFacts:
+def _assemble(model: Model, rows: list[_Row], kind: str, time_format: str, meta: dict) -> TemporalFacts:
     prompts = [_fill(r.fact, r.time) for r in rows]
     corrupted = [_fill(r.fact, r.other_time) for r in rows]
     lengths = [len(encode_text(model, p)) for p in prompts]

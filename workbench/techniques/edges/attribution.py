@@ -37,6 +37,7 @@ from torch import Tensor
 
 from workbench.core import checks
 from workbench.core.metrics import metric_name
+from workbench.core.types import HookList, Model
 from workbench.techniques.edges.engine import (
     InputSite,
     input_sites,
@@ -97,7 +98,7 @@ def _check(method: str, steps: int) -> None:
 
 
 def attribute_edges(
-    model,
+    model: Model,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupted_tokens: Int[Tensor, "batch pos"],
     metric,
@@ -144,7 +145,7 @@ def attribute_edges(
             for k in range(1, n + 1):
                 alpha = k / n
                 start = _leaf(emb_corr + alpha * (emb_clean - emb_corr))
-                hooks = [("blocks.0.hook_resid_pre", lambda act, hook, start=start: start)]
+                hooks: HookList = [("blocks.0.hook_resid_pre", lambda act, hook, start=start: start)]
                 hooks += _grad_hooks(sites, flat, matrix, 1.0 / n, pos0)
                 with torch.enable_grad():
                     value, _ = run_metric(model, clean_tokens, metric, hooks)
@@ -159,7 +160,7 @@ def attribute_edges(
 
 
 @torch.no_grad()
-def _layer_inputs(model, tokens: Tensor) -> dict[str, Tensor]:
+def _layer_inputs(model: Model, tokens: Tensor) -> dict[str, Tensor]:
     """The residual stream each input site reads: ``resid_pre``, ``resid_mid`` and the final one."""
     n = model.cfg.n_layers
     names = {f"blocks.{L}.hook_resid_pre" for L in range(n)} | {f"blocks.{n - 1}.hook_resid_post"}
@@ -170,7 +171,7 @@ def _layer_inputs(model, tokens: Tensor) -> dict[str, Tensor]:
     return {k: v for k, v in cache.items()}
 
 
-def _ig_activations(model, layout, sites, clean_tokens, corrupted_tokens, metric, flat, matrix,
+def _ig_activations(model: Model, layout, sites, clean_tokens, corrupted_tokens, metric, flat, matrix,
                     steps, progress, pos0) -> None:
     clean = _layer_inputs(model, clean_tokens)
     corr = _layer_inputs(model, corrupted_tokens)

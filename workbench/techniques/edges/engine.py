@@ -17,6 +17,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench.core.metrics import check_scalar
+from workbench.core.types import HookList, Model
 from workbench.techniques.edges.graph import Layout
 from workbench.techniques.patching import readout_logits
 
@@ -24,7 +25,7 @@ __all__ = ["InputSite", "input_sites", "node_outputs", "output_hooks", "run_metr
 
 
 @contextmanager
-def split_inputs(model) -> Iterator[None]:
+def split_inputs(model: Model) -> Iterator[None]:
     """Turn on split q/k/v input hooks and ``hook_mlp_in``; restore both settings afterwards,
     even when the body raises."""
     cfg = model.cfg
@@ -43,10 +44,10 @@ def split_inputs(model) -> Iterator[None]:
 Sink = Callable[[slice, Tensor], None]  # (forward-node slice, value [batch, pos, n, d_model])
 
 
-def output_hooks(model, layout: Layout, sink: Sink) -> list[tuple[str, Callable]]:
+def output_hooks(model: Model, layout: Layout, sink: Sink) -> HookList:
     """Forward hooks that hand every node's output to ``sink`` (see :mod:`.graph` for the
     definition of a head's output, including the post-norm case)."""
-    hooks: list[tuple[str, Callable]] = []
+    hooks: HookList = []
 
     def embed_hook(act, hook):
         sink(slice(0, 1), act[:, :, None])
@@ -118,10 +119,10 @@ def has_readout(metric) -> bool:
 
 
 def run_metric(
-    model,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     metric,
-    hooks: list[tuple[str, Callable]],
+    hooks: HookList,
     *,
     what: str = "metric",
     start: tuple[int, Tensor] | None = None,
@@ -151,7 +152,7 @@ def run_metric(
 
 
 @torch.no_grad()
-def node_outputs(model, layout: Layout, tokens: Int[Tensor, "batch pos"], metric
+def node_outputs(model: Model, layout: Layout, tokens: Int[Tensor, "batch pos"], metric
                  ) -> tuple[Float[Tensor, "node batch pos d_model"], Tensor, Tensor | None]:
     """Every node's output on one run ``[n_forward, batch, pos, d_model]``, with the metric."""
     batch, seq = tokens.shape

@@ -39,6 +39,7 @@ from workbench.core import checks
 from workbench.core.metrics import metric_name
 from workbench.core.persist import Persistent
 from workbench.core.results import render
+from workbench.core.types import Model
 from workbench.techniques.edges.engine import (
     input_sites,
     node_outputs,
@@ -82,7 +83,7 @@ class EdgePatcher:
     (True, True)
     """
 
-    def __init__(self, model, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
+    def __init__(self, model: Model, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
                  metric, *, ablation: EdgeAblation = "patch") -> None:
         if ablation not in ABLATIONS:
             raise ValueError(f"Unknown ablation {ablation!r}; choose from {list(ABLATIONS)}.")
@@ -304,7 +305,7 @@ def _check_curve_options(graph, fractions, ablation, selection, by, n_draws) -> 
     return fr
 
 
-def _curve_patcher(model, graph: Graph, clean_tokens, corrupted_tokens, metric, ablation,
+def _curve_patcher(model: Model, graph: Graph, clean_tokens, corrupted_tokens, metric, ablation,
                    patcher: EdgePatcher | None) -> EdgePatcher:
     """``patcher``, checked against the graph and the prompts, or a new one."""
     p = patcher or EdgePatcher(model, clean_tokens, corrupted_tokens, metric, ablation=ablation)
@@ -363,7 +364,7 @@ def _random_masks(graph: Graph, n_draws: int, gen: torch.Generator,
 
 
 def faithfulness_curve(
-    model,
+    model: Model,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupted_tokens: Int[Tensor, "batch pos"],
     metric,
@@ -411,7 +412,7 @@ def faithfulness_curve(
     return result
 
 
-def evaluate_circuit(model, clean_tokens, corrupted_tokens, metric, *, graph: Graph,
+def evaluate_circuit(model: Model, clean_tokens, corrupted_tokens, metric, *, graph: Graph,
                      ablation: EdgeAblation = "patch", prune: bool = True,
                      patcher: EdgePatcher | None = None) -> dict[str, float]:
     """Faithfulness of ``graph``'s circuit (``graph.in_circuit``): ``{"n_edges", "fraction",

@@ -48,6 +48,7 @@ from torch import Tensor
 
 from workbench.core.persist import Persistent, register_state_class
 from workbench.core.results import render
+from workbench.core.types import Model
 
 __all__ = ["Graph", "Layout", "check_model"]
 
@@ -55,7 +56,7 @@ SelectBy = Literal["abs", "value"]
 _SELECT_BY = ("abs", "value")
 
 
-def check_model(model) -> None:
+def check_model(model: Model) -> None:
     """Raise unless the model is a ``HookedTransformer`` whose graph this module can describe."""
     from transformer_lens import HookedTransformer
 
@@ -92,7 +93,7 @@ class Layout:
     post_norm: bool = False  # attention output normalised as a whole (Gemma-3): a layer's heads share a scale
 
     @classmethod
-    def from_model(cls, model) -> Layout:
+    def from_model(cls, model: Model) -> Layout:
         check_model(model)
         cfg = model.cfg
         return cls(cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads or cfg.n_heads, not cfg.attn_only,

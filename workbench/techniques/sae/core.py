@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from workbench import models
 from workbench.core.resources import data_path
+from workbench.core.types import Model
 
 CORPUS_FILE = data_path("corpus", "generations.jsonl")
 #: Shipped SAEs by name -> folder in SAELens's format (cfg.json + sae_weights.safetensors).
@@ -50,7 +51,7 @@ def load_corpus(split: Literal["train", "heldout", "all"] = "train", *, path: Pa
     return [r["text"] for r in rows if split == "all" or r["split"] == split]
 
 
-def corpus_tokens(model, corpus: Corpus, *, context: int = 128) -> Int[Tensor, "batch pos"]:
+def corpus_tokens(model: Model, corpus: Corpus, *, context: int = 128) -> Int[Tensor, "batch pos"]:
     """Token rows of ``context`` tokens, each starting with BOS, cut from the concatenated corpus.
 
     ``corpus`` is a list of documents (joined with a blank line between them, then cut into rows
@@ -88,12 +89,12 @@ def corpus_tokens(model, corpus: Corpus, *, context: int = 128) -> Int[Tensor, "
     return torch.cat([torch.full((rows, 1), models.bos_id(model), dtype=torch.long), body], dim=1)
 
 
-def _stop_layer(model, hook_name: str) -> int | None:
+def _stop_layer(model: Model, hook_name: str) -> int | None:
     m = re.match(r"blocks\.(\d+)\.", hook_name)
     return None if m is None else min(int(m.group(1)) + 1, model.cfg.n_layers)
 
 
-def check_hook(model, hook_name: str) -> None:
+def check_hook(model: Model, hook_name: str) -> None:
     if hook_name not in model.hook_dict:
         examples = ["blocks.0.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.0.attn.hook_z"]
         raise ValueError(
@@ -113,7 +114,7 @@ def flat_acts(act: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def hook_acts(model, hook_name: str, tokens: Tensor) -> Tensor:
+def hook_acts(model: Model, hook_name: str, tokens: Tensor) -> Tensor:
     _, cache = model.run_with_cache(
         tokens, names_filter=hook_name, stop_at_layer=_stop_layer(model, hook_name)
     )
@@ -122,7 +123,7 @@ def hook_acts(model, hook_name: str, tokens: Tensor) -> Tensor:
 
 @torch.no_grad()
 def collect_activations(
-    model,
+    model: Model,
     hook_name: str,
     tokens: Int[Tensor, "batch pos"],
     *,
@@ -184,7 +185,7 @@ def save_sae(sae, path: Path | str, *, half: bool = False) -> Path:
     return path
 
 
-def load_sae(path_or_name: str | Path = "smollm2-135m", *, model=None):
+def load_sae(path_or_name: str | Path = "smollm2-135m", *, model: Model | None = None):
     """Load an SAE with ``sae_lens.SAE.load_from_disk``; with ``model``, check that it fits.
 
     ``path_or_name`` is a shipped name (see :data:`SHIPPED_SAES`; default: the SmolLM2 one) or a
@@ -205,7 +206,7 @@ def load_sae(path_or_name: str | Path = "smollm2-135m", *, model=None):
 _WIDTHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def hook_width(model, hook_name: str) -> int:
+def hook_width(model: Model, hook_name: str) -> int:
     """The activation width at a hook, measured once per model with a 2-token forward pass."""
     cache = _WIDTHS.setdefault(model, {})
     if hook_name not in cache:
@@ -213,7 +214,7 @@ def hook_width(model, hook_name: str) -> int:
     return cache[hook_name]
 
 
-def check_sae(model, sae) -> str:
+def check_sae(model: Model, sae) -> str:
     """Raise ``ValueError`` unless the SAE reads a hook of this model with the right width.
 
     Returns the hook name. Checked: the SAE is a ``sae_lens.SAE``; its metadata names a hook
@@ -303,7 +304,7 @@ def decode_flat(sae, latents: Tensor) -> Tensor:
         return sae.decode(latents)
 
 
-def encode(model, sae, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos feature"]:
+def encode(model: Model, sae, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos feature"]:
     """The SAE's latents at every position (position 0 included; it is BOS)."""
     hook_name = check_sae(model, sae)
     with torch.no_grad():
@@ -343,7 +344,7 @@ def masked(sae, x: Tensor, latents: Tensor) -> Tensor:
 # Reading features
 
 
-def as_token_rows(model, prompts_or_tokens) -> list[Tensor]:
+def as_token_rows(model: Model, prompts_or_tokens) -> list[Tensor]:
     """A list of ``[1, pos]`` token rows: one per prompt (no padding), or the rows of a tensor."""
     if isinstance(prompts_or_tokens, Tensor):
         t = prompts_or_tokens
@@ -358,7 +359,7 @@ def as_token_rows(model, prompts_or_tokens) -> list[Tensor]:
     return [models.to_tokens(model, p) for p in prompts]
 
 
-def str_tokens(model, ids: Sequence[int] | Tensor) -> list[str]:
+def str_tokens(model: Model, ids: Sequence[int] | Tensor) -> list[str]:
     if getattr(model, "tokenizer", None) is None:
         return [str(int(i)) for i in ids]
     return models.to_str_tokens(model, [int(i) for i in ids])

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from workbench.core.persist import Persistent
 from workbench.core.results import Result, render
+from workbench.core.types import Model
 from workbench.techniques.sae.core import (
     Corpus,
     as_token_rows,
@@ -29,7 +30,7 @@ from workbench.techniques.sae.core import (
 )
 
 
-def feature_activations(model, sae, prompts_or_tokens, *, top_k: int = 5) -> pd.DataFrame:
+def feature_activations(model: Model, sae, prompts_or_tokens, *, top_k: int = 5) -> pd.DataFrame:
     """The strongest latents at every token: one row per (prompt, position, active feature).
 
     Columns: ``prompt`` (index), ``pos``, ``token`` (string), ``rank`` (0 = strongest),
@@ -56,7 +57,7 @@ def feature_activations(model, sae, prompts_or_tokens, *, top_k: int = 5) -> pd.
 
 @torch.no_grad()
 def top_contexts(
-    model,
+    model: Model,
     sae,
     feature: int,
     corpus: Corpus,
@@ -181,7 +182,7 @@ class LogitEffects(Persistent):
         return render("logit_effects", self, **kwargs)
 
 
-def feature_logit_effects(model, sae, feature: int, k: int = 10) -> LogitEffects:
+def feature_logit_effects(model: Model, sae, feature: int, k: int = 10) -> LogitEffects:
     """Which tokens the feature's decoder direction promotes and suppresses, read off directly.
 
     The direction ``d`` (:func:`feature_direction`) goes through the final norm's linear part and

@@ -16,6 +16,7 @@ from workbench import models
 from workbench.core import checks
 from workbench.core.metrics import Metric, check_scalar, metric_name
 from workbench.core.results import Result
+from workbench.core.types import Model
 from workbench.techniques.sae.core import (
     check_feature,
     check_features,
@@ -66,7 +67,7 @@ def _set_latents(latents: Tensor, *, features: list[int], values: Tensor | float
 
 
 @contextlib.contextmanager
-def ablate_features(model, sae, features, *, positions=None, value: float = 0.0):
+def ablate_features(model: Model, sae, features, *, positions=None, value: float = 0.0):
     """Inside this block the given features are set to ``value`` (default 0), error term kept.
 
     The activation becomes ``x + decode(edited latents) - decode(latents)``: only the ablated
@@ -83,7 +84,7 @@ def ablate_features(model, sae, features, *, positions=None, value: float = 0.0)
         yield model
 
 
-def attribute_features(model, clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"],
+def attribute_features(model: Model, clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"],
                        metric: Metric, *, sae, by_pos: bool = False) -> Result:
     """Attribution patching on SAE latents: one forward/backward on the corrupted run.
 
@@ -123,7 +124,7 @@ def attribute_features(model, clean: Int[Tensor, "batch pos"], corrupted: Int[Te
 
 @torch.no_grad()
 def patch_features(
-    model,
+    model: Model,
     clean: Int[Tensor, "batch pos"],
     corrupted: Int[Tensor, "batch pos"],
     metric: Metric,
@@ -175,7 +176,7 @@ def _add_hook(act: Tensor, hook, *, direction: Tensor, mask: Tensor) -> Tensor:
 
 @torch.no_grad()
 def steer(
-    model,
+    model: Model,
     sae,
     feature: int,
     prompts,

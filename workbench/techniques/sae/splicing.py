@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from workbench.core.persist import Persistent
 from workbench.core.results import render
+from workbench.core.types import Model
 from workbench.techniques.sae.core import (
     Corpus,
     check_sae,
@@ -44,7 +45,7 @@ def _zero_hook(act: Tensor, hook, *, sae) -> Tensor:
 
 
 @contextlib.contextmanager
-def spliced(model, sae, *, with_error: bool = False):
+def spliced(model: Model, sae, *, with_error: bool = False):
     """Inside this block the model runs with the SAE's reconstruction in place of its activation.
 
     ``with_error=True`` adds back the SAE's error ``x - reconstruction``, so the forward values
@@ -59,7 +60,7 @@ def spliced(model, sae, *, with_error: bool = False):
         yield model
 
 
-def spliced_logits(model, sae, tokens: Int[Tensor, "batch pos"], *, with_error: bool = False) -> Float[Tensor, "batch pos d_vocab"]:
+def spliced_logits(model: Model, sae, tokens: Int[Tensor, "batch pos"], *, with_error: bool = False) -> Float[Tensor, "batch pos d_vocab"]:
     """Logits with the SAE spliced in (see :func:`spliced`)."""
     with torch.no_grad(), spliced(model, sae, with_error=with_error):
         return model(tokens)
@@ -105,7 +106,7 @@ class Splice(Persistent):
 
 
 @torch.no_grad()
-def splice(model, sae, tokens: Int[Tensor, "batch pos"], *, with_error: bool = False) -> Splice:
+def splice(model: Model, sae, tokens: Int[Tensor, "batch pos"], *, with_error: bool = False) -> Splice:
     """Mean next-token cross-entropy: clean vs SAE spliced in vs the hooked activation zeroed.
 
     The zeroed run zeroes the same positions that are spliced (all but BOS when the SAE skips it).
@@ -122,7 +123,7 @@ def splice(model, sae, tokens: Int[Tensor, "batch pos"], *, with_error: bool = F
 
 @torch.no_grad()
 def evaluate_sae(
-    model,
+    model: Model,
     sae,
     corpus: Corpus,
     *,

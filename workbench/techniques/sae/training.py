@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from workbench.core.types import Model
 from workbench.techniques.sae.core import (
     Corpus,
     check_hook,
@@ -26,7 +27,7 @@ from workbench.techniques.sae.core import (
 
 
 def train_sae(
-    model,
+    model: Model,
     hook_name: str,
     corpus: Corpus,
     *,
@@ -105,7 +106,7 @@ def train_sae(
         return load_dir(tmp)
 
 
-def _check_sizes(model, hook_name: str, *, d_sae, k, n_tokens, batch_size) -> None:
+def _check_sizes(model: Model, hook_name: str, *, d_sae, k, n_tokens, batch_size) -> None:
     check_hook(model, hook_name)
     for name, value in dict(d_sae=d_sae, k=k, n_tokens=n_tokens, batch_size=batch_size).items():
         if not isinstance(value, int) or value < 1:
@@ -114,7 +115,7 @@ def _check_sizes(model, hook_name: str, *, d_sae, k, n_tokens, batch_size) -> No
         raise ValueError(f"k={k} latents per token cannot exceed d_sae={d_sae}.")
 
 
-def _training_activations(model, hook_name: str, corpus: Corpus, activations: Tensor | None, *,
+def _training_activations(model: Model, hook_name: str, corpus: Corpus, activations: Tensor | None, *,
                           context: int, max_corpus_tokens: int | None, skip_bos: bool,
                           outlier_factor: float | None, batch_size: int,
                           progress: bool) -> tuple[Tensor, float | None, int]:
@@ -139,7 +140,7 @@ def _training_activations(model, hook_name: str, corpus: Corpus, activations: Te
     return activations, max_norm, n_outliers
 
 
-def _training_sae(model, hook_name: str, activations: Tensor, *, d_sae: int, k: int, context: int,
+def _training_sae(model: Model, hook_name: str, activations: Tensor, *, d_sae: int, k: int, context: int,
                   skip_bos: bool, max_norm: float | None, b_dec_init: str):
     """A fresh SAELens ``TopKTrainingSAE`` (drawing from the global seed), its decoder bias set."""
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
