@@ -101,6 +101,18 @@ def jupyterlab(tmp_path):
         yield server
 
 
+
+def open_notebook(page, base: str, token: str, name: str) -> None:
+    """Open ``name`` in JupyterLab and wait for its kernel to be idle."""
+    page.goto(f"{base}/lab/tree/{name}?token={token}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+    # JupyterLab may ask which kernel to start: accept the default (the project's python3).
+    try:
+        page.click(".jp-Dialog button.jp-mod-accept", timeout=15_000)
+    except Exception:  # noqa: BLE001 - no dialog: the kernel started by itself
+        pass
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+
 def test_quickstart_runs_in_jupyterlab_with_figure_and_widget(jupyterlab):
     from playwright.sync_api import sync_playwright
 
@@ -111,14 +123,7 @@ def test_quickstart_runs_in_jupyterlab_with_figure_and_widget(jupyterlab):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{base}/lab/tree/00_quickstart.ipynb?token={token}")
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
-            # JupyterLab may ask which kernel to start: accept the default (the project's python3).
-            try:
-                page.click(".jp-Dialog button.jp-mod-accept", timeout=15_000)
-            except Exception:  # noqa: BLE001 - no dialog: the kernel started by itself
-                pass
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+            open_notebook(page, base, token, "00_quickstart.ipynb")
             assert page.locator(".jp-OutputArea-output").count() == 0
             page.click("text=Run", timeout=30_000)
             page.click("text=Run All Cells", timeout=30_000)

@@ -163,7 +163,7 @@ def test_views_in_jupyterlab_from_saved_tensors(tmp_path):
 
     import nbformat
     from playwright.sync_api import sync_playwright
-    from test_browser import jupyterlab_server
+    from test_browser import jupyterlab_server, open_notebook
 
     heads = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
     torch.save(heads, tmp_path / "heads.pt")
@@ -177,13 +177,7 @@ def test_views_in_jupyterlab_from_saved_tensors(tmp_path):
         browser, context, outside = blocked_browser(pw)
         try:
             pg = context.new_page()
-            pg.goto(f"{base}/lab/tree/views.ipynb?token={token}")
-            pg.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
-            try:
-                pg.click(".jp-Dialog button.jp-mod-accept", timeout=15_000)
-            except Exception:  # noqa: BLE001 - no dialog: the kernel started by itself
-                pass
-            pg.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+            open_notebook(pg, base, token, "views.ipynb")
             pg.click("text=Run", timeout=30_000)
             pg.click("text=Run All Cells", timeout=30_000)
             try:
