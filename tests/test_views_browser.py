@@ -207,8 +207,9 @@ def test_exported_report_draws_its_views_offline(tmp_path):
     from workbench.cli import export_html
 
     made, _, _ = views()
+    kinds = ["heatmap", "graph", "attention"]
     outputs = [nbformat.v4.new_output("execute_result", {"text/html": made[k].to_html(), "text/plain": k},
-                                      execution_count=i + 1) for i, k in enumerate(["heatmap", "graph"])]
+                                      execution_count=i + 1) for i, k in enumerate(kinds)]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Report\n$x^2$")] + [
         nbformat.v4.new_code_cell("view", outputs=[o], execution_count=o["execution_count"]) for o in outputs])
     path = tmp_path / "report.html"
@@ -218,11 +219,20 @@ def test_exported_report_draws_its_views_offline(tmp_path):
         try:
             pg = context.new_page()
             pg.goto(path.as_uri())
-            pg.wait_for_function("document.querySelectorAll('.wb-view[data-ready]').length == 2", timeout=60_000)
+            pg.wait_for_function("document.querySelectorAll('.wb-view[data-ready]').length == 3", timeout=60_000)
             pg.locator(".wb-heatmap rect.wb-cell").nth(16 * 9 + 5).hover()
             assert pg.locator(".wb-heatmap .wb-tip").inner_text().startswith("L16H5: ")
+            g = pg.locator(".wb-graph")
+            g.locator(".wb-slider").fill("50")
+            assert g.locator("line.wb-edge").count() == 50
+            a = pg.locator(".wb-attention")
+            fills = "el => Array.from(el.querySelectorAll('.wb-grid rect')).map(r => r.getAttribute('fill')).join()"
+            before = a.evaluate(fills)
+            a.locator("select.wb-layer").select_option("1")
+            a.locator("select.wb-head").select_option(label="2")
+            assert a.get_attribute("data-head") == "L1H2" and a.evaluate(fills) != before
             pg.screenshot(path=str(SHOTS / "views-exported-report.png"))
-            print(f"\nexported report with two views: {path.stat().st_size / 1e3:.0f} kB")
+            print(f"\nexported report with three views: {path.stat().st_size / 1e3:.0f} kB")
             assert outside == [], f"requests outside file/localhost: {outside}"
         finally:
             browser.close()
