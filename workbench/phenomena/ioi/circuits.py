@@ -462,7 +462,10 @@ def attention_by_prompt(
     out = []
     for layer in range(model.cfg.n_layers):
         p = cache[f"blocks.{layer}.attn.hook_pattern"][rows, :, torch.as_tensor(query_pos)]  # [batch, head, key]
-        out.append(torch.stack([p[rows, :, torch.as_tensor(k)] for k in key_pos]).sum(0))
+        total = torch.zeros_like(p[rows, :, torch.as_tensor(key_pos[0])])
+        for k in key_pos:  # summed in order, as the stored outputs were computed
+            total = total + p[rows, :, torch.as_tensor(k)]
+        out.append(total)
     return torch.stack(out, 1)
 
 
