@@ -20,7 +20,8 @@ CHECK = textwrap.dedent(
     assert "wbViews" in script()  # the views' drawing script ships as package data
     assert data_path("nbconvert", "offline", "index.html.j2").is_file()  # the offline export template
     from workbench import sae, toy
-    from workbench.phenomena import retrieval, temporal
+    from workbench.phenomena.retrieval import dataset as retrieval
+    from workbench.phenomena.temporal import dataset as temporal
     assert workbench.__file__.startswith(TARGET), workbench.__file__
     from workbench.core.resources import data_path
     assert str(data_path()).startswith(TARGET), data_path()
