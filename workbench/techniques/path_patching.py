@@ -63,8 +63,9 @@ from transformer_lens import HookedTransformer
 from workbench.core import checks
 from workbench.core.components import Circuit
 from workbench.core.metrics import Metric, check_scalar, metric_name
+from workbench.core.readout import n_kv_heads, readout_of
 from workbench.core.results import Result
-from workbench.core.runtime import cache_prefix, readout_logits, resid_to_logits
+from workbench.core.runtime import cache_prefix
 from workbench.core.types import Model
 
 __all__ = ["ReceiverInput", "kv_head_of", "path_patch", "path_patch_heads"]
@@ -76,16 +77,9 @@ ReceiverInput = Literal["q", "k", "v", "resid"]
 # Checking the arguments
 
 
-def _n_kv_heads(model: Model) -> int:
-    cfg = model.cfg
-    if cfg.n_key_value_heads is None or cfg.ungroup_grouped_query_attention:
-        return cfg.n_heads
-    return cfg.n_key_value_heads
-
-
 def kv_head_of(model: Model, head: int) -> int:
     """The key/value head that query ``head`` reads (itself unless the model is grouped-query)."""
-    return head // (model.cfg.n_heads // _n_kv_heads(model))
+    return head // (model.cfg.n_heads // n_kv_heads(model))
 
 
 def _parse_senders(model: Model, senders) -> Circuit:
@@ -130,7 +124,7 @@ def _parse_receivers(model: Model, receivers, receiver_input) -> dict[int, list[
     if receiver_input == "q":
         n, what = model.cfg.n_heads, "receiver (query)"
     else:
-        n, what = _n_kv_heads(model), "receiver (key/value)"
+        n, what = n_kv_heads(model), "receiver (key/value)"
     by_layer: dict[int, list[int]] = {}
     for comp in receivers:
         layer, head = checks.head(model, comp, name=f"{what} head", n_heads=n)
@@ -153,7 +147,7 @@ def _metric_per_set(model: Model, resid: Tensor, metric: Metric, n_sets: int) ->
     if hasattr(metric, "readout") and hasattr(metric, "from_readout"):
         r = metric.readout(batch, seq)
         read = resid.unflatten(0, (n_sets, batch))[:, torch.arange(batch), r.pos]  # [P, B, d]
-        values = metric.from_readout(readout_logits(model, read, r.tokens))  # float32 logits
+        values = metric.from_readout(readout_of(model).read(read, r.tokens))  # float32 logits
         if values.shape != (n_sets,):
             raise ValueError(
                 f"The metric must reduce over prompts to a scalar, got shape {tuple(values.shape)} "
@@ -161,7 +155,7 @@ def _metric_per_set(model: Model, resid: Tensor, metric: Metric, n_sets: int) ->
             )
         return values
     return torch.stack(
-        [check_scalar(metric(resid_to_logits(model, chunk))) for chunk in resid.split(batch)]
+        [check_scalar(metric(readout_of(model).logits(chunk))) for chunk in resid.split(batch)]
     )
 
 
