@@ -44,7 +44,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import partial
-from typing import Sequence
+from typing import Sequence, cast
 
 import torch
 from jaxtyping import Int
@@ -275,7 +275,7 @@ def base_run(model: Model, tokens: Tensor, metric, layers: Sequence[int], *, fas
     fast = supports_fast_path(model) if fast is None else fast
     batch, seq = tokens.shape
     if not fast:
-        logits = model(tokens)
+        logits = cast(Tensor, model(tokens))
         value = check_scalar(metric(logits), "metric on the corrupted run").item()
         return Base(tokens, value, logits, {}, None, None, None, 0)
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
@@ -283,10 +283,11 @@ def base_run(model: Model, tokens: Tensor, metric, layers: Sequence[int], *, fas
     n = model.cfg.n_layers
     kv = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch)
     keep = {f"blocks.{L}.hook_resid_pre" for L in layers} | {f"blocks.{n - 1}.hook_resid_post"}
-    logits, cache = model.run_with_cache(
+    out, cache = model.run_with_cache(
         tokens, names_filter=lambda x: x in keep, past_kv_cache=kv,
         attention_mask=torch.ones_like(tokens),  # TransformerLens moves it with the tokens
     )
+    logits = cast(Tensor, out)
     value = check_scalar(metric(logits), "metric on the corrupted run").item()
     resid = {L: cache[f"blocks.{L}.hook_resid_pre"] for L in layers}
     final = cache[f"blocks.{n - 1}.hook_resid_post"]

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal, Sequence, get_args
+from typing import Literal, Sequence, cast, get_args
 
 import torch
 from jaxtyping import Int
@@ -291,7 +291,7 @@ def patch(
     plan = _make_plan(model, site, by_pos, layers, heads, positions, seq)
     names = {_hook_name(site, L) for L in plan.layers}
     clean_logits, cache = model.run_with_cache(clean_tokens, names_filter=lambda n: n in names)
-    clean_value = check_scalar(metric(clean_logits), "metric on the clean run").item()
+    clean_value = check_scalar(metric(cast(Tensor, clean_logits)), "metric on the clean run").item()
     base = engine.base_run(model, corrupted_tokens, metric, plan.layers)
     indices = plan.indices
     mask = _masks(plan, tuple(cache[_hook_name(site, plan.layers[0])].shape[1:]),

@@ -60,7 +60,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from workbench.core import checks
+from workbench.core import checks, engine
 from workbench.core.components import Circuit
 from workbench.core.metrics import Metric, check_scalar, metric_name
 from workbench.core.readout import n_kv_heads, readout_of
@@ -425,13 +425,13 @@ def path_patch_heads(
     receiver_input: ReceiverInput = "resid",
     receiver_pos=None,
     freeze_mlps: bool = True,
-    max_batch: int = 256,
+    variants_per_pass: int | None = None,
     progress: bool = False,
 ) -> Result:
     """:func:`path_patch` from every single head as the sender, to the same receivers.
 
-    Sender heads are run several at a time, stacked along the batch axis (at most ``max_batch``
-    prompts per forward pass, at least one sender set). Heads at or above the highest receiver
+    Sender heads are run several at a time, stacked along the batch axis: ``variants_per_pass``
+    sender heads per forward pass (default: as many as fit in 256 prompts, at least one). Heads at or above the highest receiver
     layer cannot reach a q/k/v receiver; they get the clean metric without a forward pass.
 
     Returns:
@@ -443,8 +443,8 @@ def path_patch_heads(
     checks.token_pair(model, clean_tokens, corrupted_tokens)
     by_layer = _parse_receivers(model, receivers, receiver_input)
     mask = checks.position_mask(receiver_pos, *clean_tokens.shape, name="receiver_pos")
-    if not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}.")
+    if variants_per_pass is not None:
+        engine.check_variants_per_pass(variants_per_pass)
     cache = _Cache(model, clean_tokens, corrupted_tokens, by_layer, receiver_input)
     clean_value = _metric_per_set(model, cache.final, metric, 1)[0]
     corrupted_value = _metric_per_set(model, cache.final_corr, metric, 1)[0]
@@ -452,7 +452,7 @@ def path_patch_heads(
     L, H, B = model.cfg.n_layers, model.cfg.n_heads, clean_tokens.shape[0]
     values = clean_value.repeat(L, H)
     top = max(by_layer) if by_layer else L  # a sender at or above `top` reaches no receiver
-    per_run = max(1, max_batch // B)
+    per_run = variants_per_pass or max(1, 256 // B)
     chunks = [
         [(layer, h) for h in range(i, min(i + per_run, H))]
         for layer in range(min(top, L))
