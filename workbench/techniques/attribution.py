@@ -114,7 +114,8 @@ def _grad_times_delta(model: Model, clean_tokens, corrupted_tokens, metric, site
     if not names:
         return {}, (clean_value, check_scalar(metric(model(corrupted_tokens))).item())
     acts: dict[str, Tensor] = {}
-    hooks: HookList = [("blocks.0.hook_resid_pre", _make_leaf)] + [(n, partial(_keep, into=acts, name=n)) for n in names]
+    hooks: HookList = [("blocks.0.hook_resid_pre", _make_leaf)]
+    hooks += [(n, partial(_keep, into=acts, name=n)) for n in names]
     with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
         value = check_scalar(metric(model(corrupted_tokens)), "metric on the corrupted run")
         grads = torch.autograd.grad(value, [acts[n] for n in names], allow_unused=True)
