@@ -133,3 +133,16 @@ def test_kv_head_count_honours_ungrouping():
     gqa.cfg.ungroup_grouped_query_attention = True
     assert n_kv_heads(gqa) == gqa.cfg.n_heads and readout_of(gqa).kv_group == 1
     assert n_kv_heads(models.tiny_model()) == 4
+
+
+def test_final_residuals_equal_the_hooked_forward(model):
+    torch.manual_seed(0)
+    variants = variants_of_every_kind(model)
+    n = model.cfg.n_layers
+    got = engine.final_residuals(model, CLEAN, variants, [5, 6], variants_per_pass=4)
+    for i, v in enumerate(variants):
+        with model.hooks(fwd_hooks=engine._hooks([v], 0)):
+            _, cache = model.run_with_cache(CLEAN, names_filter=f"blocks.{n - 1}.hook_resid_post")
+        want = cache[f"blocks.{n - 1}.hook_resid_post"][:, 5:7]
+        assert (got[i] - want).abs().max() < TOL
+    assert_no_hooks(model)

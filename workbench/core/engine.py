@@ -60,6 +60,8 @@ __all__ = [
     "Variant",
     "VARIANTS_PER_PASS",
     "add",
+    "base_run",
+    "final_residuals",
     "mean",
     "patch",
     "resample",
@@ -270,13 +272,17 @@ def _check_readout(model: Model, metric, readout: Readout, final: Tensor, value:
 
 
 @torch.no_grad()
-def base_run(model: Model, tokens: Tensor, metric, layers: Sequence[int], *, fast: bool | None = None) -> Base:
-    """Run ``tokens`` once, keeping what variants starting at ``layers`` need; check the metric."""
+def base_run(model: Model, tokens: Tensor, metric, layers: Sequence[int], *, fast: bool | None = None,
+             max_start: int | None = None) -> Base:
+    """Run ``tokens`` once, keeping what variants starting at ``layers`` need; check the metric.
+
+    ``metric=None`` (for :func:`final_residuals`): no metric; then ``max_start`` (default the
+    last position) is the latest position a pass may start at."""
     fast = supports_fast_path(model) if fast is None else fast
     batch, seq = tokens.shape
     if not fast:
         logits = cast(Tensor, model(tokens))
-        value = check_scalar(metric(logits), "metric on the corrupted run").item()
+        value = float("nan") if metric is None else check_scalar(metric(logits), "metric on the corrupted run").item()
         return Base(tokens, value, logits, {}, None, None, None, 0)
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
@@ -288,11 +294,11 @@ def base_run(model: Model, tokens: Tensor, metric, layers: Sequence[int], *, fas
         attention_mask=torch.ones_like(tokens),  # TransformerLens moves it with the tokens
     )
     logits = cast(Tensor, out)
-    value = check_scalar(metric(logits), "metric on the corrupted run").item()
+    value = float("nan") if metric is None else check_scalar(metric(logits), "metric on the corrupted run").item()
     resid = {L: cache[f"blocks.{L}.hook_resid_pre"] for L in layers}
     final = cache[f"blocks.{n - 1}.hook_resid_post"]
-    readout, max_start = None, seq - 1
-    if has_readout(metric):
+    readout, max_start = None, seq - 1 if max_start is None else max_start
+    if metric is not None and has_readout(metric):
         readout = metric.readout(batch, seq)
         assert readout.pos is not None and readout.tokens is not None  # a readout names both
         max_start = int(readout.pos.min())
@@ -393,3 +399,46 @@ def run_variants_reference(model: Model, tokens: Int[Tensor, "batch pos"], varia
         with model.hooks(fwd_hooks=_hooks([tuple(v)], 0)):
             out.append(check_scalar(metric(model(tokens))))
     return torch.stack(out).float()
+
+
+def _keep_final(act: Tensor, hook, *, into: list) -> None:
+    into.append(act)
+
+
+@torch.no_grad()
+def final_residuals(model: Model, tokens: Int[Tensor, "batch pos"], variants: Sequence[Variant],
+                    positions: Sequence[int], *, variants_per_pass: int = VARIANTS_PER_PASS,
+                    base: Base | None = None) -> Tensor:
+    """The final residual stream (before the final norm) of each variant at ``positions``,
+    ``[len(variants), batch, len(positions), d_model]``: for callers that read more than one
+    scalar (e.g. the argmax at several answer positions, through
+    :meth:`workbench.core.readout.ModelReadout.logits`). Passes start late as in
+    :func:`run_variants`, never after ``min(positions)``."""
+    check_variants_per_pass(variants_per_pass)
+    variants = [tuple(v) for v in variants]
+    if any(not v for v in variants):
+        raise ValueError("Every variant needs at least one edit.")
+    seq, n = tokens.shape[1], model.cfg.n_layers
+    pos = [p % seq for p in positions]
+    layers = [min(e.layer for e in v) for v in variants]
+    if base is None:
+        base = base_run(model, tokens, None, sorted(set(layers)), max_start=min(pos))
+    fast = base.kv is not None
+    starts = [min(min(e.first_pos() for e in v), base.max_start, min(pos)) if fast else 0 for v in variants]
+    out = torch.empty(len(variants), tokens.shape[0], len(pos), model.cfg.d_model)
+    for layer in sorted(set(layers)):
+        mine = [i for i, L in enumerate(layers) if L == layer]
+        for rows, start in plan_passes(starts, mine, variants_per_pass, seq):
+            chunk, k = [variants[i] for i in rows], len(rows)
+            kept: list[Tensor] = []
+            hooks = _hooks(chunk, start) + [(f"blocks.{n - 1}.hook_resid_post", partial(_keep_final, into=kept))]
+            with model.hooks(fwd_hooks=hooks):
+                if fast:
+                    resid = base.resid[layer][:, start:].repeat(k, 1, 1)
+                    kv = cache_prefix(base.kv, end=start, times=k, from_layer=layer) if start > 0 else None
+                    model(resid, start_at_layer=layer, stop_at_layer=n, past_kv_cache=kv)
+                else:
+                    model(tokens.repeat(k, 1), return_type=None)
+            final = kept[-1].unflatten(0, (k, tokens.shape[0]))
+            out[rows] = final[:, :, [p - start for p in pos]].float().to(out.device)
+    return out
