@@ -21,7 +21,8 @@ it times head-output patching
 
 and prints the largest absolute difference of each pair (exactness). Times include every side's
 own clean (and corrupted) runs. On a CPU shared with other jobs, run with ``--threads 1`` and
-``OMP_NUM_THREADS=1``: the two sides then meet the same load, as they run one after the other.
+``OMP_NUM_THREADS=1`` (and ``--clock cpu`` to time this process's CPU seconds, which other jobs
+hardly change).
 """
 
 from __future__ import annotations
@@ -43,11 +44,15 @@ from workbench import attribution, models, patching  # noqa: E402
 from workbench.core.metrics import normalise  # noqa: E402
 from workbench.phenomena.ioi.dataset import ioi_dataset  # noqa: E402
 
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCK["wall"]
+
 
 def timed(fn):
-    start = time.perf_counter()
+    """``(fn(), seconds)`` on the clock chosen with ``--clock``."""
+    start = clock()
     out = fn()
-    return out, time.perf_counter() - start
+    return out, clock() - start
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -192,14 +197,19 @@ def main() -> None:
                     help="torch threads for every side (on a CPU shared with other jobs, 1 avoids "
                          "thread oversubscription, which slows every forward pass many times over)")
     ap.add_argument("--no-hf", action="store_true", help="skip the per-index loops over the Hugging Face model")
+    ap.add_argument("--clock", choices=list(CLOCK), default="wall",
+                    help="wall time, or this process's CPU time (with --threads 1, robust to other jobs)")
     args = ap.parse_args()
+    global clock
+    clock = CLOCK[args.clock]
     if args.threads:
         torch.set_num_threads(args.threads)
     model = models.load_model(args.model)
     n_layers, k = model.cfg.n_layers, args.tl_layers
     sub = [n_layers // 2] if k == 1 else sorted({round(i * (n_layers - 1) / (k - 1)) for i in range(k)})
     print(f"model {args.model}: {n_layers} layers x {model.cfg.n_heads} heads; {args.prompts} IOI prompts; "
-          f"torch threads {torch.get_num_threads()}; variants_per_pass {args.variants_per_pass}", flush=True)
+          f"torch threads {torch.get_num_threads()}; variants_per_pass {args.variants_per_pass}; "
+          f"{args.clock} clock", flush=True)
     hf = None
     if not args.no_hf:
         hf, _ = models.load_hf_model(args.model)
