@@ -22,7 +22,7 @@ SUMMARY = re.compile(
     r"null (?:-|\d+th pct of \d+) \| n \d+/\d+ \| (replicated|partial|not replicated|inconclusive)$"
 )
 # Notebooks whose scorecard this branch delivers; the others are checked once they have one.
-WITH_SCORECARD = ("01_ioi_circuit", "05_sae_features", "06_head_atlas")
+WITH_SCORECARD = ("01_ioi_circuit", "06_head_atlas")
 
 
 def _sanitise(text: str) -> str:
