@@ -18,8 +18,10 @@ from workbench.findings.claims import Claim, Scorecard, evaluate
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 SUMMARY = re.compile(
-    r"^(?P<name>[\w\-]+): (?P<value>-?\d+\.\d+) \[(?P<lo>-?\d+\.\d+), (?P<hi>-?\d+\.\d+)\] vs \S+ \| "
-    r"null (?:-|\d+th pct of \d+) \| n \d+/\d+ \| (replicated|partial|not replicated|inconclusive)$"
+    r"^(?P<name>[\w\-]+): (?:(?P<value>-?\d+\.\d+) \[(?P<lo>-?\d+\.\d+), (?P<hi>-?\d+\.\d+)\] vs \S+ "
+    r"\(margin [+-]\d+\.\d+\)|no value \(.*\)) \| "
+    r"null (?:-|\d+th pct of \d+) \| n \d+/\d+ \| "
+    r"(replicated|at chance|below the paper's bar|not replicated|inconclusive|not measured)( \| amended: .+)?$"
 )
 # Notebooks whose scorecard this branch delivers; the others are checked once they have one.
 WITH_SCORECARD = ("01_ioi_circuit", "06_head_atlas")

@@ -58,7 +58,7 @@ def pair():
 
 
 METRIC = LogitDiff(answers=[2, 3, 4], wrong=[5, 6, 7])
-CLAIM = Claim("c", "the effect is large", paper="p", statistic="mean", threshold=0.5, partial=0.2)
+CLAIM = Claim("c", "the effect is large", paper="p", statistic="mean", threshold=0.5, weaker=0.2)
 
 
 def _grid(seed: int, metric: str = "score") -> Result:
@@ -206,8 +206,8 @@ def test_scorecard_json_stays_findings_json_and_loads(instances, tmp_path):
     assert path.read_text().startswith("{")
     back = Scorecard.load(path)
     assert back.summary() == card.summary() and back.to_frame().equals(card.to_frame())
-    # findings.json does not record a claim's partial bar or null level: those come back as defaults
-    assert back.findings[0].claim == dataclasses.replace(CLAIM, partial=None)
+    # findings.json records the weaker bar and the amendment; the null level comes back as its default
+    assert back.findings[0].claim == CLAIM
     assert_same(back.findings[1], card.findings[1])
 
 
@@ -240,6 +240,7 @@ NOT_RESULTS = {
     "InputSite": "an engine detail", "EdgePatcher": "an engine", "Exercise": "a course exercise",
     "LetterTokenizer": "a course tokenizer", "AttentionExplorer": "a widget", "HTML": "a string shown as HTML",
     "Source": "a model source (models.registry)", "Role": "a registry entry", "Phenomenon": "a registry entry",
+    "Registration": "a pre-registration (claims.toml and its lock file)",
     "Lens": "a way of reading the residual stream (the logit lens has no state)",
     "View": "an interactive figure of a result (saved as an HTML page)",
     "CaseLog": "a course checker's record of one check (shown as its message)",

@@ -25,11 +25,15 @@ from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from workbench.core.results import Result
+    from workbench.findings.claims import Scorecard
 
 __all__ = ["PHENOMENA", "Phenomenon", "PhenomenonAbsent", "Role", "get", "register", "roles"]
 
 #: Finder: ``finder(model, *, k, seed, **options) -> {role name: Result [layer, head]}``.
 Finder = Callable[..., "dict[str, Result]"]
+#: Experiment: ``run(model, *, seed=0) -> Scorecard``: the phenomenon's pre-registered claims,
+#: selected on one split and measured on the other, with their nulls and verdicts.
+Experiment = Callable[..., "Scorecard"]
 
 
 class PhenomenonAbsent(ValueError):
@@ -57,6 +61,9 @@ class Phenomenon:
         roles: the roles ``finder`` returns scores for, in the order of the atlas's legend.
         notebook: the stem of the notebook that tells its story (``"02_retrieval_heads"``).
         options: keyword options of ``finder`` that callers may pass through (``"needle"``).
+        run: the whole experiment, ``run(model, *, seed=0) -> Scorecard``, or ``None``.
+        claims: the folder's pre-registration (``claims.toml`` + ``claims.lock.json``), a package
+            path such as ``"workbench.phenomena.ioi"``; ``None`` when the phenomenon has no claims.
     """
 
     name: str
@@ -65,6 +72,8 @@ class Phenomenon:
     roles: tuple[Role, ...] = ()
     notebook: str | None = None
     options: tuple[str, ...] = ()
+    run: Experiment | None = None
+    claims: str | None = None
 
     def __post_init__(self) -> None:
         if (self.finder is None) != (not self.roles):
