@@ -175,7 +175,8 @@ def load_induction_toy(folder: str | Path = INDUCTION_TOY_DIR, *, train_if_missi
         cfg_file = folder / "config.json"
         config = (InductionToyConfig(**json.loads(cfg_file.read_text())) if cfg_file.exists()
                   else InductionToyConfig())
-        save_induction_toy(*train_induction_toy(config), folder)
+        trained, metrics = train_induction_toy(config)
+        save_induction_toy(trained, metrics, folder)
     config = InductionToyConfig(**json.loads((folder / "config.json").read_text()))
     model = build_induction_toy(config)
     missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
@@ -185,5 +186,5 @@ def load_induction_toy(folder: str | Path = INDUCTION_TOY_DIR, *, train_if_missi
                            f"{sorted(params & set(missing))[:5]}, unexpected {sorted(unexpected)[:5]}.")
     model.eval()
     model.requires_grad_(False)
-    model.toy_metrics = json.loads((folder / "metrics.json").read_text())  # type: ignore[assignment]
+    model.toy_metrics = json.loads((folder / "metrics.json").read_text())
     return model
