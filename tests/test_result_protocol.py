@@ -236,7 +236,7 @@ NOT_RESULTS = {
     "Normalised": "a metric", "LogitDiff": "a metric", "AnswerProb": "a metric", "AnswerRank": "a metric",
     "IOIDataset": "a dataset", "ArithmeticProblems": "a dataset", "SumProblems": "a dataset",
     "TemporalFacts": "a dataset", "Fact": "a dataset row", "Haystack": "a dataset", "Needle": "a dataset row",
-    "ToyProblems": "a dataset", "ToyConfig": "a config", "OfflineModel": "a model description",
+    "ToyProblems": "a dataset", "ToyConfig": "a config", "InductionToyConfig": "a config", "OfflineModel": "a model description",
     "InputSite": "an engine detail", "EdgePatcher": "an engine", "Exercise": "a course exercise",
     "LetterTokenizer": "a course tokenizer", "AttentionExplorer": "a widget", "HTML": "a string shown as HTML",
     "Source": "a model source (models.registry)", "Role": "a registry entry", "Phenomenon": "a registry entry",
