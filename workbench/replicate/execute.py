@@ -195,12 +195,15 @@ def run_on_dask(client, jobs: list[Job], runs: dict, done: Callable[[Job, dict],
     killed every worker it ran on) is recorded as failed."""
     from distributed import as_completed
 
+    first = {}
+    for i, job in enumerate(jobs):
+        first.setdefault(job.load_key, i)
     futures = {}
-    for job in jobs:
+    for job in sorted(jobs, key=lambda j: first[j.load_key]):  # a model's jobs together: fewer loads
         fut = client.submit(_on_worker, job, runs[(job.phenomenon, job.control)],
                             key=f"replicate-{job.phenomenon}-{job.id}", pure=False)
         futures[fut] = job
-    for fut in as_completed(list(futures)):
+    for fut in as_completed(list(futures), loop=client.loop):
         job = futures[fut]
         try:
             record = fut.result()
