@@ -195,7 +195,7 @@ def run_on_dask(client, jobs: list[Job], runs: dict, done: Callable[[Job, dict],
     killed every worker it ran on) is recorded as failed."""
     from distributed import as_completed
 
-    first = {}
+    first: dict[tuple, int] = {}
     for i, job in enumerate(jobs):
         first.setdefault(job.load_key, i)
     futures = {}

@@ -72,8 +72,12 @@ def rows(records: Iterable[dict[str, Any]], skipped: Iterable[dict[str, Any]] = 
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
     for col in ("claim", "verdict", "note", "error", "stale", "status", "control"):
         frame[col] = frame[col].fillna("").astype(str)
-    return frame.sort_values(["phenomenon", "claim", "model", "control", "seed"], kind="stable",
-                             ignore_index=True)
+    # Phenomena and models in the order they were asked for (first appearance), then by control and seed.
+    rank = {c: {v: i for i, v in enumerate(dict.fromkeys(frame[c]))} for c in ("phenomenon", "model")}
+    rank["control"] = {"none": 0, "random-init": 1, "placebo": 2}
+    order = frame.assign(**{f"_{c}": frame[c].map(r) for c, r in rank.items()})
+    order = order.sort_values(["_phenomenon", "_model", "_control", "seed"], kind="stable")
+    return frame.loc[order.index].reset_index(drop=True)
 
 
 def _colour(verdict: str) -> str:
@@ -97,7 +101,7 @@ def _cell(group: pd.DataFrame) -> dict[str, Any]:
     ok = group[group["status"] == "ok"]
     if ok.empty:
         first = group.iloc[0]
-        text = first["status"] + (f": {first['error'] or first['note']}" if first["error"] or first["note"] else "")
+        text = f"failed: {first['error']}" if first["status"] == "failed" else (first["note"] or first["status"])
         return {"verdict": "", "text": text, "seeds": "", "colour": "#dddddd"}
     counts = Counter(ok["verdict"])
     verdict, k = counts.most_common(1)[0]
@@ -111,9 +115,10 @@ def _cell(group: pd.DataFrame) -> dict[str, Any]:
 def _table(frame: pd.DataFrame) -> tuple[list[tuple[str, str]], list[tuple[str, str]], dict]:
     """(row keys (phenomenon, claim), column keys (model, control), {(row, col): cell})."""
     cols = _columns(frame)
-    claims = frame[frame["claim"] != ""]
-    keys = list(dict.fromkeys(zip(claims["phenomenon"], claims["claim"])))
-    keys += [(p, "") for p in dict.fromkeys(frame["phenomenon"]) if (p, "") in set(zip(frame["phenomenon"], frame["claim"]))]
+    present = list(dict.fromkeys(zip(frame["phenomenon"], frame["claim"])))
+    keys = [(p, c) for p in dict.fromkeys(frame["phenomenon"]) for pp, c in present if pp == p and c]
+    keys = [k for p in dict.fromkeys(frame["phenomenon"]) for k in [*[k for k in keys if k[0] == p], (p, "")]
+            if k in present]
     cells = {}
     for (ph, claim, model, control), group in frame.groupby(["phenomenon", "claim", "model", "control"], sort=False):
         cells[((ph, claim), (model, control))] = _cell(group)
