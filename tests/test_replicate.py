@@ -182,6 +182,31 @@ def test_the_cli_refuses_bad_input_with_the_choices(toys, capsys):
         main(["replicate", "--models", "smollm2-135m", "--phenomena", "nope"])
 
 
+def test_the_cli_runs_a_replication_and_writes_the_report(toys, checkpoints, tmp_path, capsys):
+    from workbench.cli import main
+
+    assert main(["replicate", "--models", *checkpoints, "--phenomena", "toy_prev_token", "ioi",
+                 "--controls", "placebo", "--out", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "2 jobs computed, 0 reused, 0 failed" in out and str(tmp_path / "replication.html") in out
+    assert "toy_prev_token (placebo): placebo not available for this phenomenon" in err
+    assert (tmp_path / "replication.png").exists()
+
+
+def test_how_many_jobs_run_at_once_here(toys, checkpoints, monkeypatch):
+    from workbench.replicate import execute
+    from workbench.replicate.execute import local_parallelism
+
+    todo = plan(checkpoints, ["toy_prev_token"], controls=["random-init"]).jobs  # 4 models to load
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert local_parallelism(todo) == (1, 4)  # default: one after another with every thread
+    assert local_parallelism(todo, "auto") == (4, 1)  # tiny models: as many as threads and loads
+    assert local_parallelism(todo, 2) == (2, 2)  # the threads shared so that their sum fits
+    assert local_parallelism(todo[:1], "auto") == (1, 4)  # never more than the models to load
+    monkeypatch.setattr(execute, "_estimated_bytes", lambda source: 2**50)
+    assert local_parallelism(todo, "auto") == (1, 4)  # what does not fit in memory runs in turn
+
+
 # ------------------------------------------------------------------ jobs, keys, store
 def test_keys_hold_claims_model_content_code_control_seed(toys, checkpoints):
     p = plan(checkpoints, ["toy_prev_token"], controls=["random-init", "placebo"], seeds=2)
