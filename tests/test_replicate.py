@@ -295,6 +295,29 @@ def test_replication_follows_the_result_protocol(toys, checkpoints, tmp_path):
     assert rep.plot().axes
 
 
+def test_a_declared_placebo_runs_as_a_column_with_its_draws_stated(checkpoints, tmp_path):
+    from dataclasses import dataclass
+    from typing import Callable
+
+    @dataclass(frozen=True)
+    class WithPlacebo(Phenomenon):  # until the controls issue adds the field to Phenomenon
+        placebo: Callable | None = None
+
+    def placebo(model, *, seed=0, label=None):
+        return _prev_token_run(model, seed=seed + 100, label=label)
+
+    placebo.n_draws = 5  # type: ignore[attr-defined]
+    PHENOMENA["toy_placebo"] = WithPlacebo("toy_placebo", "toy with a placebo", run=_prev_token_run,
+                                           placebo=placebo)
+    try:
+        rep = wb.replicate(checkpoints[:1], ["toy_placebo"], controls=["placebo"], out=tmp_path, progress=False)
+    finally:
+        PHENOMENA.pop("toy_placebo")
+    frame = rep.to_frame()
+    assert list(frame["control"]) == ["none", "placebo"] and (frame["status"] == "ok").all()
+    assert "placebo of toy_placebo: 5 draws" in rep.notes
+
+
 # ------------------------------------------------------------------ every phenomenon
 def test_every_phenomenon_produces_findings_on_a_tiny_checkpoint_with_a_real_tokenizer(toys, checkpoints,
                                                                                       tmp_path):

@@ -117,6 +117,8 @@ def replicate(
     store = Store(Path(out) / "store")
     todo = [j for j in planned.jobs if not store.done(j)]
     notes = [f"code hash {code_hash()}"]
+    notes += [f"placebo of {name}: {getattr(fn, 'n_draws', 'an unstated number of')} draws"
+              for (name, control), fn in planned.runs.items() if control == "placebo"]
     stale = store.other_code(code_hash())
     if stale:
         notes.append(f"{stale} stored records were written by other workbench code; they are not used "

@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from workbench.replicate.jobs import Job, code_hash, thread_budget
+from workbench.replicate.jobs import CACHE_LOCK, Job, code_hash, thread_budget
 
 __all__ = ["local_parallelism", "model_for", "run_job", "run_local", "run_on_dask", "connect"]
 
@@ -47,7 +47,7 @@ def model_for(job: Job):
     from workbench.models import load_model, random_init_model
 
     key = job.load_key
-    with _lock:
+    with _lock, CACHE_LOCK:
         if key in _models:
             _models[key] = _models.pop(key)  # most recently used last
             return _models[key], 0.0

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -102,6 +103,12 @@ def code_hash() -> str:
     return total.hexdigest()[:16]
 
 
+#: Serialises what reads the model cache's digest index within a process (:func:`model_hash`,
+#: model loads): the index is rewritten through a temporary file named by process id only, so two
+#: threads of one process (two replications at once) would collide on it.
+CACHE_LOCK = threading.RLock()
+
+
 def model_hash(source: str) -> str:
     """The content hash of a model source (16 hex digits): its weight files' SHA-256 for local
     sources (an offline model's GGUF file, a folder's checkpoint files, a ``.gguf`` file); for a
@@ -111,11 +118,12 @@ def model_hash(source: str) -> str:
     from workbench.models.zoo import offline_spec
 
     src = resolve(source)
-    if src.kind == "offline":
-        return cache.content_digest([offline_spec(src.text).gguf()])[:16]
-    if src.local and src.kind != "hub":
-        _, record, _ = src.cache_entry()
-        return str(record["digest"])[:16]
+    with CACHE_LOCK:
+        if src.kind == "offline":
+            return cache.content_digest([offline_spec(src.text).gguf()])[:16]
+        if src.local and src.kind != "hub":
+            _, record, _ = src.cache_entry()
+            return str(record["digest"])[:16]
     return "name-" + hashlib.sha256(src.text.encode()).hexdigest()[:11]
 
 
