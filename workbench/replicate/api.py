@@ -33,13 +33,20 @@ class _Progress:
         self.records: list[dict[str, Any]] = []
         self.bar = tqdm(total=total, desc="replicate", unit="job", disable=not show or total == 0)
 
+    @staticmethod
+    def _name(job: Job) -> str:
+        return f"{Path(job.model).name} / {job.phenomenon} / {job.control} / seed {job.seed}"
+
+    def start(self, job: Job) -> None:
+        """Name the job that runs now (local runs; on Dask, the bar names the last one finished)."""
+        self.bar.set_postfix_str(f"running {self._name(job)}")
+
     def __call__(self, job: Job, record: dict[str, Any]) -> None:
         with self.lock:
             self.store.write(job, record)
             self.records.append(record)
-            status = "" if record["status"] == "ok" else " FAILED"
-            self.bar.set_postfix_str(f"{Path(job.model).name} / {job.phenomenon} / {job.control} "
-                                     f"/ seed {job.seed}{status}", refresh=False)
+            status = "done" if record["status"] == "ok" else "FAILED"
+            self.bar.set_postfix_str(f"{status} {self._name(job)}", refresh=False)
             self.bar.update(1)
 
     def close(self) -> None:

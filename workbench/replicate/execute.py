@@ -154,8 +154,11 @@ def run_local(jobs: list[Job], runs: dict, done: Callable[[Job, dict], None],
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
         groups.setdefault(job.load_key, []).append(job)
+    starting = getattr(done, "start", None)  # a progress bar names the job it is on
     for key, group in groups.items():
         for job in group:
+            if starting is not None:
+                starting(job)
             done(job, run_job(replace(job, threads=threads), runs[(job.phenomenon, job.control)]))
         with _lock:
             _models.pop(key, None)  # no later job here uses it

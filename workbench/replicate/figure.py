@@ -106,7 +106,7 @@ def replication_figure(rep: "Replication", ax=None, *, title: str | None = None)
             ax.add_patch(Rectangle((j, i), 1, 1, facecolor=cell["colour"], alpha=0.75 if cell["verdict"] else 0.4,
                                    edgecolor="white"))
             label = cell["text"].split(" [")[0] if cell["verdict"] else cell["text"].split(":")[0]
-            ax.text(j + 0.5, i + 0.5, label + (f"\n{cell['seeds'].split()[0]}" if cell["seeds"] else ""),
+            ax.text(j + 0.5, i + 0.5, label + (f"\n{cell['seeds'].removesuffix(' agree')}" if cell["seeds"] else ""),
                     ha="center", va="center", fontsize=7)
     ax.set_xlim(0, n_cols)
     ax.set_ylim(n_rows, 0)
