@@ -102,6 +102,7 @@ def test_dask_gives_the_local_findings_though_a_worker_dies_mid_job(toys, checkp
     assert any(address in n for n in remote.notes)
     records = list(Store(tmp_path / "dask" / "store").records())
     assert all(r["where"].startswith("tcp://127.0.0.1") for r in records)
+    assert all(r["job"]["threads"] == 1 for r in records)  # a 1-thread budget over 1 task slot
     loads: dict[str, int] = {}
     for r in records:  # a worker loads each model (and control) once, then reuses it
         loads[r["where"]] = loads.get(r["where"], 0) + (r["load_seconds"] > 0)

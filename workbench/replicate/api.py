@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -56,16 +57,15 @@ class _Progress:
 def _run(todo: list[Job], runs: dict, progress: _Progress, client: Any, jobs: int | str,
          notes: list[str]) -> None:
     if client is not None:
-        notes.append(f"ran on the Dask cluster at {client.scheduler.address}")
-        run_on_dask(client, todo, runs, progress)
+        notes.append(f"ran on the Dask cluster at {client.scheduler.address}; each job with its worker's "
+                     "thread budget divided by the worker's task slots")
+        run_on_dask(client, [replace(j, threads=0) for j in todo], runs, progress)  # 0: the worker decides
         return
     at_once, threads = local_parallelism(todo, jobs)
     if at_once == 1:
         notes.append(f"ran here, one job after another, {threads} torch thread(s) per job")
         run_local(todo, runs, progress, threads)
         return
-    from dataclasses import replace
-
     from distributed import Client, LocalCluster
 
     notes.append(f"ran here, {at_once} jobs at once (worker processes), {threads} torch thread(s) each")
@@ -140,8 +140,7 @@ def replicate(
             client.close()
     records = [store.read(j) for j in planned.jobs]
     frame = rows([r for r in records if r is not None], planned.skipped)
-    computed = {id(r) for r in bar.records}
-    rep = Replication(frame, str(out), computed=len(computed), reused=len(planned.jobs) - len(todo),
+    rep = Replication(frame, str(out), computed=len(bar.records), reused=len(planned.jobs) - len(todo),
                       failed=sum(1 for r in records if r is not None and r["status"] != "ok"),
                       seconds=round(time.perf_counter() - start, 2), notes=notes)
     if write:

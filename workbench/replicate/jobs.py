@@ -38,7 +38,8 @@ CONTROLS: tuple[str, ...] = ("none", "random-init", "placebo")
 @dataclass(frozen=True)
 class Job:
     """One phenomenon on one model under one control and seed (plain fields: it travels to Dask
-    workers and into the store). ``threads``: the torch threads the job may use."""
+    workers and into the store). ``threads``: the torch threads the job may use (0 on Dask: the
+    worker decides, see :mod:`workbench.replicate.execute`); not part of the key."""
 
     phenomenon: str
     model: str
