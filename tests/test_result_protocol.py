@@ -33,6 +33,8 @@ from workbench.phenomena.arithmetic.analysis import TopVsRandom  # noqa: E402
 from workbench.phenomena.atlas.analysis import HeadAtlas  # noqa: E402
 from workbench.phenomena.ioi.circuits import CircuitChoice, IOIClasses  # noqa: E402
 from workbench.phenomena.retrieval.analysis import MaskingResult  # noqa: E402
+from workbench.replicate.report import Replication  # noqa: E402
+from workbench.replicate.report import rows as replication_rows  # noqa: E402
 from workbench.techniques import ablation, attribution, lens  # noqa: E402
 from workbench.techniques.sae.features import LogitEffects  # noqa: E402
 from workbench.techniques.sae.splicing import Splice  # noqa: E402
@@ -89,6 +91,10 @@ BUILDERS = {
     Scorecard: lambda m, p: Scorecard("tiny", "nb", [_finding(), not_measured(
         Claim("d", "d", paper="p", statistic="s", threshold=1.0), n_select=2, n_eval=3, note="none solved")]),
     lens.LensResult: lambda m, p: lens.logit_lens(m, p[0][:2], top_k=2),
+    Replication: lambda m, p: Replication(replication_rows([{
+        "job": {"phenomenon": "ioi", "model": "tiny", "model_hash": "ab12", "control": "none", "seed": 0,
+                "code_hash": "c0de"}, "status": "ok", "findings": [_finding().to_dict()], "seconds": 1.0}]),
+        computed=1, notes=["ran here"]),
     attribution.Attribution: lambda m, p: attribution.attribute(m, *p, METRIC),
     edges.Graph: _edge_graph,
     edges.FaithfulnessCurve: lambda m, p: edges.faithfulness_curve(
@@ -244,6 +250,8 @@ NOT_RESULTS = {
     "Lens": "a way of reading the residual stream (the logit lens has no state)",
     "View": "an interactive figure of a result (saved as an HTML page)",
     "CaseLog": "a course checker's record of one check (shown as its message)",
+    "Job": "a unit of work of a replication (its findings are stored by the results store)",
+    "Plan": "the jobs of a replication before they run",
 }
 
 PROTOCOL = ("to_frame", "plot", "_repr_html_", "save", "load")

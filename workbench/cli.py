@@ -7,6 +7,8 @@
     workbench run all --model smollm2-135m
     workbench run 01 --random-init            (negative control: the same architecture, random weights)
     workbench atlas --model gemma-3-270m      (the head atlas: PNG + CSV under reports/<model>/atlas)
+    workbench replicate --models smollm2-135m gemma-3-270m --controls random-init
+                                              (every phenomenon on every model: reports/replication/)
     python -m workbench run ...               (the same)
 
 ``--model`` is an offline model, a TransformerLens name, a checkpoint folder or a ``.gguf`` file
@@ -443,11 +445,15 @@ def main(argv: list[str] | None = None) -> int:
     cl.add_argument("claim", nargs="?", help="the claim to amend")
     cl.add_argument("--reason", default="", help="why the claim changed (amend)")
     from workbench.course import cli as course_cli
+    from workbench.replicate import cli as replicate_cli
 
     course_cli.add_parser(sub)
+    replicate_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "course":
         return course_cli.main(args)
+    if args.command == "replicate":
+        return replicate_cli.main(args)
     if args.command == "claims":
         return claims_command(args.action, args.phenomenon, args.claim, args.reason)
 
