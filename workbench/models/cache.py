@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -101,9 +102,11 @@ def content_digest(files: list[Path]) -> str:
         total.update(f.name.encode() + b"\0" + entry[2].encode() + b"\n")
     if changed:
         index_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = index_path.with_name(f".digests-{os.getpid()}.json")
-        tmp.write_text(json.dumps(index))
-        tmp.replace(index_path)
+        # a temporary name of its own per writer (threads of one process too), then one atomic move
+        fd, tmp = tempfile.mkstemp(dir=index_path.parent, prefix=".digests-", suffix=".json")
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(index))
+        os.replace(tmp, index_path)
     return total.hexdigest()
 
 
