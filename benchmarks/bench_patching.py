@@ -1,29 +1,28 @@
-"""Batched activation patching vs TransformerLens, side by side in one run, on SmolLM2-135M + IOI.
+"""Batched activation patching vs TransformerLens and vs the Hugging Face model, in one run.
 
-    python benchmarks/bench_patching.py [--prompts N] [--tl-layers K] [--batch-size B] [--corruption flip]
+    python benchmarks/bench_patching.py [--prompts N] [--tl-layers K] [--variants-per-pass V]
+                                        [--corruptions flip ABC] [--threads T] [--no-hf]
 
-Measures, with a normalised logit-difference metric (corrupted 0, clean 1):
+On SmolLM2-135M and IOI prompts (one template), with a normalised logit-difference metric
+(corrupted 0, clean 1), for each corruption:
 
-* head outputs by position: TL ``get_act_patch_attn_head_out_by_pos`` vs ``patch_heads(by_pos=True)``.
-  TL runs ``n_layers * pos * n_heads`` forward passes, so it is timed on ``--tl-layers`` evenly
-  spaced layers (first and last included, so early and late layers are both represented) and our
-  engine on the same layers; the ratio compares those two. Our full sweep is timed as well.
-* head outputs over all positions: TL ``get_act_patch_attn_head_out_all_pos`` vs ``patch_heads``,
-  all layers.
-* attribution patching: Pearson r with exact patching, and its cost in forward-pass equivalents.
+* ``flip``: both names replaced (IO and S swapped; 3 positions differ, the first 3 are shared);
+* ``ABC``: one name replaced (S2 by a third name; 1 position differs, the first 11 are shared);
 
-TL's times include its own clean ``run_with_cache``; ours include everything (both cached runs).
+it times head-output patching
 
-* head outputs by position, the way a user of the Hugging Face model (an nnsight-style loop) would
-  do it: the ``transformers`` model with SDPA attention, a forward pre-hook on each layer's
-  attention ``o_proj`` that writes the clean run's input slice of one head at one position, one
-  forward pass per (layer, head, position), on the same ``--tl-layers`` layers (``--no-hf`` skips
-  it). Its clean run (capturing every ``o_proj`` input) is included in its time.
+* over all positions, all layers: TL ``get_act_patch_attn_head_out_all_pos`` vs ``patch_heads``;
+* by position, on ``--tl-layers`` layers (default the middle one; TL runs ``n_layers * pos *
+  n_heads`` forward passes, so the full sweep is not timed): TL's ``generic_activation_patch``
+  with ``layer_pos_head_vector_patch_setter`` vs ``patch_heads(by_pos=True, layers=...)``;
+* the same two sweeps on those layers as a per-index loop over the Hugging Face model (SDPA
+  attention, a forward pre-hook on each layer's ``o_proj`` writing the clean input slice of one
+  head, one forward pass per index; its clean run is included in its time),
 
-The by-position ratio depends on the corruption: positions where every clean and corrupted prompt
-hold the same tokens are no-op patches that the engine answers without a forward pass. The default
-ABC corruption changes only S2 (11 of 16 positions shared); ``--corruption flip`` swaps the names
-throughout (3 shared), the case closer to recomputing every position.
+and prints the largest absolute difference of each pair (exactness). Times include every side's
+own clean (and corrupted) runs. On a CPU shared with other jobs, run with ``--threads 1`` and
+``OMP_NUM_THREADS=1`` (and ``--clock cpu`` to time this process's CPU seconds, which other jobs
+hardly change).
 """
 
 from __future__ import annotations
@@ -45,11 +44,15 @@ from workbench import attribution, models, patching  # noqa: E402
 from workbench.core.metrics import normalise  # noqa: E402
 from workbench.phenomena.ioi.dataset import ioi_dataset  # noqa: E402
 
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCK["wall"]
+
 
 def timed(fn):
-    start = time.perf_counter()
+    """``(fn(), seconds)`` on the clock chosen with ``--clock``."""
+    start = clock()
     out = fn()
-    return out, time.perf_counter() - start
+    return out, clock() - start
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -94,119 +97,134 @@ def hf_by_pos(hf, clean, corrupted, metric, layers, n_heads, d_head) -> torch.Te
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prompts", type=int, default=8, help="IOI prompts (one template)")
-    ap.add_argument("--tl-layers", type=int, default=3, help="layers on which TL by_pos is timed")
-    ap.add_argument("--batch-size", type=int, default=64, help="patched indices per forward")
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--corruption", choices=["ABC", "flip"], default="ABC",
-                    help="IOI corruption: ABC replaces S2 by a third name, flip swaps the names")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads for both sides (on a CPU shared with other jobs, 1 avoids "
-                         "thread oversubscription, which slows every forward pass many times over)")
-    ap.add_argument("--no-hf", action="store_true",
-                    help="skip the per-index loop over the Hugging Face model")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def hf_all_pos(hf, clean, corrupted, metric, layers, n_heads, d_head) -> torch.Tensor:
+    """Like :func:`hf_by_pos`, each head's output patched at every position at once."""
+    attn = [hf.model.layers[layer].self_attn.o_proj for layer in layers]
+    clean_in: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        handles = [m.register_forward_pre_hook(lambda mod, a, i=i: clean_in.__setitem__(i, a[0].clone()))
+                   for i, m in enumerate(attn)]
+        try:
+            hf(clean)
+        finally:
+            for h in handles:
+                h.remove()
+        out = torch.zeros(len(layers), n_heads)
+        for i, module in enumerate(attn):
+            for head in range(n_heads):
+                cols = slice(head * d_head, (head + 1) * d_head)
 
-    model = models.load_model(args.model)
-    ds = ioi_dataset(model, n=args.prompts, seed=0, templates=[0], corruption=args.corruption)
+                def patch(module, args, cols=cols, i=i):
+                    x = args[0].clone()
+                    x[:, :, cols] = clean_in[i][:, :, cols]
+                    return (x,)
+
+                handle = module.register_forward_pre_hook(patch)
+                try:
+                    out[i, head] = metric(hf(corrupted).logits)
+                finally:
+                    handle.remove()
+    return out
+
+
+def tl_by_pos(model, clean, corrupted, metric, layers) -> torch.Tensor:
+    """TransformerLens's per-index loop over head outputs by position, on ``layers`` only."""
+    n_layers, seq, n_heads = model.cfg.n_layers, clean.shape[1], model.cfg.n_heads
+    with torch.no_grad():
+        cache = model.run_with_cache(clean)[1]
+    index = tlp.make_df_from_ranges([n_layers, seq, n_heads], ["layer", "pos", "head"])
+    index = index[index.layer.isin(layers)]
+    flat = tlp.generic_activation_patch(
+        model, corrupted, cache, metric, patch_setter=tlp.layer_pos_head_vector_patch_setter,
+        activation_name="z", index_df=index,
+    )
+    return flat.reshape(len(layers), seq, n_heads)
+
+
+def tl_all_pos(model, clean, corrupted, metric) -> torch.Tensor:
+    with torch.no_grad():
+        cache = model.run_with_cache(clean)[1]
+    return tlp.get_act_patch_attn_head_out_all_pos(model, corrupted, cache, metric)
+
+
+def one_corruption(model, hf, corruption: str, args, sub: list[int]) -> list[tuple]:
+    """Rows ``(sweep, layers, reference, ref s, ours s, max |diff|)`` for one corruption."""
+    ds = ioi_dataset(model, n=args.prompts, seed=0, templates=[0], corruption=corruption)
     clean, corrupted = ds.clean_tokens, ds.corrupted_tokens
     metric = normalise(model, clean, corrupted, ds.logit_diff())
     n_layers, n_heads, seq = model.cfg.n_layers, model.cfg.n_heads, clean.shape[1]
-    tl_layers = sorted({round(i * (n_layers - 1) / max(args.tl_layers - 1, 1)) for i in range(args.tl_layers)})
-    print(f"model {args.model}: {n_layers} layers x {n_heads} heads; {args.prompts} IOI prompts of "
-          f"{seq} tokens; torch threads {torch.get_num_threads()}; batch_size {args.batch_size}")
-    print(f"corruption {args.corruption}: the first {patching.shared_prefix(clean, corrupted)} of {seq} "
-          f"positions are the same in every clean and corrupted prompt")
-    print(f"metric {metric}", flush=True)
-
-    def tl_cache():
-        with torch.no_grad():
-            return model.run_with_cache(clean)[1]
-
-    def forward():
-        with torch.no_grad():
-            model(corrupted)
-
-    forward()
-    _, t_fwd = timed(lambda: [forward() for _ in range(3)])
-    t_fwd /= 3
+    differ = (clean != corrupted).any(0).nonzero().flatten().tolist()
+    print(f"\ncorruption {corruption}: positions {differ} of {seq} differ; the first "
+          f"{patching.shared_prefix(clean, corrupted)} are the same in every prompt", flush=True)
+    kw = dict(variants_per_pass=args.variants_per_pass, progress=False)
     rows = []
+    ours_all, t_ours_all = timed(lambda: patching.patch_heads(model, clean, corrupted, metric, **kw))
+    tl_all, t_tl_all = timed(lambda: tl_all_pos(model, clean, corrupted, metric))
+    rows.append(("all pos", f"all {n_layers}", "TL", t_tl_all, t_ours_all, (ours_all.values - tl_all).abs().max().item()))
+    print(f"  all pos: TL {t_tl_all:.1f} s, ours {t_ours_all:.1f} s", flush=True)
+    ours_sub_all, t_ours_sub_all = timed(lambda: patching.patch_heads(model, clean, corrupted, metric,
+                                                                      layers=sub, **kw))
+    ours_sub, t_ours_sub = timed(lambda: patching.patch_heads(model, clean, corrupted, metric, by_pos=True,
+                                                              layers=sub, **kw))
+    tl_sub, t_tl_sub = timed(lambda: tl_by_pos(model, clean, corrupted, metric, sub))
+    rows.append(("by pos", f"{sub}", "TL", t_tl_sub, t_ours_sub, (ours_sub.values - tl_sub).abs().max().item()))
+    print(f"  by pos on {sub}: TL {t_tl_sub:.1f} s, ours {t_ours_sub:.1f} s", flush=True)
+    if hf is not None:
+        d_head = model.cfg.d_head
+        hf_all, t_hf_all = timed(lambda: hf_all_pos(hf, clean, corrupted, metric, sub, n_heads, d_head))
+        rows.append(("all pos", f"{sub}", "HF loop", t_hf_all, t_ours_sub_all,
+                     (ours_sub_all.values - hf_all).abs().max().item()))
+        hf_sub, t_hf_sub = timed(lambda: hf_by_pos(hf, clean, corrupted, metric, sub, n_heads, d_head))
+        rows.append(("by pos", f"{sub}", "HF loop", t_hf_sub, t_ours_sub, (ours_sub.values - hf_sub).abs().max().item()))
+        print(f"  HF per-index loop on {sub}: all pos {t_hf_all:.1f} s, by pos {t_hf_sub:.1f} s", flush=True)
+    if corruption == args.corruptions[0]:
+        attr, t_attr = timed(lambda: attribution.attribute(model, clean, corrupted, metric, sites=("z",)))
+        print(f"  attribution patching: {t_attr:.2f} s; Pearson r with exact all-pos head patching "
+              f"{pearson(attr.heads.values, ours_all.values):.3f}", flush=True)
+    return [(corruption, *r) for r in rows]
 
-    # --- by position, on a subset of layers (TL is n_layers * seq * n_heads forwards) -------
-    def tl_by_pos():
-        cache = tl_cache()
-        index = tlp.make_df_from_ranges([n_layers, seq, n_heads], ["layer", "pos", "head"])
-        index = index[index.layer.isin(tl_layers)]
-        flat = tlp.generic_activation_patch(
-            model, corrupted, cache, metric, patch_setter=tlp.layer_pos_head_vector_patch_setter,
-            activation_name="z", index_df=index,
-        )
-        return flat.reshape(len(tl_layers), seq, n_heads)
 
-    kw = dict(batch_size=args.batch_size, progress=False)
-    ours_sub, t_ours_sub = timed(lambda: patching.patch_heads(model, clean, corrupted, metric,
-                                                              by_pos=True, layers=tl_layers, **kw))
-    tl_sub, t_tl_sub = timed(tl_by_pos)
-    rows.append(("head out by pos", f"layers {tl_layers}", t_tl_sub, t_ours_sub,
-                 (ours_sub.values - tl_sub).abs().max().item()))
-    print(f"  by pos on {tl_layers}: TL {t_tl_sub:.1f} s, ours {t_ours_sub:.1f} s", flush=True)
-
-    # --- by position, a per-index loop over the Hugging Face model (nnsight-style) -----------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompts", type=int, default=8, help="IOI prompts (one template)")
+    ap.add_argument("--tl-layers", type=int, default=1,
+                    help="layers on which the per-index loops are timed by position (1: the middle layer)")
+    ap.add_argument("--variants-per-pass", type=int, default=64, help="patched indices per forward")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--corruptions", nargs="+", choices=["flip", "ABC"], default=["flip", "ABC"],
+                    help="flip: both names replaced (IO and S swapped); ABC: one name (S2) replaced")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for every side (on a CPU shared with other jobs, 1 avoids "
+                         "thread oversubscription, which slows every forward pass many times over)")
+    ap.add_argument("--no-hf", action="store_true", help="skip the per-index loops over the Hugging Face model")
+    ap.add_argument("--clock", choices=list(CLOCK), default="wall",
+                    help="wall time, or this process's CPU time (with --threads 1, robust to other jobs)")
+    args = ap.parse_args()
+    global clock
+    clock = CLOCK[args.clock]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = models.load_model(args.model)
+    n_layers, k = model.cfg.n_layers, args.tl_layers
+    sub = [n_layers // 2] if k == 1 else sorted({round(i * (n_layers - 1) / (k - 1)) for i in range(k)})
+    print(f"model {args.model}: {n_layers} layers x {model.cfg.n_heads} heads; {args.prompts} IOI prompts; "
+          f"torch threads {torch.get_num_threads()}; variants_per_pass {args.variants_per_pass}; "
+          f"{args.clock} clock", flush=True)
+    hf = None
     if not args.no_hf:
         hf, _ = models.load_hf_model(args.model)
         hf.set_attn_implementation("sdpa")
-        hf_sub, t_hf_sub = timed(lambda: hf_by_pos(hf, clean, corrupted, metric, tl_layers,
-                                                   n_heads, model.cfg.d_head))
-        rows.append(("head out by pos, HF", f"layers {tl_layers}", t_hf_sub, t_ours_sub,
-                     (ours_sub.values - hf_sub).abs().max().item()))
-        print(f"  by pos on {tl_layers}: HF per-index loop {t_hf_sub:.1f} s", flush=True)
-        del hf
-
-    # --- all positions, all layers ---------------------------------------------------------
-    ours_all, t_ours_all = timed(lambda: patching.patch_heads(model, clean, corrupted, metric, **kw))
-    tl_all, t_tl_all = timed(lambda: tlp.get_act_patch_attn_head_out_all_pos(model, corrupted,
-                                                                              tl_cache(), metric))
-    rows.append(("head out all pos", f"all {n_layers}", t_tl_all, t_ours_all,
-                 (ours_all.values - tl_all).abs().max().item()))
-    print(f"  all pos: TL {t_tl_all:.1f} s, ours {t_ours_all:.1f} s", flush=True)
-
-    # --- our full by-position sweep (TL's time extrapolated from the subset, marked ~) ------
-    ours_bp, t_ours_bp = timed(lambda: patching.patch_heads(model, clean, corrupted, metric,
-                                                            by_pos=True, **kw))
-    sub_diff = (ours_bp.values[tl_layers] - tl_sub).abs().max().item()
-
-    # --- attribution patching ---------------------------------------------------------------
-    attr, t_attr = timed(lambda: attribution.attribute(model, clean, corrupted, metric, sites=("z",)))
-    r_all = pearson(attr.heads.values, ours_all.values)
-    r_bp = pearson(attr.heads_by_pos.values, ours_bp.values)
-
+    rows = [r for c in args.corruptions for r in one_corruption(model, hf, c, args, sub)]
     print()
-    print(f"{'sweep':<22} {'layers':<16} {'ref s':>9} {'ours s':>9} {'speed-up':>9} {'max |diff|':>11}")
-    for name, layers, t_tl, t_ours, diff in rows:
-        print(f"{name:<22} {layers:<16} {t_tl:>9.2f} {t_ours:>9.2f} {t_tl / t_ours:>8.1f}x {diff:>11.2e}")
-    t_tl_full = t_tl_sub * n_layers / len(tl_layers)
-    print(f"{'head out by pos':<22} {f'all {n_layers}':<16} {f'~{t_tl_full:.0f}':>9} {t_ours_bp:>9.2f} "
-          f"{f'~{t_tl_full / t_ours_bp:.0f}x':>9} {sub_diff:>11.2e}   (TL extrapolated from the subset)")
-    print("(ref: TransformerLens's patching, or the HF per-index loop on the row marked HF)")
-    print()
-    print(f"one forward pass of the corrupted batch: {t_fwd:.3f} s")
-    print(f"attribution patching (clean fwd + corrupted fwd + bwd): {t_attr:.2f} s = "
-          f"{t_attr / t_fwd:.1f} forward-pass equivalents; exact all-pos = {n_layers * n_heads} "
-          f"forwards in TL, by-pos = {n_layers * n_heads * seq}")
-    print(f"attribution vs exact, Pearson r: heads all pos {r_all:.3f}, heads by pos {r_bp:.3f}")
-    print()
-    by_name = {r[0]: r for r in rows}
-    goals = [
-        ("by pos >= 10x", by_name["head out by pos"][2] / by_name["head out by pos"][3] >= 10),
-        ("all pos >= 4x", by_name["head out all pos"][2] / by_name["head out all pos"][3] >= 4),
-        ("max |diff| < 1e-4", max(r[4] for r in rows) < 1e-4 and sub_diff < 1e-4),
-        ("attribution r >= 0.9 (all pos)", r_all >= 0.9),
-    ]
-    print("goals: " + ", ".join(f"{g}: {'met' if ok else 'NOT met'}" for g, ok in goals))
+    print(f"{'corruption':<10} {'sweep':<8} {'layers':<8} {'reference':<9} {'ref s':>8} {'ours s':>8} "
+          f"{'speed-up':>9} {'max |diff|':>11}")
+    for corruption, sweep, layers, ref, t_ref, t_ours, diff in rows:
+        print(f"{corruption:<10} {sweep:<8} {layers:<8} {ref:<9} {t_ref:>8.2f} {t_ours:>8.2f} "
+              f"{t_ref / t_ours:>8.1f}x {diff:>11.2e}")
+    main_row = next(r for r in rows if r[:2] == ("flip", "all pos") and r[4] == "TL") if "flip" in args.corruptions else None
+    if main_row is not None:
+        ok = main_row[5] / main_row[6] >= 4 and main_row[7] < 1e-4
+        print(f"goal (flip, all pos, vs TL: >= 4x and exact to 1e-4): {'met' if ok else 'NOT met'}")
 
 
 if __name__ == "__main__":

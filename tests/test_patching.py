@@ -6,6 +6,7 @@ import transformer_lens.patching as tlp
 from hooks import assert_no_hooks
 
 from workbench import models, patching
+from workbench.core import engine
 from workbench.core.metrics import LogitDiff, normalise
 
 SITES = ["resid_pre", "attn_out", "mlp_out", "z", "q", "k", "v", "pattern"]
@@ -49,7 +50,7 @@ def test_heads_equal_transformer_lens(fixture, request, pair, metric):
     assert ours.dims == ("layer", "head") and ours.shape == tuple(theirs.shape)
     assert (ours.values - theirs).abs().max() < TOL
     assert theirs.abs().max() > 1e-2  # the patch does something, so equality means something
-    ours = patching.patch_heads(model, clean, corrupted, metric, by_pos=True, batch_size=5, progress=False)
+    ours = patching.patch_heads(model, clean, corrupted, metric, by_pos=True, variants_per_pass=5, progress=False)
     theirs = tlp.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric)
     assert ours.dims == ("layer", "pos", "head") and ours.shape == tuple(theirs.shape)
     assert (ours.values - theirs).abs().max() < TOL
@@ -87,7 +88,7 @@ def test_fast_equals_reference_loop(fixture, site, request, pair, metric):
     for by_pos in (False, True):
         # positions 2 and 4 are the corrupted ones; 0 and 5 the ends (fewer forwards for the loop)
         opts = dict(site=site, by_pos=by_pos, positions=[0, 2, 4, 5] if by_pos else None)
-        fast = patching.patch(model, clean, corrupted, metric, batch_size=7, progress=False, **opts)
+        fast = patching.patch(model, clean, corrupted, metric, variants_per_pass=7, progress=False, **opts)
         ref = patching.patch_reference(model, clean, corrupted, metric, progress=False, **opts)
         assert fast.dims == ref.dims and fast.labels == ref.labels
         assert (fast.values - ref.values).abs().max() < TOL, (site, by_pos)
@@ -108,7 +109,7 @@ def test_shared_prefix_positions_need_no_forward(tiny, pair, metric, monkeypatch
     def no_forward(*args, **kwargs):
         raise AssertionError("a forward pass ran for a position the prompts share")
 
-    monkeypatch.setattr(patching, "_run_chunk", no_forward)
+    monkeypatch.setattr(engine, "run_pass", no_forward)
     for site in ("z", "pattern", "k", "resid_pre"):
         fast = patching.patch(tiny, clean, corrupted, metric, site=site, by_pos=True,
                               positions=[0, 1], progress=False)
@@ -120,7 +121,7 @@ def test_no_shared_prefix_equals_reference(tiny_gqa, pair, metric):
     corrupted = corrupted.clone()
     corrupted[0, 0] = (corrupted[0, 0] + 1) % 100
     opts = dict(site="z", by_pos=True, positions=[0, 1, 2])
-    fast = patching.patch(tiny_gqa, clean, corrupted, metric, batch_size=4, progress=False, **opts)
+    fast = patching.patch(tiny_gqa, clean, corrupted, metric, variants_per_pass=4, progress=False, **opts)
     ref = patching.patch_reference(tiny_gqa, clean, corrupted, metric, progress=False, **opts)
     assert (fast.values - ref.values).abs().max() < TOL
     assert (fast.values[:, 0] - fast.meta["corrupted"]).abs().max() > 1e-3  # position 0 does matter
@@ -143,7 +144,7 @@ def test_readout_before_last_position_and_per_prompt_positions(tiny, pair):
     for pos in (3, torch.tensor([2, 4, 5])):  # positions after the readout cannot matter
         m = LogitDiff(answers=[1, 2, 3], wrong=[4, 5, 6], pos=pos)
         opts = dict(by_pos=True, heads=[(0, 1), (0, 2), (1, 1), (1, 2)], progress=False)
-        fast = patching.patch_heads(tiny, clean, corrupted, m, batch_size=3, **opts)
+        fast = patching.patch_heads(tiny, clean, corrupted, m, variants_per_pass=3, **opts)
         ref = patching.patch_reference(tiny, clean, corrupted, m, site="z", **opts)
         assert (fast.values - ref.values).abs().max() < TOL
     assert fast.values[:, 5].abs().max() > 0  # prompt 3 still reads position 5
@@ -161,9 +162,9 @@ def test_normalised_metric_baselines(tiny, pair, metric):
     assert (r.values - ref.values).abs().max() < TOL
 
 
-def test_batch_size_does_not_change_values(tiny_gqa, pair, metric):
+def test_variants_per_pass_does_not_change_values(tiny_gqa, pair, metric):
     clean, corrupted = pair
-    runs = [patching.patch_heads(tiny_gqa, clean, corrupted, metric, by_pos=True, batch_size=b,
+    runs = [patching.patch_heads(tiny_gqa, clean, corrupted, metric, by_pos=True, variants_per_pass=b,
                                  positions=[1, 2, 4], progress=False).values for b in (2, 5, 1000)]
     assert (runs[0] - runs[1]).abs().max() < TOL and (runs[0] - runs[2]).abs().max() < TOL
 
@@ -207,8 +208,8 @@ def test_full_forward_fallback_equals_fast_path(tiny_gqa, pair, metric, monkeypa
     """The path a TransformerBridge takes (no start_at_layer): batched full forwards."""
     clean, corrupted = pair
     fast = patching.patch_heads(tiny_gqa, clean, corrupted, metric, by_pos=True, progress=False)
-    monkeypatch.setattr(patching, "supports_fast_path", lambda model: False)
-    slow = patching.patch_heads(tiny_gqa, clean, corrupted, metric, by_pos=True, batch_size=6,
+    monkeypatch.setattr(engine, "supports_fast_path", lambda model: False)
+    slow = patching.patch_heads(tiny_gqa, clean, corrupted, metric, by_pos=True, variants_per_pass=6,
                                 progress=False)
     assert (fast.values - slow.values).abs().max() < TOL
 
@@ -256,7 +257,7 @@ def test_bad_selection_and_options(tiny, tiny_gqa, pair, metric):
             progress=False)
     _raises(tiny, ValueError, "has no heads", *args, site="attn_out", heads=[(0, 0)], progress=False)
     _raises(tiny, ValueError, "Unknown site", *args, site="resid_mid", progress=False)
-    _raises(tiny, ValueError, "batch_size", *args, site="z", batch_size=0, progress=False)
+    _raises(tiny, ValueError, "variants_per_pass", *args, site="z", variants_per_pass=0, progress=False)
     with pytest.raises(ValueError, match="patch_heads site"):
         patching.patch_heads(tiny, *args, site="resid_pre")
     attn_only = models.tiny_model(attn_only=True)
@@ -307,7 +308,7 @@ def test_error_in_the_middle_of_a_sweep_leaves_no_hooks(tiny_gqa, pair, metric, 
 
     bad = FlakyReadout() if readout else Flaky()
     with pytest.raises(ValueError, match="finite"):
-        patching.patch_heads(tiny_gqa, clean, corrupted, bad, by_pos=True, batch_size=4, progress=False)
+        patching.patch_heads(tiny_gqa, clean, corrupted, bad, by_pos=True, variants_per_pass=4, progress=False)
     assert_no_hooks(tiny_gqa)
 
 

@@ -190,7 +190,7 @@ def test_deeper_model_receivers_between_and_above_senders(data):
                                             receivers, kind, mask, freeze_mlps)
                 assert abs(got - want) < 1e-5, (kind, senders, freeze_mlps)
         r = path_patch_heads(model, clean, corrupted, metric, receivers=receivers,
-                             receiver_input=kind, progress=False, max_batch=3)
+                             receiver_input=kind, progress=False, variants_per_pass=1)
         for layer, h in [(0, 0), (1, 3), (2, 1)]:
             one = path_patch(model, clean, corrupted, metric, senders=[(layer, h)],
                              receivers=receivers, receiver_input=kind)
@@ -213,7 +213,7 @@ def test_sweep_matches_loop_and_reference(tiny_gqa, data, kind, receivers, freez
     clean, corrupted, metric = data
     r = path_patch_heads(tiny_gqa, clean, corrupted, metric, receivers=receivers,
                          receiver_input=kind, receiver_pos=[8], freeze_mlps=freeze_mlps,
-                         max_batch=6, progress=False)
+                         variants_per_pass=2, progress=False)
     assert r.dims == ("layer", "head") and r.shape == (2, 4)
     mask = torch.zeros(clean.shape, dtype=torch.bool)
     mask[:, 8] = True
@@ -290,8 +290,8 @@ def test_errors_and_no_hooks_left(tiny_gqa, data):
         path_patch(models.tiny_model(attn_only=True), clean, corrupted, metric, senders=[0])
     with pytest.raises(TypeError, match="HookedTransformer"):
         path_patch(object(), clean, corrupted, metric, senders=[(0, 1)])
-    with pytest.raises(ValueError, match="max_batch"):
-        path_patch_heads(m, clean, corrupted, metric, max_batch=0)
+    with pytest.raises(ValueError, match="variants_per_pass"):
+        path_patch_heads(m, clean, corrupted, metric, variants_per_pass=0)
     per_prompt = LogitDiff(answers=[1, 2, 3], wrong=[4, 5, 6], per_prompt=True)
     with pytest.raises(ValueError, match="scalar"):
         path_patch(m, clean, corrupted, per_prompt, senders=[(0, 1)])

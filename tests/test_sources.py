@@ -107,14 +107,14 @@ def test_gemma_at_an_unofficial_size_names_what_is_supported(tmp_path):
     cfg = transformers.Gemma3TextConfig(**COMMON, num_key_value_heads=1, head_dim=16)
     make_checkpoint(tmp_path / "g", "gemma3", config=cfg)
     with pytest.raises(UnsupportedArchitectureError, match="official.*LlamaForCausalLM.*Qwen2ForCausalLM"):
-        models.load_model(tmp_path / "g", verbose=False)
+        models.load_model(tmp_path / "g", verbose=False, backend="hooked")
 
 
 def test_unmapped_architecture_names_the_supported_ones(tmp_path):
     cfg = transformers.FalconConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
     make_checkpoint(tmp_path / "f", "falcon", config=cfg)
     with pytest.raises(UnsupportedArchitectureError, match="'FalconForCausalLM'.*GPT2LMHeadModel.*GPTNeoXForCausalLM"):
-        models.load_model(tmp_path / "f", verbose=False)
+        models.load_model(tmp_path / "f", verbose=False, backend="hooked")
 
 
 def test_supported_architectures_are_the_ones_transformer_lens_maps():

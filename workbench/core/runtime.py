@@ -1,5 +1,8 @@
 """Runtime helpers on a loaded model: logits from the final residual stream, chunked prefill.
 
+The readout itself (final norm, unembedding, soft cap, key/value heads) is
+:class:`workbench.core.readout.ModelReadout`; the functions here are its short forms.
+
 - :func:`resid_to_logits`: the final norm, the unembedding and the output soft cap, as the
   model's own forward applies them; :func:`logits_at`: the logits at one position per prompt.
 - :func:`prefill`, :func:`run_cached`, :func:`cache_prefix`: run a long context in chunks into a
@@ -15,6 +18,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from workbench.core.readout import readout_of
 from workbench.core.types import Model
 
 __all__ = [
@@ -33,14 +37,12 @@ __all__ = [
 
 def softcap_value(model: Model) -> float:
     """The model's output logit soft cap (Gemma-2 style ``output_logits_soft_cap``), 0.0 when none."""
-    cap = getattr(model.cfg, "output_logits_soft_cap", None)
-    return float(cap) if cap is not None and cap > 0 else 0.0
+    return readout_of(model).softcap_value
 
 
 def softcap(model: Model, logits: Tensor) -> Tensor:
     """``cap * tanh(logits / cap)`` when the model soft-caps its logits, else ``logits`` unchanged."""
-    cap = softcap_value(model)
-    return cap * torch.tanh(logits / cap) if cap else logits
+    return readout_of(model).softcap(logits)
 
 
 def supports_fast_path(model: Model) -> bool:
@@ -61,21 +63,17 @@ def readout_logits(
     model: Model, final_resid: Float[Tensor, "k batch d_model"], tokens: Int[Tensor, "batch target"]
 ) -> Float[Tensor, "k batch target"]:
     """Logits of only ``tokens`` from final residuals (before ``ln_final``), as the model computes
-    them; in float32 whatever the model's dtype (they are few, and metrics reduce in float32)."""
-    x = model.ln_final(final_resid) if model.cfg.normalization_type is not None else final_resid
-    w = model.W_U[:, tokens.to(model.W_U.device)].float()  # [d_model, batch, target]
-    bias = model.b_U[tokens.to(model.b_U.device)].float()
-    return softcap(model, torch.einsum("kbd,dbt->kbt", x.float(), w) + bias)
+    them; in float32 whatever the model's dtype (see :meth:`ModelReadout.read`)."""
+    return readout_of(model).read(final_resid, tokens)
 
 
 def resid_to_logits(model: Model, resid: Float[Tensor, "... pos d_model"]) -> Float[Tensor, "... pos d_vocab"]:
     """Logits of final-residual vectors, as the model's own forward computes them.
 
     The final norm (``ln_final``, when the model has one), the unembedding and the output soft
-    cap (Gemma-2 style ``output_logits_soft_cap``, when set).
+    cap (Gemma-2 style ``output_logits_soft_cap``, when set); see :meth:`ModelReadout.logits`.
     """
-    x = model.ln_final(resid) if model.cfg.normalization_type is not None else resid
-    return softcap(model, model.unembed(x))
+    return readout_of(model).logits(resid)
 
 
 def logits_at(

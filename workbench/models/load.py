@@ -19,10 +19,11 @@ import torch
 
 from workbench.core.types import Model
 from workbench.models import cache, fast_attention, sources
+from workbench.models.bridge import BACKENDS, Backend, boot_bridge
 from workbench.models.devices import resolve_device, resolve_dtype
-from workbench.models.errors import CacheCorruptedError
+from workbench.models.errors import CacheCorruptedError, UnsupportedArchitectureError
 from workbench.models.registry import Source, resolve
-from workbench.models.zoo import DEFAULT_MODEL, OFFLINE_MODELS
+from workbench.models.zoo import DEFAULT_MODEL, OFFLINE_MODELS, offline_spec
 
 __all__ = ["load_model", "build_model", "list_models", "model_label", "random_init_model"]
 
@@ -95,9 +96,10 @@ def load_model(
     n_devices: int = 1,
     refresh: bool = False,
     verbose: bool = True,
+    backend: Backend = "auto",
     **kwargs,
 ):
-    """Load a model as a TransformerLens ``HookedTransformer``.
+    """Load a model as a TransformerLens ``HookedTransformer``, or as a ``TransformerBridge``.
 
     Args:
         source: an offline model (``"smollm2-135m"``, ``"gemma-3-270m"``), a local folder holding
@@ -112,6 +114,10 @@ def load_model(
             ``device`` must then be CUDA).
         refresh: convert again even if an intact cached conversion exists.
         verbose: print where the weights came from and how long it took.
+        backend: ``"hooked"`` a ``HookedTransformer``; ``"bridge"`` a TL 3.9 ``TransformerBridge``
+            in compatibility mode without weight processing (local sources only; see
+            :mod:`workbench.models.bridge`); ``"auto"`` (the default) a ``HookedTransformer``,
+            or a bridge when TransformerLens cannot map a local checkpoint to one.
 
     Returns:
         ``HookedTransformer`` in eval mode with gradients off. Local sources carry no weight
@@ -130,20 +136,55 @@ def load_model(
         raise ValueError(f"n_devices must be a positive int, got {n_devices!r}.")
     if n_devices > 1 and dev.type != "cuda":
         raise ValueError(f"n_devices={n_devices} splits a model over GPUs; device must be CUDA.")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}.")
     src = resolve(source)  # the registered kind of source (workbench.models.registry)
+    if backend == "bridge":
+        return _bridge(src, dev, dt, n_devices, verbose=verbose)
     if not src.local:  # scaled-dot-product attention unless a hook reads the pattern
         return fast_attention.enable(src.load(device=str(dev), dtype=dt, n_devices=n_devices, **kwargs))
     if kwargs:
         raise TypeError(f"Model {src.text!r} is loaded from a local source and takes no extra "
                         f"options, got {sorted(kwargs)}")
     start = time.perf_counter()
-    loaded, origin = _cached_weights(src, refresh)
+    try:
+        loaded, origin = _cached_weights(src, refresh)
+    except UnsupportedArchitectureError as e:
+        if backend != "auto":
+            raise
+        try:
+            return _bridge(src, dev, dt, n_devices, verbose=verbose, why=" (a HookedTransformer cannot map it)")
+        except UnsupportedArchitectureError:
+            raise e from None
     model = build_model(*loaded, device=dev, dtype=dt, n_devices=n_devices)
     if verbose:
         where = f"{dev}" + (f" x{n_devices}" if n_devices > 1 else "")
         print(f"Loaded {model.cfg.model_name} ({origin}) on {where}, "
               f"{str(dt).removeprefix('torch.')}, in {time.perf_counter() - start:.1f} s")
     return fast_attention.enable(model)  # scaled-dot-product attention unless a hook reads the pattern
+
+
+def _bridge(src: Source, dev, dt, n_devices: int, *, verbose: bool, why: str = ""):
+    """The local source ``src`` as a ``TransformerBridge`` (see :mod:`workbench.models.bridge`)."""
+    if not src.local:
+        raise ValueError(f"backend='bridge' needs a local source (offline model, folder, GGUF), got {src.text!r}.")
+    if n_devices > 1:
+        raise ValueError("backend='bridge' runs on one device (n_devices=1).")
+    start = time.perf_counter()
+    _, _, load_hf = src.cache_entry()
+    hf, tokenizer = load_hf()
+    path = getattr(src, "path", None)
+    if path is not None and Path(path).is_dir():
+        name: str | Path = path
+    elif src.text in OFFLINE_MODELS:
+        name = offline_spec(src.text).tl_name
+    else:
+        name = src.text
+    model = boot_bridge(name, hf, tokenizer, device=dev, dtype=dt)
+    if verbose:
+        print(f"Loaded {src.text} as a TransformerBridge{why} on {dev}, {str(dt).removeprefix('torch.')}, "
+              f"in {time.perf_counter() - start:.1f} s")
+    return model
 
 
 def list_models() -> pd.DataFrame:

@@ -138,20 +138,17 @@ def load_hf_model(source: str | Path):
 
 
 def load_bridge(name: str):
-    """An offline model as a TransformerLens ``TransformerBridge`` (wrapping the Hugging Face model).
+    """An offline model as a TransformerLens ``TransformerBridge`` (wrapping the Hugging Face model),
+    in compatibility mode without weight processing: ``load_model(name, backend="bridge")``.
 
     Slower to load than :func:`load_model` (the GGUF file is dequantized every time); the
     workbench's helpers accept either kind of model.
     """
-    from transformer_lens.model_bridge import TransformerBridge
+    from workbench.models.bridge import boot_bridge
 
     spec = offline_spec(name)
     hf, tokenizer = load_hf_model(name)
-    if not hf.config.architectures:  # a GGUF config leaves it empty; the bridge needs it
-        hf.config.architectures = [type(hf).__name__]
-    return TransformerBridge.boot_transformers(
-        spec.tl_name, hf_model=hf, tokenizer=tokenizer, device="cpu", dtype=torch.float32
-    )
+    return boot_bridge(spec.tl_name, hf, tokenizer, device=torch.device("cpu"), dtype=torch.float32)
 
 
 def tiny_model(

@@ -96,8 +96,11 @@ def _make_leaf(act: Tensor, hook) -> Tensor:
     return act.detach().requires_grad_(True)
 
 
-def _keep(act: Tensor, hook, *, into: dict) -> None:
-    into[hook.name] = act
+def _keep(act: Tensor, hook, *, into: dict, name: str) -> Tensor:
+    # Keep (and return) a new node of the graph, under the name asked for: a TransformerBridge's
+    # hook may carry its own alias, and goes on with what the hook returns.
+    into[name] = out = act.view_as(act)
+    return out
 
 
 def _grad_times_delta(model: Model, clean_tokens, corrupted_tokens, metric, sites) -> tuple[dict, tuple]:
@@ -111,7 +114,8 @@ def _grad_times_delta(model: Model, clean_tokens, corrupted_tokens, metric, site
     if not names:
         return {}, (clean_value, check_scalar(metric(model(corrupted_tokens))).item())
     acts: dict[str, Tensor] = {}
-    hooks: HookList = [("blocks.0.hook_resid_pre", _make_leaf)] + [(n, partial(_keep, into=acts)) for n in names]
+    hooks: HookList = [("blocks.0.hook_resid_pre", _make_leaf)]
+    hooks += [(n, partial(_keep, into=acts, name=n)) for n in names]
     with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
         value = check_scalar(metric(model(corrupted_tokens)), "metric on the corrupted run")
         grads = torch.autograd.grad(value, [acts[n] for n in names], allow_unused=True)

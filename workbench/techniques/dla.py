@@ -42,10 +42,10 @@ from tqdm.auto import tqdm
 
 from workbench.core import checks
 from workbench.core.metrics import LogitDiff
+from workbench.core.readout import final_norm_kind, readout_of
 from workbench.core.results import Result
-from workbench.core.runtime import softcap_value
 from workbench.core.types import Model
-from workbench.techniques.lens import decode, final_norm_kind
+from workbench.techniques.lens import decode
 
 __all__ = [
     "direct_logit_attribution",
@@ -139,9 +139,8 @@ def _final_direction(model: Model, kind: str, ans: Tensor, wrong: Tensor) -> tup
     """(direction each part's output is dotted with, constant unembed-bias term), ``[batch, ...]``."""
     w_fin, b_fin, centre = _norm_parts(getattr(model, "ln_final", None), kind)
     # Every dot product and sum below is taken in float32, whatever the model's dtype.
-    unembed_dir = (model.W_U[:, ans].T - model.W_U[:, wrong].T).float()  # [batch, d_model]
+    unembed_dir, const = readout_of(model).answer_direction(ans, wrong)  # [batch, d_model], [batch]
     d_final = _read_direction(None if w_fin is None else w_fin.float(), centre, unembed_dir)
-    const = (model.b_U[ans] - model.b_U[wrong]).float()
     if b_fin is not None:
         const = const + unembed_dir @ b_fin.float()
     return d_final, const
@@ -235,7 +234,7 @@ def _actual_logit_diffs(model: Model, resid: Tensor, rows: Tensor, ans: Tensor, 
     actual = logits[rows, ans] - logits[rows, wrong]
     if cap:
         x = resid[None]
-        pre = model.unembed(model.ln_final(x) if kind != "none" else x)[0]
+        pre = readout_of(model).logits(x, cap=False)[0]
         actual_pre = (pre[rows, ans] - pre[rows, wrong]).float()
     else:
         actual_pre = actual
@@ -279,7 +278,7 @@ def direct_logit_attribution(
     readout = metric.readout(batch, seq)  # checks the batch size, normalises positions
     pos, ans, wrong = readout.pos, readout.tokens[:, 0], readout.tokens[:, 1]
     rows = torch.arange(batch)
-    cap = softcap_value(model)
+    cap = readout_of(model).softcap_value
     if cap:
         _warn_softcap(cap)
 

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from workbench import models
 from workbench.core import checks, runtime
 from workbench.core.components import HeadSet, overlap_table
+from workbench.core.readout import readout_of
 from workbench.core.results import Result
 from workbench.core.types import HookList, Model
 
@@ -228,14 +229,6 @@ def induction_scores(model: Model, *, seq_len: int = 50, batch: int = 4, seed: i
     return repeated_token_scores(model, seq_len=seq_len, batch=batch, seed=seed)["induction"]
 
 
-def _final_norm(model: Model, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
-    """``ln_final`` without its bias (the bias is the same for every input, so it is no part of a map)."""
-    shape = x.shape
-    y = model.ln_final(x.reshape(-1, 1, shape[-1])).reshape(shape)
-    b = getattr(model.ln_final, "b", None)
-    return y - b if b is not None else y
-
-
 def induction_loss(
     model: Model, *, seq_len: int = 50, batch: int = 4, seed: int = 0, progress: bool = False
 ) -> Result:
@@ -256,7 +249,7 @@ def induction_loss(
 
     def lens_loss(resid: Tensor, hook) -> None:
         layer = hook.layer()
-        logits = model.unembed(model.ln_final(resid))  # [batch, pos, d_vocab]
+        logits = readout_of(model).logits(resid, cap=False)  # [batch, pos, d_vocab]
         logp = logits.log_softmax(-1)
         nll = -logp[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]  # predicts position q+1 at q
         first[layer] = nll[:, 1:L].mean()  # q = 1..L-1 predict r[1..L-1]
@@ -317,7 +310,7 @@ def _ov_logits(
     if hasattr(block, "ln1_post"):  # Gemma normalises the attention output again
         out = block.ln1_post(out)
     W_U = model.W_U if vocab is None else model.W_U[:, vocab]
-    return _final_norm(model, out) @ W_U
+    return readout_of(model).norm_without_bias(out) @ W_U
 
 
 def copy_scores(
@@ -518,7 +511,7 @@ def retrieval_hits(model: Model, haystack) -> tuple[Int[Tensor, "layer head"], b
             offset = 0
             with model.hooks(fwd_hooks=hooks):
                 model(full, return_type=None)
-        logits = model.unembed(model.ln_final(kept["x"]))[0]  # [answer step, d_vocab]: these rows only
+        logits = readout_of(model).logits(kept["x"], cap=False)[0]  # [answer step, d_vocab]: these rows only
     answered = bool((logits.argmax(-1) == answer).all())
     return hits, answered
 

@@ -24,7 +24,7 @@ Direct logit attribution lives in :mod:`workbench.techniques.dla`, attention pat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Sequence, cast
+from typing import Literal, Sequence
 
 import pandas as pd
 import torch
@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 
 from workbench.core import checks
 from workbench.core.persist import Persistent
+from workbench.core.readout import final_norm_kind, readout_of
 from workbench.core.results import Result, render
-from workbench.core.runtime import resid_to_logits
 from workbench.core.types import Model
 from workbench.models.tokens import position_labels
 
@@ -53,7 +53,6 @@ __all__ = [
 
 LensTargets = Literal["final", "next"]
 LensKind = Literal["rank", "prob", "logit"]
-NormKind = Literal["LN", "LNPre", "RMS", "RMSPre", "none"]
 
 #: Elements of logits ([positions, d_vocab]) decoded at once; bounds the lens's working memory.
 CHUNK_ELEMENTS = 1 << 24  # 64 MB of float32
@@ -71,26 +70,9 @@ def token_strings(model: Model, ids: Sequence[int]) -> list[str]:
     return [tok.decode([int(i)]) for i in ids]
 
 
-def final_norm_kind(model: Model) -> NormKind:
-    """The kind of ``model.ln_final``, read from ``model.cfg`` (``"none"`` when there is none).
-
-    ``"LN"``/``"RMS"`` carry a weight ``ln_final.w`` (and ``"LN"`` a bias ``ln_final.b``); the
-    ``...Pre`` kinds are what weight processing leaves: normalisation only.
-    """
-    cfg = model.cfg
-    kind = cfg.normalization_type
-    if kind is None:
-        return "none"
-    if kind not in ("LN", "LNPre", "RMS", "RMSPre"):
-        raise ValueError(f"Unsupported normalization_type {kind!r} in model.cfg.")
-    if getattr(cfg, "final_rms", False) and kind in ("LN", "LNPre"):
-        kind = "RMS" if kind == "LN" else "RMSPre"
-    return cast(NormKind, kind)
-
-
 def decode(model: Model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
     """Logits of residual vectors through the model's own final norm, unembedding and soft cap."""
-    return resid_to_logits(model, resid[None])[0]
+    return readout_of(model).logits(resid[None])[0]
 
 
 # --------------------------------------------------------------------------------------------

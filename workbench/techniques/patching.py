@@ -14,7 +14,7 @@ On a grouped-query model keys and values exist per key/value head: those results
 
 How it is fast. TransformerLens runs one full forward pass per patched index. Here the clean
 activations and the corrupted residual stream are cached once; then for each layer L a batch of
-many patched indices (``batch_size`` of them, each a copy of the corrupted batch) starts at
+many patched indices (``variants_per_pass`` of them, each a copy of the corrupted batch) starts at
 layer L from the cached corrupted residual (``model(resid, start_at_layer=L)``), so layers
 before L are never recomputed. A patch at position p cannot change positions before p, so those
 positions are not recomputed either: their keys and values come from the corrupted run through
@@ -46,17 +46,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal, Sequence, get_args
+from typing import Literal, Sequence, cast, get_args
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from workbench.core import checks
-from workbench.core.metrics import Metric, Readout, check_scalar, metric_name
+from workbench.core import checks, engine
+from workbench.core.engine import VARIANTS_PER_PASS
+from workbench.core.metrics import Metric, check_scalar, metric_name
+from workbench.core.readout import n_kv_heads
 from workbench.core.results import Result
-from workbench.core.runtime import cache_prefix, readout_logits, resid_to_logits, supports_fast_path
 from workbench.core.types import Model
 from workbench.models.tokens import position_labels
 
@@ -105,21 +106,16 @@ def shared_prefix(clean_tokens: Tensor, corrupted_tokens: Tensor) -> int:
     return int(same.cumprod(dim=0).sum())
 
 
-def _check_options(site: str, batch_size: int) -> _Spec:
+def _check_options(site: str, variants_per_pass: int) -> _Spec:
     if site not in _SITES:
         raise ValueError(f"Unknown site {site!r}; choose one of {list(get_args(Site))}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int (patched indices per forward), got {batch_size!r}.")
+    engine.check_variants_per_pass(variants_per_pass)
     return _SITES[site]
 
 
 def n_heads_at(model: Model, site: str) -> int:
     """Heads at a site: query heads, or key/value heads for ``k``/``v`` on a grouped-query model."""
-    cfg = model.cfg
-    n_kv = getattr(cfg, "n_key_value_heads", None)
-    if _SITES[site].kv and n_kv and not getattr(cfg, "ungroup_grouped_query_attention", False):
-        return n_kv
-    return cfg.n_heads
+    return n_kv_heads(model) if _SITES[site].kv else model.cfg.n_heads
 
 
 def _hook_name(site: str, layer: int) -> str:
@@ -228,13 +224,7 @@ def _result(model: Model, plan: _Plan, values: Tensor, metric, clean_tokens, bas
     return Result(values, tuple(dims), f"{metric_name(metric)} after patching {plan.site}", labels, meta)
 
 
-# ------------------------------------------------------------------------------ hooks
-
-
-def _patch_hook(act: Tensor, hook, *, clean: Tensor, mask: Tensor) -> Tensor:
-    """Batch row i*batch+b takes the clean value wherever ``mask[i]`` is set."""
-    rows = act.unflatten(0, (mask.shape[0], clean.shape[0]))
-    return torch.where(mask.to(act.device)[:, None], clean[None], rows).flatten(0, 1)
+# ------------------------------------------------------------------------------ the engine
 
 
 def _set_index_hook(act: Tensor, hook, *, clean: Tensor, index: tuple) -> Tensor:
@@ -244,137 +234,19 @@ def _set_index_hook(act: Tensor, hook, *, clean: Tensor, index: tuple) -> Tensor
     return act
 
 
-# ------------------------------------------------------------------------------ the engine
+def _masks(plan: _Plan, shape: tuple[int, ...], shared: int) -> Tensor:
+    """``[index, *shape]``: which entries of one prompt's activation each patched index writes.
 
-
-def _has_readout(metric) -> bool:
-    return callable(getattr(metric, "readout", None)) and callable(getattr(metric, "from_readout", None))
-
-
-@dataclass
-class _Context:
-    """What one sweep shares: the clean activations and the corrupted run it patches into."""
-
-    batch: int
-    seq: int
-    clean: dict[str, Tensor]
-    corrupted_resid: dict[int, Tensor]  # layer -> resid_pre [batch, pos, d_model]
-    corrupted_final: Tensor | None  # final residual [batch, pos, d_model]
-    kv: object | None  # the corrupted run's key/value cache (fast path)
-    readout: Readout | None  # set on the fast path only
-    max_start: int  # a pass starts no later than this (the earliest position the metric reads)
-
-
-def _prepare(model: Model, plan, clean_tokens, corrupted_tokens, metric, fast: bool):
-    """Run clean and corrupted once; check the metric on both; return the context and baselines."""
-    names = {_hook_name(plan.site, L) for L in plan.layers}
-    clean_logits, cache = model.run_with_cache(clean_tokens, names_filter=lambda n: n in names)
-    clean = {n: cache[n] for n in names}
-    batch, seq = clean_tokens.shape
-    n = model.cfg.n_layers
-    if fast:
-        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-        kv = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch)
-        keep = {f"blocks.{L}.hook_resid_pre" for L in plan.layers} | {f"blocks.{n - 1}.hook_resid_post"}
-        corrupted_logits, ccache = model.run_with_cache(
-            corrupted_tokens, names_filter=lambda x: x in keep, past_kv_cache=kv,
-            attention_mask=torch.ones_like(corrupted_tokens),  # TransformerLens moves it with the tokens
-        )
-        resid = {L: ccache[f"blocks.{L}.hook_resid_pre"] for L in plan.layers}
-        final = ccache[f"blocks.{n - 1}.hook_resid_post"]
-    else:
-        corrupted_logits, resid, final, kv = model(corrupted_tokens), {}, None, None
-    baselines = (
-        check_scalar(metric(clean_logits), "metric on the clean run").item(),
-        check_scalar(metric(corrupted_logits), "metric on the corrupted run").item(),
-    )
-    readout, max_start = None, seq - 1
-    if fast and _has_readout(metric):
-        readout = metric.readout(batch, seq)
-        assert readout.pos is not None and readout.tokens is not None  # a readout names both
-        assert final is not None  # the fast path keeps the corrupted final residual
-        max_start = int(readout.pos.min())
-        check = _from_readout(metric, readout_logits(model, final[None, torch.arange(batch), readout.pos],
-                                                     readout.tokens), 1)
-        # A float32 model's two paths agree to 1e-4; a half-precision one's full logits carry its
-        # own rounding (16 steps of its machine epsilon: 0.125 for bfloat16, 0.016 for float16).
-        tol = max(1e-4, 16 * torch.finfo(final.dtype).eps)
-        if abs(check.item() - baselines[1]) > tol * (1 + abs(baselines[1])):
-            raise ValueError(
-                f"metric.from_readout gives {check.item():.6g} on the corrupted run but metric(logits) "
-                f"gives {baselines[1]:.6g}: its readout does not describe what it computes."
-            )
-    ctx = _Context(batch, seq, clean, resid, final, kv, readout, max_start if fast else 0)
-    return ctx, baselines
-
-
-def _from_readout(metric, x: Tensor, k: int) -> Tensor:
-    out = metric.from_readout(x)
-    if not isinstance(out, Tensor) or out.shape != (k,):
-        raise ValueError(
-            f"The metric must return a scalar per patched run; from_readout gave shape "
-            f"{tuple(getattr(out, 'shape', ()))} for {k} runs. Reduce over the batch (e.g. .mean())."
-        )
-    if not torch.isfinite(out).all():
-        raise ValueError(f"The metric returned a non-finite value ({out.tolist()}).")
-    return out
-
-
-def _run_chunk(model: Model, ctx: _Context, plan: _Plan, layer: int, metric, mask: Tensor,
-               start: int, corrupted_tokens: Tensor) -> Tensor:
-    """Metric values of ``k = len(mask)`` patched runs, positions before ``start`` reused."""
-    k, n, name = mask.shape[0], model.cfg.n_layers, _hook_name(plan.site, layer)
-    axis = plan.spec.pos_axis + 1  # in [batch, ...]
-    hook = partial(_patch_hook, clean=ctx.clean[name].narrow(axis, start, ctx.seq - start),
-                   mask=mask.narrow(axis, start, ctx.seq - start))
-    with model.hooks(fwd_hooks=[(name, hook)]):
-        if ctx.kv is None:  # any model with hooks: full forward of the repeated batch
-            logits = model(corrupted_tokens.repeat(k, 1))
-            final = None
-        else:
-            resid = ctx.corrupted_resid[layer][:, start:].repeat(k, 1, 1)
-            kv = cache_prefix(ctx.kv, end=start, times=k, from_layer=layer) if start > 0 else None
-            final = model(resid, start_at_layer=layer, stop_at_layer=n, past_kv_cache=kv)
-    if ctx.readout is not None:
-        assert final is not None  # a readout is set on the fast path only
-        rows = final.unflatten(0, (k, ctx.batch))[:, torch.arange(ctx.batch), ctx.readout.pos - start]
-        return _from_readout(metric, readout_logits(model, rows, ctx.readout.tokens), k)
-    if final is not None:
-        assert ctx.corrupted_final is not None  # kept on the fast path
-        prefix = ctx.corrupted_final[:, :start].repeat(k, 1, 1)
-        logits = resid_to_logits(model, torch.cat([prefix, final], dim=1))
-    return torch.stack([check_scalar(metric(x)) for x in logits.split(ctx.batch)])
-
-
-def _chunks(indices, todo: list[int], batch_size: int, seq: int, max_start: int) -> list[tuple[Tensor, int]]:
-    """Split the patched indices numbered in ``todo`` into forward passes: ``(rows, start)`` each.
-
-    Positions before ``start`` (the earliest patched position, at most ``max_start``) are not
-    recomputed. Indices are taken in position order; a pass holds at most ``batch_size`` indices
-    at full length (more when it starts later, as its sequences are shorter), and spans few
-    positions, since every position between its first and a row's own is recomputed for nothing.
+    An activation at a position p depends on tokens 0..p only (causal attention), so before
+    ``shared`` (where every clean and corrupted prompt agree) the clean value is the corrupted
+    one: those entries are left out, and an index made only of them is a no-op.
     """
-    if not todo:
-        return []
-    order = sorted(todo, key=lambda i: -1 if indices[i][0] is None else indices[i][0])
-    out: list[tuple[Tensor, int]] = []
-    rows: list[int] = []
-    start = 0
-    for i in order:
-        pos = indices[i][0]
-        s = 0 if pos is None else min(pos, max_start)
-        if rows:
-            length = seq - start
-            full = len(rows) >= max(batch_size, batch_size * seq // length)
-            far = 4 * (s - start) > length  # this row would recompute > 1/4 of its length for nothing
-            if not (full or far):
-                rows.append(i)
-                continue
-            out.append((torch.tensor(rows), start))
-        rows, start = [i], s
-    out.append((torch.tensor(rows), start))
-    return out
+    indices = plan.indices
+    mask = torch.zeros(len(indices), *shape, dtype=torch.bool)
+    for i, (p, h) in enumerate(indices):
+        mask[(i, *plan.selector(p, h, len(shape)))] = True
+    mask.narrow(plan.spec.pos_axis + 1, 0, min(shared, shape[plan.spec.pos_axis]))[:] = False
+    return mask
 
 
 @torch.no_grad()
@@ -389,7 +261,7 @@ def patch(
     layers: Sequence[int] | None = None,
     heads=None,
     positions: Sequence[int] | None = None,
-    batch_size: int = 64,
+    variants_per_pass: int = VARIANTS_PER_PASS,
     progress: bool = False,
 ) -> Result:
     """Patch each clean activation at ``site`` into the corrupted run; the metric of each.
@@ -405,7 +277,7 @@ def patch(
             named, with NaN where a pair was not asked for. For ``k``/``v`` on a grouped-query
             model they are key/value heads.
         positions: sweep only these positions, the same in every prompt (default all).
-        batch_size: patched indices per forward pass, counted at full length (a pass that
+        variants_per_pass: patched indices per forward pass, counted at full length (a pass that
             starts at a later position holds proportionally more); peak memory grows with it.
         progress: a tqdm bar over layers.
 
@@ -414,31 +286,29 @@ def patch(
         over all positions and ``(layer, pos, head)`` by position (``kv_head`` for k/v on a
         grouped-query model). ``meta`` holds the clean and corrupted metric values.
     """
-    _check_options(site, batch_size)
+    _check_options(site, variants_per_pass)
     _, seq = checks.token_pair(model, clean_tokens, corrupted_tokens)
     plan = _make_plan(model, site, by_pos, layers, heads, positions, seq)
-    fast = supports_fast_path(model)
-    ctx, baselines = _prepare(model, plan, clean_tokens, corrupted_tokens, metric, fast)
+    names = {_hook_name(site, L) for L in plan.layers}
+    clean_logits, cache = model.run_with_cache(clean_tokens, names_filter=lambda n: n in names)
+    clean_value = check_scalar(metric(cast(Tensor, clean_logits)), "metric on the clean run").item()
+    base = engine.base_run(model, corrupted_tokens, metric, plan.layers)
     indices = plan.indices
+    mask = _masks(plan, tuple(cache[_hook_name(site, plan.layers[0])].shape[1:]),
+                  shared_prefix(clean_tokens, corrupted_tokens))
+    noop = ~mask.flatten(1).any(dim=1)
     values = torch.full((len(plan.layers), len(indices)), float("nan"))
-    shape = tuple(ctx.clean[_hook_name(site, plan.layers[0])].shape[1:])
-    mask = torch.zeros(len(indices), *shape, dtype=torch.bool)
-    for i, (p, h) in enumerate(indices):
-        mask[(i, *plan.selector(p, h, len(shape)))] = True
-    # An activation at a position p depends on tokens 0..p only (causal attention), so where clean
-    # and corrupted agree on them the patch writes the value already there: the corrupted metric.
-    shared = shared_prefix(clean_tokens, corrupted_tokens)
-    noop = torch.tensor([p is not None and p < shared for p, _ in indices], dtype=torch.bool)
-    todo = (~noop).nonzero().flatten().tolist()
-    max_start = ctx.max_start if ctx.kv is not None else 0
     for li, layer in enumerate(tqdm(plan.layers, desc=f"patching {site}", disable=not progress)):
+        name = _hook_name(site, layer)
         asked = torch.tensor([plan.asked(layer, ix) for ix in indices], dtype=torch.bool)
-        values[li, noop & asked] = baselines[1]
-        mine = [i for i in todo if asked[i]]
-        for rows, start in _chunks(indices, mine, batch_size, ctx.seq, max_start):
-            values[li, rows] = _run_chunk(model, ctx, plan, layer, metric, mask[rows], start,
-                                          corrupted_tokens)
-    return _result(model, plan, values.reshape(plan.shape), metric, clean_tokens, baselines, "batched")
+        values[li, noop & asked] = base.value
+        todo = (asked & ~noop).nonzero().flatten().tolist()
+        variants = [(engine.patch(name, mask[i][None], cache[name]),) for i in todo]
+        if variants:
+            values[li, todo] = engine.run_variants(model, corrupted_tokens, variants, metric,
+                                                   variants_per_pass=variants_per_pass, base=base)
+    return _result(model, plan, values.reshape(plan.shape), metric, clean_tokens,
+                   (clean_value, base.value), "batched")
 
 
 @torch.no_grad()
@@ -469,7 +339,7 @@ def patch_reference(model: Model, clean_tokens, corrupted_tokens, metric, *, sit
 
 def patch_heads(model: Model, clean_tokens, corrupted_tokens, metric, *, by_pos: bool = False,
                 site: HeadSite = "z", layers=None, heads=None, positions=None,
-                batch_size: int = 64, progress: bool = False) -> Result:
+                variants_per_pass: int = VARIANTS_PER_PASS, progress: bool = False) -> Result:
     """Patch attention heads: output ``z`` (default), ``q``, ``k``, ``v`` or ``pattern``.
 
     Same layout and values as ``transformer_lens.patching.get_act_patch_attn_head_out_all_pos``
@@ -482,14 +352,14 @@ def patch_heads(model: Model, clean_tokens, corrupted_tokens, metric, *, by_pos:
     if site not in get_args(HeadSite):
         raise ValueError(f"patch_heads site must be one of {list(get_args(HeadSite))}, got {site!r}.")
     return patch(model, clean_tokens, corrupted_tokens, metric, site=site, by_pos=by_pos, layers=layers,
-                 heads=heads, positions=positions, batch_size=batch_size, progress=progress)
+                 heads=heads, positions=positions, variants_per_pass=variants_per_pass, progress=progress)
 
 
 def _layer_pos_variant(site: Site, what: str):
     def variant(model: Model, clean_tokens, corrupted_tokens, metric, *, layers=None, positions=None,
-                batch_size: int = 64, progress: bool = False) -> Result:
+                variants_per_pass: int = VARIANTS_PER_PASS, progress: bool = False) -> Result:
         return patch(model, clean_tokens, corrupted_tokens, metric, site=site, layers=layers,
-                     positions=positions, batch_size=batch_size, progress=progress)
+                     positions=positions, variants_per_pass=variants_per_pass, progress=progress)
 
     variant.__name__ = variant.__qualname__ = f"patch_{site.removesuffix('_pre')}"
     variant.__doc__ = (

@@ -60,11 +60,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from workbench.core import checks
+from workbench.core import checks, engine
 from workbench.core.components import Circuit
 from workbench.core.metrics import Metric, check_scalar, metric_name
+from workbench.core.readout import n_kv_heads, readout_of
 from workbench.core.results import Result
-from workbench.core.runtime import cache_prefix, readout_logits, resid_to_logits
+from workbench.core.runtime import cache_prefix
 from workbench.core.types import Model
 
 __all__ = ["ReceiverInput", "kv_head_of", "path_patch", "path_patch_heads"]
@@ -76,16 +77,9 @@ ReceiverInput = Literal["q", "k", "v", "resid"]
 # Checking the arguments
 
 
-def _n_kv_heads(model: Model) -> int:
-    cfg = model.cfg
-    if cfg.n_key_value_heads is None or cfg.ungroup_grouped_query_attention:
-        return cfg.n_heads
-    return cfg.n_key_value_heads
-
-
 def kv_head_of(model: Model, head: int) -> int:
     """The key/value head that query ``head`` reads (itself unless the model is grouped-query)."""
-    return head // (model.cfg.n_heads // _n_kv_heads(model))
+    return head // (model.cfg.n_heads // n_kv_heads(model))
 
 
 def _parse_senders(model: Model, senders) -> Circuit:
@@ -130,7 +124,7 @@ def _parse_receivers(model: Model, receivers, receiver_input) -> dict[int, list[
     if receiver_input == "q":
         n, what = model.cfg.n_heads, "receiver (query)"
     else:
-        n, what = _n_kv_heads(model), "receiver (key/value)"
+        n, what = n_kv_heads(model), "receiver (key/value)"
     by_layer: dict[int, list[int]] = {}
     for comp in receivers:
         layer, head = checks.head(model, comp, name=f"{what} head", n_heads=n)
@@ -153,7 +147,7 @@ def _metric_per_set(model: Model, resid: Tensor, metric: Metric, n_sets: int) ->
     if hasattr(metric, "readout") and hasattr(metric, "from_readout"):
         r = metric.readout(batch, seq)
         read = resid.unflatten(0, (n_sets, batch))[:, torch.arange(batch), r.pos]  # [P, B, d]
-        values = metric.from_readout(readout_logits(model, read, r.tokens))  # float32 logits
+        values = metric.from_readout(readout_of(model).read(read, r.tokens))  # float32 logits
         if values.shape != (n_sets,):
             raise ValueError(
                 f"The metric must reduce over prompts to a scalar, got shape {tuple(values.shape)} "
@@ -161,7 +155,7 @@ def _metric_per_set(model: Model, resid: Tensor, metric: Metric, n_sets: int) ->
             )
         return values
     return torch.stack(
-        [check_scalar(metric(resid_to_logits(model, chunk))) for chunk in resid.split(batch)]
+        [check_scalar(metric(readout_of(model).logits(chunk))) for chunk in resid.split(batch)]
     )
 
 
@@ -431,13 +425,13 @@ def path_patch_heads(
     receiver_input: ReceiverInput = "resid",
     receiver_pos=None,
     freeze_mlps: bool = True,
-    max_batch: int = 256,
+    variants_per_pass: int | None = None,
     progress: bool = False,
 ) -> Result:
     """:func:`path_patch` from every single head as the sender, to the same receivers.
 
-    Sender heads are run several at a time, stacked along the batch axis (at most ``max_batch``
-    prompts per forward pass, at least one sender set). Heads at or above the highest receiver
+    Sender heads are run several at a time, stacked along the batch axis: ``variants_per_pass``
+    sender heads per forward pass (default: as many as fit in 256 prompts, at least one). Heads at or above the highest receiver
     layer cannot reach a q/k/v receiver; they get the clean metric without a forward pass.
 
     Returns:
@@ -449,8 +443,8 @@ def path_patch_heads(
     checks.token_pair(model, clean_tokens, corrupted_tokens)
     by_layer = _parse_receivers(model, receivers, receiver_input)
     mask = checks.position_mask(receiver_pos, *clean_tokens.shape, name="receiver_pos")
-    if not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}.")
+    if variants_per_pass is not None:
+        engine.check_variants_per_pass(variants_per_pass)
     cache = _Cache(model, clean_tokens, corrupted_tokens, by_layer, receiver_input)
     clean_value = _metric_per_set(model, cache.final, metric, 1)[0]
     corrupted_value = _metric_per_set(model, cache.final_corr, metric, 1)[0]
@@ -458,7 +452,7 @@ def path_patch_heads(
     L, H, B = model.cfg.n_layers, model.cfg.n_heads, clean_tokens.shape[0]
     values = clean_value.repeat(L, H)
     top = max(by_layer) if by_layer else L  # a sender at or above `top` reaches no receiver
-    per_run = max(1, max_batch // B)
+    per_run = variants_per_pass or max(1, 256 // B)
     chunks = [
         [(layer, h) for h in range(i, min(i + per_run, H))]
         for layer in range(min(top, L))

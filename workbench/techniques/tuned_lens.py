@@ -22,8 +22,8 @@ from torch import Tensor
 
 from workbench.core import checks
 from workbench.core.persist import Persistent
+from workbench.core.readout import readout_of
 from workbench.core.results import render
-from workbench.core.runtime import resid_to_logits
 from workbench.core.types import Model
 from workbench.techniques.lens import Lens
 
@@ -80,7 +80,7 @@ def lens_kl(model: Model, lens: Lens, tokens: Int[Tensor, "batch pos"]) -> Float
     out = []
     with torch.no_grad():
         for layer in range(model.cfg.n_layers):
-            logp = resid_to_logits(model, lens.transform(model, layer, resid[layer])[None])[0].float().log_softmax(-1)
+            logp = readout_of(model).logits(lens.transform(model, layer, resid[layer])[None])[0].float().log_softmax(-1)
             out.append((final.exp() * (final - logp)).sum(-1).mean())
     return torch.stack(out)
 
@@ -102,7 +102,7 @@ def fit_tuned_lens(
     for _ in range(steps):
         optimiser.zero_grad()
         moved = resid + torch.einsum("lrd,lde->lre", resid, weight) + bias[:, None]
-        logp = resid_to_logits(model, moved).float().log_softmax(-1)  # [layer, rows, d_vocab]
+        logp = readout_of(model).logits(moved).float().log_softmax(-1)  # [layer, rows, d_vocab]
         loss = (final.exp() * (final - logp)).sum(-1).mean(-1).sum()
         loss.backward()
         optimiser.step()

@@ -17,9 +17,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench.core.metrics import check_scalar
+from workbench.core.readout import readout_of
 from workbench.core.types import HookList, Model
 from workbench.techniques.edges.graph import Layout
-from workbench.techniques.patching import readout_logits
 
 __all__ = ["InputSite", "input_sites", "node_outputs", "output_hooks", "run_metric", "split_inputs"]
 
@@ -131,7 +131,7 @@ def run_metric(
     metric reads a few logits per prompt (``readout``), its value on every prompt alone ``[batch]``.
 
     With a readout metric the forward stops before the unembedding and only the logits the
-    metric reads are computed (the same numbers, see :func:`workbench.techniques.patching.readout_logits`).
+    metric reads are computed (the same numbers, see :meth:`workbench.core.readout.ModelReadout.read`).
     ``start=(layer, resid_pre)`` starts the run at that layer from the given residual stream.
     """
     batch, seq = tokens.shape
@@ -141,7 +141,7 @@ def run_metric(
             resid = model(inputs, stop_at_layer=model.cfg.n_layers, **kwargs)
             r = metric.readout(batch, seq)
             rows = torch.arange(batch)
-            x = readout_logits(model, resid[rows, r.pos][None], r.tokens)[0]  # [batch, n]
+            x = readout_of(model).read(resid[rows, r.pos][None], r.tokens)[0]  # [batch, n]
             value = check_scalar(metric.from_readout(x), what)
             per = metric.from_readout(x[:, None, :])
             per = per.detach() if per.shape == (batch,) else None

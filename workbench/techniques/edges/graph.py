@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 
 from workbench.core.persist import Persistent, register_state_class
+from workbench.core.readout import n_kv_heads
 from workbench.core.results import render
 from workbench.core.types import Model
 
@@ -96,7 +97,7 @@ class Layout:
     def from_model(cls, model: Model) -> Layout:
         check_model(model)
         cfg = model.cfg
-        return cls(cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads or cfg.n_heads, not cfg.attn_only,
+        return cls(cfg.n_layers, cfg.n_heads, n_kv_heads(model), not cfg.attn_only,
                    bool(cfg.use_normalization_before_and_after))
 
     @staticmethod
