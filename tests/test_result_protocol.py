@@ -244,6 +244,11 @@ NOT_RESULTS = {
     "Lens": "a way of reading the residual stream (the logit lens has no state)",
     "View": "an interactive figure of a result (saved as an HTML page)",
     "CaseLog": "a course checker's record of one check (shown as its message)",
+    "NeedleSplit": "a dataset half", "RepeatedSequences": "a dataset half",
+    "RetrievalSelection": "an experiment step's record (its findings are the Scorecard)",
+    "RetrievalMasking": "an experiment step's record (its findings are the Scorecard)",
+    "InductionSelection": "an experiment step's record (its findings are the Scorecard)",
+    "CrossMeasurement": "an experiment step's record (its findings are the Scorecard)",
 }
 
 PROTOCOL = ("to_frame", "plot", "_repr_html_", "save", "load")
