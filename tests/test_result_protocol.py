@@ -253,6 +253,11 @@ NOT_RESULTS = {
     "CaseLog": "a course checker's record of one check (shown as its message)",
     "Job": "a unit of work of a replication (its findings are stored by the results store)",
     "Plan": "the jobs of a replication before they run",
+    "NeedleSplit": "a dataset half", "RepeatedSequences": "a dataset half",
+    "RetrievalSelection": "an experiment step's record (its findings are the Scorecard)",
+    "RetrievalMasking": "an experiment step's record (its findings are the Scorecard)",
+    "InductionSelection": "an experiment step's record (its findings are the Scorecard)",
+    "CrossMeasurement": "an experiment step's record (its findings are the Scorecard)",
 }
 
 PROTOCOL = ("to_frame", "plot", "_repr_html_", "save", "load")
