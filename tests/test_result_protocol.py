@@ -244,6 +244,8 @@ NOT_RESULTS = {
     "Lens": "a way of reading the residual stream (the logit lens has no state)",
     "View": "an interactive figure of a result (saved as an HTML page)",
     "CaseLog": "a course checker's record of one check (shown as its message)",
+    "Setting": "a split-size setting of a phenomenon's design (circuit discovery)",
+    "Measurement": "one setting's raw per-prompt rows, saved as the Scorecard and FaithfulnessCurves built from them",
 }
 
 PROTOCOL = ("to_frame", "plot", "_repr_html_", "save", "load")
