@@ -258,6 +258,8 @@ NOT_RESULTS = {
     "RetrievalMasking": "an experiment step's record (its findings are the Scorecard)",
     "InductionSelection": "an experiment step's record (its findings are the Scorecard)",
     "CrossMeasurement": "an experiment step's record (its findings are the Scorecard)",
+    "Setting": "a split-size setting of a phenomenon's design (circuit discovery)",
+    "Measurement": "one setting's raw per-prompt rows, saved as the Scorecard and FaithfulnessCurves built from them",
 }
 
 PROTOCOL = ("to_frame", "plot", "_repr_html_", "save", "load")
