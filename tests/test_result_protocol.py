@@ -244,6 +244,9 @@ NOT_RESULTS = {
     "Lens": "a way of reading the residual stream (the logit lens has no state)",
     "View": "an interactive figure of a result (saved as an HTML page)",
     "CaseLog": "a course checker's record of one check (shown as its message)",
+    "TemporalData": "a dataset (03's prepared parts)", "ArithmeticData": "a dataset (04's prepared parts)",
+    "TemporalSelection": "a step's chosen heads", "ArithmeticSelection": "a step's chosen heads",
+    "TemporalMeasures": "a step's findings (the Scorecard holds them)", "ArithmeticMeasures": "a step's findings (the Scorecard holds them)",
 }
 
 PROTOCOL = ("to_frame", "plot", "_repr_html_", "save", "load")
