@@ -17,6 +17,16 @@ from workbench.phenomena.temporal import experiment as ex
 from workbench.phenomena.temporal.dataset import split_relations, temporal_facts, temporal_relations
 
 
+@pytest.fixture(scope="module")
+def wm():
+    return word_model()
+
+
+@pytest.fixture(scope="module")
+def data(wm):
+    return ex.prepare(wm, seed=0)
+
+
 def _shared(a, b):
     return {k: v for k, v in overlaps(a.factors, b.factors).items() if v}
 
@@ -44,8 +54,7 @@ def test_the_old_split_by_fact_and_year_shares_subjects_and_relations():
     assert old["relation"] and old["subject"]
 
 
-def test_prepare_keeps_the_parts_apart():
-    data = ex.prepare(word_model(), seed=0)
+def test_prepare_keeps_the_parts_apart(data):
     assert data.relations["select"] and data.relations["evaluation"]
     for part in ("evaluation", "alias"):
         ds = getattr(data, part)
@@ -55,11 +64,9 @@ def test_prepare_keeps_the_parts_apart():
                 assert _shared(data.select, ds) == {}
 
 
-def test_the_null_is_layer_matched():
-    model = word_model()
-    data = ex.prepare(model, seed=0)
+def test_the_null_is_layer_matched(wm, data):
     chosen = [(1, 0), (1, 2)]
-    m = ex.measure(model, data, chosen, ex.registration().claims, n_null=6, min_facts=1)
+    m = ex.measure(wm, data, chosen, ex.registration().claims, n_null=6, min_facts=1)
     assert len(m.null_sets) == 6
     for s in m.null_sets:
         assert sorted(layer for layer, _ in s) == [1, 1] and not set(s) & set(chosen)
@@ -88,8 +95,8 @@ def test_run_without_a_tokenizer_says_nothing_was_measured():
     assert all("tokenizer" in f.note for f in card.findings)
 
 
-def test_run_on_a_random_model_and_the_notebook_steps_agree():
-    model = word_model()
+def test_run_on_a_random_model_and_the_notebook_steps_agree(wm):
+    model = wm
     card = ex.run(model, seed=0, label="word")
     _check_card(card)
     assert card.model == "word"
