@@ -24,7 +24,7 @@ SUMMARY = re.compile(
     r"(replicated|at chance|below the paper's bar|not replicated|inconclusive|not measured)( \| amended: .+)?$"
 )
 # Notebooks whose scorecard this branch delivers; the others are checked once they have one.
-WITH_SCORECARD = ("01_ioi_circuit", "02_retrieval_heads", "05_sae_features", "06_head_atlas")
+WITH_SCORECARD = ("01_ioi_circuit", "02_retrieval_heads", "04_arithmetic_heads", "05_sae_features", "06_head_atlas")
 
 
 def _sanitise(text: str) -> str:

@@ -260,6 +260,9 @@ NOT_RESULTS = {
     "CrossMeasurement": "an experiment step's record (its findings are the Scorecard)",
     "Setting": "a split-size setting of a phenomenon's design (circuit discovery)",
     "Measurement": "one setting's raw per-prompt rows, saved as the Scorecard and FaithfulnessCurves built from them",
+    "TemporalData": "a dataset (03's prepared parts)", "ArithmeticData": "a dataset (04's prepared parts)",
+    "TemporalSelection": "a step's chosen heads", "ArithmeticSelection": "a step's chosen heads",
+    "TemporalMeasures": "a step's findings (the Scorecard holds them)", "ArithmeticMeasures": "a step's findings (the Scorecard holds them)",
 }
 
 PROTOCOL = ("to_frame", "plot", "_repr_html_", "save", "load")
