@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from workbench.phenomena.registry import get
 
     for name in args.phenomena:
-        if get(name).run is None:
+        if getattr(get(name), "run", None) is None:
             raise SystemExit(f"Phenomenon {name!r} registers no run(); it cannot be checked here.")
     everything = {}
     for name in args.phenomena:

@@ -45,8 +45,8 @@ def variants_of_every_kind(model):
     resid = cache["blocks.1.hook_resid_pre"]
     zshape = (cfg.n_heads, 1)
     return [
-        (engine.patch("blocks.0.attn.hook_z", mask(zshape, [3], 1), z0),),
-        (engine.patch("blocks.1.attn.hook_z", mask(zshape, slice(2, None), 2), z1),),
+        (engine.patch_from("blocks.0.attn.hook_z", mask(zshape, [3], 1), z0),),
+        (engine.patch_from("blocks.1.attn.hook_z", mask(zshape, slice(2, None), 2), z1),),
         (engine.zero("blocks.0.hook_attn_out", mask((1,), [4, 5])),),
         (engine.mean("blocks.1.attn.hook_z", mask(zshape, [6], 0), z1),),
         (engine.resample("blocks.1.hook_resid_pre", mask((1,), [6]), resid, [1, 0]),),

@@ -2,7 +2,7 @@
 
 A *variant* is a tuple of :class:`Edit` objects, each one intervention at one hook: where its
 boolean ``mask`` is set, the activation becomes ``value`` (or ``activation + value``). The small
-constructors name the usual kinds: :func:`patch` (the value from another run), :func:`zero`,
+constructors name the usual kinds: :func:`patch_from` (the value from another run), :func:`zero`,
 :func:`mean`, :func:`resample`, :func:`add` (a vector), :func:`zero_query`.
 
 :func:`run_variants` runs many variants of one batch of prompts, ``variants_per_pass`` of them per
@@ -63,7 +63,7 @@ __all__ = [
     "base_run",
     "final_residuals",
     "mean",
-    "patch",
+    "patch_from",
     "resample",
     "run_variants",
     "run_variants_reference",
@@ -126,7 +126,7 @@ Variant = Sequence[Edit]
 # ------------------------------------------------------------------------------ the kinds
 
 
-def patch(hook: str, mask: Tensor, source: Tensor) -> Edit:
+def patch_from(hook: str, mask: Tensor, source: Tensor) -> Edit:
     """Write ``source`` (the same hook's activation on another run, ``[batch, ...]``) where ``mask``."""
     return Edit(hook, mask, source)
 

@@ -53,6 +53,8 @@ __all__ = [
     "train_toy",
     "save_toy",
     "load_toy_model",
+    "load_weights",
+    "save_weights",
     "toy_accuracy",
     "toy_problems",
 ]
@@ -230,8 +232,8 @@ def _evaluate(model: Model, config: ToyConfig) -> dict:
     return out
 
 
-def save_toy(model: Model, metrics: dict, folder: str | Path = TOY_DIR) -> Path:
-    """Write ``weights.safetensors``, ``config.json`` and ``metrics.json`` to ``folder``."""
+def save_weights(model: Model, config_json: dict, metrics: dict, folder: str | Path) -> Path:
+    """Write a toy model's files to ``folder``: ``weights.safetensors``, ``config.json``, ``metrics.json``."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -239,10 +241,36 @@ def save_toy(model: Model, metrics: dict, folder: str | Path = TOY_DIR) -> Path:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()
              if not k.endswith(("IGNORE", "mask"))}
     save_file(state, str(folder / "weights.safetensors"))
-    config: ToyConfig = model.toy_config  # type: ignore[assignment]  # set by build_toy_model
-    (folder / "config.json").write_text(json.dumps(config.to_json(), indent=1) + "\n")
+    (folder / "config.json").write_text(json.dumps(config_json, indent=1) + "\n")
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     return folder
+
+
+def load_weights(model: Model, folder: str | Path) -> Model:
+    """Load ``folder``'s ``weights.safetensors`` into ``model`` (every parameter must be there, nothing
+    else), then eval mode, gradients off, and ``model.toy_metrics`` from ``metrics.json``."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    weights = folder / "weights.safetensors"
+    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    params = {k for k, _ in model.named_parameters()}
+    if (params & set(missing)) or unexpected:
+        raise RuntimeError(
+            f"{weights} does not fit the config in {folder}: missing "
+            f"{sorted(params & set(missing))[:5]}, unexpected {sorted(unexpected)[:5]}."
+        )
+    model.eval()
+    model.requires_grad_(False)
+    metrics_file = folder / "metrics.json"
+    model.toy_metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    return model
+
+
+def save_toy(model: Model, metrics: dict, folder: str | Path = TOY_DIR) -> Path:
+    """Write ``weights.safetensors``, ``config.json`` and ``metrics.json`` to ``folder``."""
+    config: ToyConfig = model.toy_config  # type: ignore[assignment]  # set by build_toy_model
+    return save_weights(model, config.to_json(), metrics, folder)
 
 
 def load_toy_model(folder: str | Path = TOY_DIR, *, train_if_missing: bool = True,
@@ -253,8 +281,6 @@ def load_toy_model(folder: str | Path = TOY_DIR, *, train_if_missing: bool = Tru
     (or the default config), save, then load. The model carries its :class:`ToyConfig` as
     ``model.toy_config`` and its saved metrics as ``model.toy_metrics``.
     """
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     weights = folder / "weights.safetensors"
     if not weights.exists():
@@ -269,19 +295,7 @@ def load_toy_model(folder: str | Path = TOY_DIR, *, train_if_missing: bool = Tru
         model, metrics = train_toy(config, progress=progress)
         save_toy(model, metrics, folder)
     config = ToyConfig.from_json(json.loads((folder / "config.json").read_text()))
-    model = build_toy_model(config)
-    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
-    params = {k for k, _ in model.named_parameters()}
-    if (params & set(missing)) or unexpected:
-        raise RuntimeError(
-            f"{weights} does not fit the config in {folder}: missing "
-            f"{sorted(params & set(missing))[:5]}, unexpected {sorted(unexpected)[:5]}."
-        )
-    model.eval()
-    model.requires_grad_(False)
-    metrics_file = folder / "metrics.json"
-    model.toy_metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-    return model
+    return load_weights(build_toy_model(config), folder)
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from workbench.core.resources import data_path
 from workbench.core.types import Model
+from workbench.models.toy import load_weights, save_weights
 
 __all__ = [
     "INDUCTION_TOY_DIR",
@@ -149,28 +150,17 @@ def train_induction_toy(config: InductionToyConfig = InductionToyConfig(), *, pr
 
 def save_induction_toy(model: Model, metrics: dict, folder: str | Path = INDUCTION_TOY_DIR) -> Path:
     """Write ``weights.safetensors``, ``config.json`` and ``metrics.json`` to ``folder``."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.endswith(("IGNORE", "mask"))}
-    save_file(state, str(folder / "weights.safetensors"))
     config: InductionToyConfig = model.toy_config  # type: ignore[assignment]  # set by build_induction_toy
-    (folder / "config.json").write_text(json.dumps(asdict(config), indent=1) + "\n")
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    return folder
+    return save_weights(model, asdict(config), metrics, folder)
 
 
 def load_induction_toy(folder: str | Path = INDUCTION_TOY_DIR, *, train_if_missing: bool = True):
     """The trained induction toy from ``folder`` (eval mode, gradients off), with ``toy_config`` and
     ``toy_metrics``; trained and saved first when the weights are missing and ``train_if_missing``."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
-    weights = folder / "weights.safetensors"
-    if not weights.exists():
+    if not (folder / "weights.safetensors").exists():
         if not train_if_missing:
-            raise FileNotFoundError(f"No induction toy weights at {weights}: run "
+            raise FileNotFoundError(f"No induction toy weights at {folder / 'weights.safetensors'}: run "
                                     "`python scripts/train_toy.py --task induction`.")
         cfg_file = folder / "config.json"
         config = (InductionToyConfig(**json.loads(cfg_file.read_text())) if cfg_file.exists()
@@ -178,13 +168,4 @@ def load_induction_toy(folder: str | Path = INDUCTION_TOY_DIR, *, train_if_missi
         trained, metrics = train_induction_toy(config)
         save_induction_toy(trained, metrics, folder)
     config = InductionToyConfig(**json.loads((folder / "config.json").read_text()))
-    model = build_induction_toy(config)
-    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
-    params = {k for k, _ in model.named_parameters()}
-    if (params & set(missing)) or unexpected:
-        raise RuntimeError(f"{weights} does not fit the config in {folder}: missing "
-                           f"{sorted(params & set(missing))[:5]}, unexpected {sorted(unexpected)[:5]}.")
-    model.eval()
-    model.requires_grad_(False)
-    model.toy_metrics = json.loads((folder / "metrics.json").read_text())
-    return model
+    return load_weights(build_induction_toy(config), folder)

@@ -303,7 +303,7 @@ def patch(
         asked = torch.tensor([plan.asked(layer, ix) for ix in indices], dtype=torch.bool)
         values[li, noop & asked] = base.value
         todo = (asked & ~noop).nonzero().flatten().tolist()
-        variants = [(engine.patch(name, mask[i][None], cache[name]),) for i in todo]
+        variants = [(engine.patch_from(name, mask[i][None], cache[name]),) for i in todo]
         if variants:
             values[li, todo] = engine.run_variants(model, corrupted_tokens, variants, metric,
                                                    variants_per_pass=variants_per_pass, base=base)

@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from workbench.core.engine import has_readout
 from workbench.core.metrics import check_scalar
 from workbench.core.readout import readout_of
 from workbench.core.types import HookList, Model
@@ -112,10 +113,6 @@ def input_sites(layout: Layout) -> list[InputSite]:
     c = layout.logits_column
     sites.append(InputSite(f"blocks.{last}.hook_resid_post", slice(c, c + 1), layout.n_forward, False))
     return sites
-
-
-def has_readout(metric) -> bool:
-    return callable(getattr(metric, "readout", None)) and callable(getattr(metric, "from_readout", None))
 
 
 def run_metric(
