@@ -267,6 +267,21 @@ def test_circuit_run_matches_one_hook_per_edge(model, pair, metric):
         assert abs(fast - p.clean_value) > 1e-3 and abs(fast - p.corrupted_value) > 1e-3
 
 
+def test_runs_from_the_shared_prefix_equal_runs_of_every_position(model, pair, metric):
+    """The prompts agree before position 2: each circuit run starts there from cached keys and
+    values; the same circuits run over every position give the same metric, prompt by prompt."""
+    p = EdgePatcher(model, *pair, metric)
+    every = EdgePatcher(model, *pair, metric, fast=False)
+    assert p.pos0 == 2 and p._prefix is not None and every._prefix is None
+    gen = torch.Generator().manual_seed(2)
+    for keep in (0.0, 0.01, 0.3, 0.9):
+        mask = torch.rand(p.layout.n_edges, generator=gen) < keep
+        (a, per_a), (b, per_b) = p.run(mask), every.run(mask)
+        assert abs(a - b) < 1e-5 and torch.allclose(per_a, per_b, atol=1e-5)
+    early = LogitDiff(answers=[2, 3, 4], wrong=[5, 6, 7], pos=1)  # reads a position before 2
+    assert EdgePatcher(model, *pair, early)._prefix is None
+
+
 def test_full_and_empty_circuits_are_clean_and_corrupted(model, pair, metric):
     p = EdgePatcher(model, *pair, metric)
     n = p.layout.n_edges

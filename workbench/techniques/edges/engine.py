@@ -123,6 +123,7 @@ def run_metric(
     *,
     what: str = "metric",
     start: tuple[int, Tensor] | None = None,
+    prefix: tuple[object, int] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Run the model with ``hooks``; return the metric (a scalar, differentiable) and, when the
     metric reads a few logits per prompt (``readout``), its value on every prompt alone ``[batch]``.
@@ -130,15 +131,27 @@ def run_metric(
     With a readout metric the forward stops before the unembedding and only the logits the
     metric reads are computed (the same numbers, see :meth:`workbench.core.readout.ModelReadout.read`).
     ``start=(layer, resid_pre)`` starts the run at that layer from the given residual stream.
+    ``prefix=(kv, p)``: the first ``p`` positions are not run; their keys and values come from the
+    frozen key/value cache ``kv`` (:func:`workbench.core.runtime.cache_prefix`), so hooks see
+    positions ``p`` on only. It needs a readout metric that reads no position before ``p``.
     """
     batch, seq = tokens.shape
     inputs, kwargs = (tokens, {}) if start is None else (start[1], {"start_at_layer": start[0]})
+    p = 0
+    if prefix is not None:
+        if start is not None or not has_readout(metric):
+            raise ValueError("prefix= needs a run from the tokens (no start=) and a metric with a readout.")
+        kv, p = prefix
+        # attention_mask: every position attends as in a run without the cache (no padding mask).
+        inputs, kwargs = tokens[:, p:], {"past_kv_cache": kv, "attention_mask": torch.ones_like(tokens[:, p:])}
     with model.hooks(fwd_hooks=hooks):
         if has_readout(metric):
             resid = model(inputs, stop_at_layer=model.cfg.n_layers, **kwargs)
             r = metric.readout(batch, seq)
+            if int(r.pos.min()) < p:
+                raise ValueError(f"The metric reads position {int(r.pos.min())}, inside the {p} cached positions.")
             rows = torch.arange(batch)
-            x = readout_of(model).read(resid[rows, r.pos][None], r.tokens)[0]  # [batch, n]
+            x = readout_of(model).read(resid[rows, r.pos - p][None], r.tokens)[0]  # [batch, n]
             value = check_scalar(metric.from_readout(x), what)
             per = metric.from_readout(x[:, None, :])
             per = per.detach() if per.shape == (batch,) else None

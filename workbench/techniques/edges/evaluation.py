@@ -36,9 +36,11 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from workbench.core import checks
+from workbench.core.engine import has_readout
 from workbench.core.metrics import metric_name
 from workbench.core.persist import Persistent
 from workbench.core.results import render
+from workbench.core.runtime import cache_prefix, supports_fast_path
 from workbench.core.types import Model
 from workbench.techniques.edges.engine import (
     input_sites,
@@ -84,7 +86,7 @@ class EdgePatcher:
     """
 
     def __init__(self, model: Model, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
-                 metric, *, ablation: EdgeAblation = "patch") -> None:
+                 metric, *, ablation: EdgeAblation = "patch", fast: bool | None = None) -> None:
         if ablation not in ABLATIONS:
             raise ValueError(f"Unknown ablation {ablation!r}; choose from {list(ABLATIONS)}.")
         checks.token_pair(model, clean_tokens, corrupted_tokens)
@@ -104,6 +106,21 @@ class EdgePatcher:
             v, per = run_metric(model, clean_tokens, metric, [], what="metric on the clean run")
         self.clean_value, self.clean_per_prompt = float(v), per
         self._valid = self.layout.valid()
+        # Those shared positions hold the same keys and values in every circuit run too: on a
+        # HookedTransformer with a readout metric that reads none of them, they are computed once
+        # here and each run starts at pos0 (``fast=False``: every run computes every position).
+        self._prefix = None
+        if fast is None:
+            fast = supports_fast_path(model)
+        if (fast and self.pos0 > 0 and has_readout(metric)
+                and int(metric.readout(*clean_tokens.shape).pos.min()) >= self.pos0):
+            from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+            head = clean_tokens[:, : self.pos0]
+            kv = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, head.shape[0])
+            with torch.no_grad(), split_inputs(model):
+                model(head, past_kv_cache=kv, attention_mask=torch.ones_like(head), stop_at_layer=model.cfg.n_layers)
+            self._prefix = kv
 
     @torch.no_grad()
     def run(self, in_circuit: Bool[Tensor, " edge"]) -> tuple[float, Tensor | None]:
@@ -121,7 +138,9 @@ class EdgePatcher:
         diff = torch.empty_like(self.ablated)
         total = torch.zeros(self.ablated.shape[1:])
         written = [0]
-        ablated, pos0 = self.ablated, self.pos0
+        ablated = self.ablated
+        # where pos0 sits in the activations the hooks see: 0 when the run starts at pos0
+        pos0 = 0 if self._prefix is not None else self.pos0
 
         def sink(s, value):
             diff[s] = value[:, pos0:].permute(2, 0, 1, 3) - ablated[s]
@@ -153,9 +172,10 @@ class EdgePatcher:
                 return act
 
             hooks.append((site.name, patch))
+        prefix = None if self._prefix is None else (cache_prefix(self._prefix, end=self.pos0), self.pos0)
         with split_inputs(self.model):
             value, per = run_metric(self.model, self.clean_tokens, self.metric, hooks,
-                                    what="metric on a circuit")
+                                    what="metric on a circuit", prefix=prefix)
         return float(value), per
 
 
