@@ -9,6 +9,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MODEL  ?= smollm2-135m
 PYTEST_ARGS ?=
+# The unit tests run in this many processes (pytest-xdist), each with an equal share of the cores
+# for torch; a file's tests stay in one process. The notebooks run one after another, as stored.
+TEST_WORKERS ?= 2
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -47,7 +50,7 @@ demo: install
 test: install
 	$(BIN)/ruff check workbench tests benchmarks scripts
 	$(BIN)/mypy
-	$(BIN)/python -m pytest tests --doctest-modules workbench $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests --doctest-modules workbench -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	$(BIN)/python -m pytest --nbval notebooks --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: install

@@ -60,6 +60,20 @@ def _guarded_connect(self, address):
 socket.socket.connect = _guarded_connect
 
 
+def pytest_configure(config):
+    """With ``-n N`` (pytest-xdist): the controller converts the installed offline models before the
+    workers start (they would each convert the same weights at once on a fresh machine), and each
+    worker takes an equal share of the cores for torch (two workers with every core each run far
+    slower than one after the other)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+    elif getattr(config.option, "numprocesses", None) and os.environ.get("WORKBENCH_SKIP_SLOW") != "1":
+        for spec in models.OFFLINE_MODELS.values():
+            if spec.installed():
+                models.prepare_cache(spec.name)
+
+
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("WORKBENCH_CONTROLS") != "1":
         skip_control = pytest.mark.skip(reason="a control: run by `make controls` (WORKBENCH_CONTROLS=1)")

@@ -123,6 +123,24 @@ def test_damaged_cache_is_detected(small_cache, damage):
 
 
 @pytest.mark.slow
+def test_a_later_writer_keeps_an_intact_entry_and_replaces_a_damaged_one(small_cache, smollm2):
+    """Processes that convert the same model at once: whoever finishes second keeps the first's
+    folder (the first may be reading it) unless asked to replace it; a damaged folder is replaced."""
+    weights = small_cache / "weights.safetensors"
+    first = weights.stat().st_ino
+    cfg, other = models.tiny_model().cfg, {"embed.W_E": torch.zeros(3, 3)}
+    assert cache.write_entry("smollm2-135m", cfg, other, smollm2.tokenizer) == small_cache
+    assert weights.stat().st_ino == first
+    assert not list(small_cache.parent.glob("*.tmp-*"))  # the later writer's folder is gone
+    cache.write_entry("smollm2-135m", cfg, other, smollm2.tokenizer, replace=True)
+    replaced = weights.stat().st_ino
+    assert replaced != first and cache.verify_entry("smollm2-135m") == small_cache
+    weights.write_bytes(weights.read_bytes()[:1000])
+    cache.write_entry("smollm2-135m", cfg, other, smollm2.tokenizer)
+    assert cache.verify_entry("smollm2-135m") == small_cache
+
+
+@pytest.mark.slow
 def test_load_model_rebuilds_a_damaged_cache(tmp_path, monkeypatch, smollm2):
     """End to end: a corrupted weight file is never loaded; it is rebuilt from the GGUF file."""
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))

@@ -51,6 +51,7 @@ from workbench.models.load import (
     list_models,
     load_model,
     model_label,
+    prepare_cache,
     random_init_model,
 )
 from workbench.models.sources import supported_architectures
@@ -83,6 +84,7 @@ __all__ = [
     "cached_entries",
     "list_models",
     "load_model",
+    "prepare_cache",
     "build_model",
     "resolve_device",
     "DTYPES",

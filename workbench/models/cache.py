@@ -125,8 +125,12 @@ def _config_to_json(cfg) -> dict:
     return out
 
 
-def write_entry(key: str, cfg, state_dict: dict[str, Tensor], tokenizer, source: dict | None = None) -> Path:
-    """Write a converted model atomically: a temporary folder, the manifest last, then rename."""
+def write_entry(key: str, cfg, state_dict: dict[str, Tensor], tokenizer, source: dict | None = None, *,
+                replace: bool = False) -> Path:
+    """Write a converted model atomically: a temporary folder, the manifest last, then rename.
+
+    An intact entry that another process finished meanwhile is kept (it may be reading it) unless
+    ``replace``; a damaged one is replaced."""
     from safetensors.torch import save_file
 
     final = entry_dir(key)
@@ -144,8 +148,18 @@ def write_entry(key: str, cfg, state_dict: dict[str, Tensor], tokenizer, source:
         "files": {str(p.relative_to(tmp)): sha256_file(p) for p in files},
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    if final.exists() and not replace:
+        try:  # another process finished the same conversion first: keep its folder (it may be reading it)
+            verify_entry(key)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return final
+        except CacheCorruptedError:
+            pass
     shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    try:
+        tmp.rename(final)
+    except OSError:  # renamed into place by another process between the check and here
+        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -25,7 +25,7 @@ from workbench.models.errors import CacheCorruptedError, UnsupportedArchitecture
 from workbench.models.registry import Source, resolve
 from workbench.models.zoo import DEFAULT_MODEL, OFFLINE_MODELS, offline_spec
 
-__all__ = ["load_model", "build_model", "list_models", "model_label", "random_init_model"]
+__all__ = ["load_model", "prepare_cache", "build_model", "list_models", "model_label", "random_init_model"]
 
 def build_model(cfg_dict: dict, state_dict, tokenizer, *, device: torch.device, dtype: torch.dtype,
                 n_devices: int = 1):
@@ -82,10 +82,25 @@ def _cached_weights(source: Source, refresh: bool) -> tuple[tuple, str]:
         origin = "converted and cached"
         cfg, state_dict, tokenizer = _convert(source)
         record["architecture"] = cfg.original_architecture
-        cache.write_entry(key, cfg, state_dict, tokenizer, source=record)
+        cache.write_entry(key, cfg, state_dict, tokenizer, source=record, replace=refresh)
         del state_dict
         loaded = cache.read_entry(key)  # the first load runs exactly as every later one
     return loaded, origin
+
+
+def prepare_cache(source: str | Path = DEFAULT_MODEL) -> Path:
+    """Convert and cache a local source's weights now if no conversion is cached (no model is built);
+    the cache folder. Processes that start together (test workers, replication jobs) then read one
+    finished conversion instead of each converting the same weights."""
+    src = resolve(source)
+    if not src.local:
+        raise ValueError(f"{src.text!r} is not a local source (offline model, folder, GGUF): nothing to cache.")
+    key, _, _ = src.cache_entry()
+    try:
+        cache.verify_entry(key)
+    except CacheCorruptedError:
+        _cached_weights(src, refresh=False)
+    return cache.entry_dir(key)
 
 
 def load_model(
