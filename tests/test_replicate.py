@@ -272,6 +272,10 @@ def test_report_columns_and_seeds_agreeing(toys, checkpoints, tmp_path):
     html = (tmp_path / "replication.html").read_text()
     assert "http://" not in html and "https://" not in html and "<script" not in html
     assert "induction_accuracy" in html and Path(checkpoints[0]).name in html
+    md = (tmp_path / "replication.md").read_text().splitlines()
+    assert md[0] == f"| phenomenon: claim | {cols[0][0]} |" and md[1] == "|---|---|"
+    assert md[2].startswith(f"| toy_induction: induction_accuracy | {cell['text']} **{cell['verdict']}** ({cell['seeds']})")
+    assert len(md) == 2 + len(keys) and md == rep.to_markdown().splitlines()
 
 
 def test_a_store_of_other_code_is_recomputed_and_a_row_of_other_code_is_marked(toys, checkpoints, tmp_path,

@@ -4,8 +4,8 @@
 frame of :class:`Replication` (one row per finding: phenomenon, claim, model, model hash,
 control, seed, value, ci_low, ci_high, null_percentile, verdict, n_select, n_eval, seconds, then
 status, note, error, stale). :meth:`Replication.write` saves ``replication.csv``,
-``replication.json``, ``replication.html`` (self-contained: no file is fetched from the network)
-and ``replication.png``.
+``replication.json``, ``replication.html`` (self-contained: no file is fetched from the network),
+``replication.md`` (the README's table, :meth:`Replication.to_markdown`) and ``replication.png``.
 
 In the table and the figure a column is a model, with its controls beside it; a cell is a claim's
 value [95% interval] and verdict, coloured by the verdict. With several seeds a cell shows the
@@ -160,13 +160,29 @@ class Replication(Persistent):
         """The claims x models table: row keys, column keys, and each cell's verdict and text."""
         return _table(self.frame)
 
+    def to_markdown(self) -> str:
+        """The claims x models table as Markdown (the README's table): in each cell the value
+        [95% interval], the verdict in bold, and with several seeds how many agree."""
+        keys, cols, cells = self.table()
+        head = ["phenomenon: claim", *(m if c == "none" else f"{m} ({c})" for m, c in cols)]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for key in keys:
+            row = [f"{key[0]}: {key[1]}" if key[1] else key[0]]
+            for col in cols:
+                cell = cells.get((key, col))
+                parts = [] if cell is None else [cell["text"], f"**{cell['verdict']}**" if cell["verdict"] else "",
+                                                 f"({cell['seeds']})" if cell["seeds"] else ""]
+                row.append(" ".join(p for p in parts if p))
+            lines.append("| " + " | ".join(x.replace("|", "\\|") for x in row) + " |")
+        return "\n".join(lines) + "\n"
+
     def _repr_html_(self) -> str:
         from workbench.replicate.figure import html_report
 
         return html_report(self, standalone=False)
 
     def write(self, out: str | Path) -> list[Path]:
-        """Write ``replication.csv``, ``.json``, ``.html`` and ``.png`` into ``out`` (each atomically)."""
+        """Write ``replication.csv``, ``.json``, ``.html``, ``.md`` and ``.png`` into ``out`` (each atomically)."""
         from workbench.replicate.figure import html_report
 
         out = Path(out)
@@ -177,7 +193,8 @@ class Replication(Persistent):
                    "rows": json.loads(frame.to_json(orient="records"))}
         written = [_atomic(out / "replication.csv", frame.to_csv(index=False).encode()),
                    _atomic(out / "replication.json", (json.dumps(payload, indent=1) + "\n").encode()),
-                   _atomic(out / "replication.html", html_report(self).encode())]
+                   _atomic(out / "replication.html", html_report(self).encode()),
+                   _atomic(out / "replication.md", self.to_markdown().encode())]
         fig = self.plot()
         tmp = out / f".replication-{os.getpid()}.png"
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
