@@ -9,8 +9,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MODEL  ?= smollm2-135m
 PYTEST_ARGS ?=
-# The unit tests run in this many processes (pytest-xdist), each with an equal share of the cores
-# for torch; a file's tests stay in one process. The notebooks run one after another, as stored.
+# The unit tests and the notebooks run in this many processes (pytest-xdist), each with an equal
+# share of the cores for torch; a file's tests, and a notebook's cells, stay in one process.
 TEST_WORKERS ?= 2
 
 export HF_HUB_OFFLINE := 1
@@ -51,7 +51,7 @@ test: install
 	$(BIN)/ruff check workbench tests benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/python -m pytest tests --doctest-modules workbench -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
-	$(BIN)/python -m pytest --nbval notebooks --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --nbval notebooks --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: install
 	WORKBENCH_SKIP_SLOW=1 $(BIN)/python -m pytest tests --doctest-modules workbench -q
