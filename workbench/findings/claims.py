@@ -173,7 +173,7 @@ class Finding(Persistent):
     def plot(self, **kwargs):
         """The value, its interval and the threshold (a one-row :meth:`Scorecard.plot`)."""
         kwargs.setdefault("title", f"{self.claim.name}: {self.verdict}")
-        return render("scorecard", Scorecard("", self.claim.name, [self]), **kwargs)
+        return render("scorecard_chart", Scorecard("", self.claim.name, [self]), **kwargs)
 
 
 def _json_number(v):
@@ -329,7 +329,7 @@ class Scorecard(Persistent):
 
     def plot(self, **kwargs):
 
-        return render("scorecard", self, **kwargs)
+        return render("scorecard_chart", self, **kwargs)
 
     def view(self, **kwargs):
         """The interactive table: sortable, filtered by verdict, each interval drawn (no network)."""

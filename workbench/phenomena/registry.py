@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from workbench.core.results import Result
+    from workbench.core.types import Model
     from workbench.findings.claims import Scorecard
 
-__all__ = ["PHENOMENA", "Phenomenon", "PhenomenonAbsent", "Role", "get", "register", "roles"]
+__all__ = ["PHENOMENA", "Phenomenon", "PhenomenonAbsent", "Role", "default_k", "get", "register", "roles"]
 
 #: Finder: ``finder(model, *, k, seed, **options) -> {role name: Result [layer, head]}``.
 Finder = Callable[..., "dict[str, Result]"]
@@ -107,3 +108,9 @@ def get(name: str) -> Phenomenon:
 def roles() -> list[Role]:
     """Every role of every registered phenomenon, in registration order."""
     return [r for p in PHENOMENA.values() for r in p.roles]
+
+
+def default_k(model: Model) -> int:
+    """Heads per role: 3% of the model's heads, at least 3 (the head atlas's K, and the induction
+    claims' K)."""
+    return max(3, round(0.03 * model.cfg.n_layers * model.cfg.n_heads))

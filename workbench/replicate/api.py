@@ -85,7 +85,7 @@ def replicate(
     out: str | Path = "reports/replication",
     scheduler: Any = None,
     jobs: int | str = 1,
-    progress: bool = True,
+    progress: bool = False,
     write: bool = True,
 ) -> Replication:
     """Run every phenomenon's registered ``run()`` on every model (and control, and seed).

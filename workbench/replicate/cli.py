@@ -44,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         rep = replicate(args.models, args.phenomena, controls=args.controls, seeds=args.seeds,
                         device=args.device, dtype=args.dtype, out=args.out, scheduler=args.scheduler,
-                        jobs=jobs)
+                        jobs=jobs, progress=True)
     except ValueError as e:
         raise SystemExit(f"workbench replicate: {e}") from None
     print(f"{rep.computed} jobs computed, {rep.reused} reused, {rep.failed} failed, in {rep.seconds:.0f} s "

@@ -28,7 +28,7 @@ __all__ = [
     "logit_lens_heatmap",
     "patching_scatter",
     "plot_result",
-    "scorecard",
+    "scorecard_chart",
 ]
 
 # Diverging colour map centred on zero: patching and attribution values have a sign.
@@ -454,7 +454,7 @@ VERDICT_COLOURS = {"replicated": "tab:green", "at chance": "tab:olive", "below t
                    "not replicated": "tab:red", "inconclusive": "tab:gray", "not measured": "tab:purple"}
 
 
-def scorecard(card, *, ax=None, title: str | None = None):
+def scorecard_chart(card, *, ax=None, title: str | None = None):
     """A forest plot of a :class:`workbench.findings.claims.Scorecard`: each finding's value, its 95%
     interval, and its threshold, one row per claim, coloured by verdict."""
     colours = VERDICT_COLOURS

@@ -7,7 +7,7 @@ follows, in the needle, the same token it follows in the answer, so a head that 
 token after an earlier copy of the current token lands on the answer digit whatever the
 question's wording. Here the needle writes the code with dashes (``4-8-2-1``) and the answer
 without (`` 4821``), and a head is scored only at the steps no induction step can do
-(:func:`~workbench.phenomena.retrieval.copying.copy_scores`; scoring the first step alone would
+(:func:`~workbench.phenomena.retrieval.copying.copy_step_scores`; scoring the first step alone would
 measure copying a bare space).
 
 1. :func:`prepare`: held-out haystacks with that needle; induction sequences from the induction
@@ -33,12 +33,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from workbench.core import checks
 from workbench.core.components import head_set_mean, random_head_sets, top_k_heads
 from workbench.core.types import Model
 from workbench.findings import Scorecard, evaluate, not_measured, preregistration
 from workbench.models import model_label
 from workbench.phenomena.induction import experiment as induction
-from workbench.phenomena.retrieval.copying import copy_scores
+from workbench.phenomena.retrieval.copying import copy_step_scores
 from workbench.phenomena.retrieval.dataset import Haystack, Needle, needle_haystacks
 
 __all__ = ["DASHED", "CrossMeasurement", "measure", "prepare", "run", "scorecard", "select_heads"]
@@ -95,7 +96,7 @@ def measure(model: Model, haystacks: list[Haystack], selection: induction.Induct
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a model that answers nothing warns; the scorecard says so
-        scores = copy_scores(model, haystacks)
+        scores = copy_step_scores(model, haystacks)
     per = scores.meta["per_haystack"]
     per = per[~torch.isnan(per[:, 0, 0])]
     n_null, k, chosen = int(design["n_null"]), selection.k, selection.chosen
@@ -140,5 +141,9 @@ def run(model: Model, *, seed: int = 0, label: str | None = None) -> Scorecard:
         empty = CrossMeasurement(torch.zeros(0), selection.chosen, torch.zeros(0), torch.zeros(0), 0, 0, selection.k)
         return scorecard(reg, label, empty, n_select=len(sequences),
                          note="the model has no tokenizer: needle prompts are text")
-    m = measure(model, haystacks, selection, reg.design, seed=seed)
+    try:
+        m = measure(model, haystacks, selection, reg.design, seed=seed)
+    except checks.ContextTooLong as e:  # the model cannot take the haystacks: nothing to measure
+        empty = CrossMeasurement(torch.zeros(0), selection.chosen, torch.zeros(0), torch.zeros(0), 0, 0, selection.k)
+        return scorecard(reg, label, empty, n_select=len(sequences), note=str(e))
     return scorecard(reg, label, m, n_select=len(sequences))

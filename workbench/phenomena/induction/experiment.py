@@ -30,6 +30,7 @@ from workbench.core.subsets import split_pools
 from workbench.core.types import HookList, Model
 from workbench.findings import Scorecard, evaluate, preregistration
 from workbench.models import model_label
+from workbench.phenomena.registry import default_k
 from workbench.techniques.heads import repeated_tokens
 
 __all__ = ["InductionSelection", "RepeatedSequences", "default_k", "measure", "per_sequence_scores", "prepare",
@@ -37,11 +38,6 @@ __all__ = ["InductionSelection", "RepeatedSequences", "default_k", "measure", "p
 
 NOTEBOOK = "induction"  # no notebook of its own: 06_head_atlas shows its scorecard
 PACKAGE = "workbench.phenomena.induction"
-
-
-def default_k(model: Model) -> int:
-    """3% of the model's heads, at least 3 (the head atlas's K)."""
-    return max(3, round(0.03 * model.cfg.n_layers * model.cfg.n_heads))
 
 
 @dataclass

@@ -7,7 +7,7 @@ every step after the first can also be done by an induction head: the token befo
 answer precedes ``a_j`` in the needle too, and an induction head attends to the token after an
 earlier copy of the current token, whatever the paraphrase of the question.
 
-:func:`copy_scores` counts hits only at the steps :meth:`Haystack.copy_steps` marks: ``a_j`` is in
+:func:`copy_step_scores` counts hits only at the steps :meth:`Haystack.copy_steps` marks: ``a_j`` is in
 the needle and never after the token that precedes it in the answer. With a needle that writes
 the code as ``4-8-2-1`` and the answer `` 4821``, those are the digits after the first (the space
 and the first digit follow the same tokens in the needle and are not scored).
@@ -17,7 +17,7 @@ and the first digit follow the same tokens in the needle and are not scored).
 >>> from workbench.phenomena.retrieval.dataset import Haystack
 >>> h = Haystack(tokens=torch.tensor([[1, 7, 4, 9, 5, 2, 3]]), needle_span=(1, 6), answer_span=None,
 ...              answer_ids=torch.tensor([4, 5, 6]))
->>> r = copy_scores(tiny_model(), [h])   # a random model answers nothing: NaN scores
+>>> r = copy_step_scores(tiny_model(), [h])   # a random model answers nothing: NaN scores
 >>> r.values.shape, r.meta["n_answered"], r.meta["copy_steps"]
 (torch.Size([2, 4]), 0, [2])
 """
@@ -31,11 +31,11 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from workbench.core import runtime
+from workbench.core import checks, runtime
 from workbench.core.results import Result
 from workbench.core.types import HookList, Model
 
-__all__ = ["copy_hits", "copy_scores"]
+__all__ = ["copy_hits", "copy_step_scores"]
 
 
 def copy_hits(model: Model, haystack) -> tuple[Int[Tensor, "layer head"], int, bool]:
@@ -48,8 +48,7 @@ def copy_hits(model: Model, haystack) -> tuple[Int[Tensor, "layer head"], int, b
     """
     full = haystack.full_tokens
     n, m = haystack.tokens.shape[1], len(haystack.answer_ids)
-    if full.shape[1] > model.cfg.n_ctx:
-        raise ValueError(f"The haystack with its answer has {full.shape[1]} tokens; the model takes {model.cfg.n_ctx}.")
+    checks.context(model, full.shape[1], "The haystack with its answer")
     steps = haystack.copy_steps()
     start, end = haystack.needle_span
     answer = haystack.answer_ids
@@ -79,7 +78,7 @@ def copy_hits(model: Model, haystack) -> tuple[Int[Tensor, "layer head"], int, b
     return hits, int(steps.sum()), bool((logits.argmax(-1) == answer).all())
 
 
-def copy_scores(model: Model, haystacks: Sequence) -> Result:
+def copy_step_scores(model: Model, haystacks: Sequence) -> Result:
     """Retrieval score of every head at the copy steps only, ``[layer, head]``: hits / copy steps per
     answered haystack, averaged. ``meta``: ``per_haystack`` (``[haystack, layer, head]``, NaN where
     the model did not answer or the haystack has no copy step), ``answered``, ``n_answered``,

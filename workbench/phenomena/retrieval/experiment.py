@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from workbench.core import checks
 from workbench.core.components import random_head_sets, top_k_heads
 from workbench.core.subsets import split_pools
 from workbench.core.types import Model
@@ -44,7 +45,7 @@ from workbench.phenomena.retrieval.dataset import (
 from workbench.techniques.heads import retrieval_scores
 
 __all__ = ["NEEDLE_POOL", "NeedleSplit", "RetrievalMasking", "RetrievalSelection", "best_score", "everywhere_subset",
-           "kept", "measure", "prepare", "registration", "run", "scorecard", "select_heads", "split_factors"]
+           "accuracy_kept", "measure", "prepare", "registration", "run", "scorecard", "select_heads", "split_factors"]
 
 NOTEBOOK = "02_retrieval_heads"
 PACKAGE = "workbench.phenomena.retrieval"
@@ -181,7 +182,7 @@ def best_score(per: Tensor) -> Tensor:
     return torch.nan_to_num(torch.nanmean(per, 0), nan=0.0).max()
 
 
-def kept(x: Tensor) -> Tensor:
+def accuracy_kept(x: Tensor) -> Tensor:
     """Accuracy with random sets masked over unmasked accuracy; ``x``: ``[haystack, (unmasked, random)]``."""
     b = x[:, 0].mean()
     return torch.where(b > 0, x[:, 1].mean() / b.clamp_min(1e-9), torch.zeros(()))
@@ -214,7 +215,7 @@ def scorecard(reg: preregistration.Registration, label: str, selection: Retrieva
         if masking.everywhere[0].sum() >= 2:
             card.add(_masking(c["masking-everywhere"], masking.everywhere, n_sel, k, "at every position"))
         rand = masking.at_answer[2:].mean(0)
-        card.add(evaluate(c["random"], torch.stack([masking.at_answer[0], rand], 1), statistic=kept, n_select=n_sel,
+        card.add(evaluate(c["random"], torch.stack([masking.at_answer[0], rand], 1), statistic=accuracy_kept, n_select=n_sel,
                           note=f"mean over {len(masking.null_sets)} layer-matched random sets, at the answer queries"))
     for name, claim in c.items():
         if all(f.claim.name != name for f in card.findings):
@@ -233,7 +234,10 @@ def run(model: Model, *, seed: int = 0, label: str | None = None) -> Scorecard:
     if getattr(model, "tokenizer", None) is None:
         return scorecard(reg, label, None, None, note="the model has no tokenizer: needle prompts are text")
     select, evaluate_ = prepare(model, design, seed=seed)
-    selection = select_heads(model, select, design)
+    try:
+        selection = select_heads(model, select, design)
+    except checks.ContextTooLong as e:  # the model cannot take the haystacks: nothing to measure
+        return scorecard(reg, label, None, None, note=str(e))
     n_sel, n_eval = len(select), len(evaluate_)
     if torch.isnan(selection.per_haystack).all():
         return scorecard(reg, label, selection, None, n_select=n_sel, n_eval=n_eval,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal, Sequence
 
-from workbench.phenomena.retrieval.copying import copy_scores
+from workbench.phenomena.retrieval.copying import copy_step_scores
 from workbench.phenomena.retrieval.dataset import Needle, needle_haystacks
 from workbench.techniques import heads
 
@@ -21,7 +21,7 @@ NeedleForm = Literal["verbatim", "paraphrased", "dashed"]
 #: the one before the code in the needle, but only for the first answer step: each later digit
 #: follows the same digit in the needle as in the answer, so an induction step still does it;
 #: "dashed" writes the code as 4-8-2-1 in the needle and 4821 in the answer, and is scored only at
-#: the steps no induction step can do (:func:`~workbench.phenomena.retrieval.copying.copy_scores`).
+#: the steps no induction step can do (:func:`~workbench.phenomena.retrieval.copying.copy_step_scores`).
 NEEDLES: dict[str, Needle] = {
     "verbatim": Needle(),
     "paraphrased": Needle(sentence=" The code to open the safe is {code}.",
@@ -42,5 +42,5 @@ def retrieval_role_scores(
     haystacks = needle_haystacks(model, context_lengths=lengths, depths=depths, n_per=1, seed=seed,
                                  needle=NEEDLES[needle])
     if needle == "dashed":
-        return {"retrieval": copy_scores(model, haystacks)}
+        return {"retrieval": copy_step_scores(model, haystacks)}
     return {"retrieval": heads.retrieval_scores(model, haystacks, progress=False)}

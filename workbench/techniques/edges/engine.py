@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -136,7 +137,8 @@ def run_metric(
     positions ``p`` on only. It needs a readout metric that reads no position before ``p``.
     """
     batch, seq = tokens.shape
-    inputs, kwargs = (tokens, {}) if start is None else (start[1], {"start_at_layer": start[0]})
+    kwargs: dict[str, Any] = {} if start is None else {"start_at_layer": start[0]}
+    inputs = tokens if start is None else start[1]
     p = 0
     if prefix is not None:
         if start is not None or not has_readout(metric):
