@@ -22,7 +22,7 @@ export PYTHONHASHSEED := 0
 export MKL_CBWR := AVX2
 export ATEN_CPU_CAPABILITY := avx2
 
-.PHONY: install chromium demo test test-fast notebooks bench lab clean-reports
+.PHONY: install chromium demo test test-fast controls notebooks bench lab clean-reports
 
 install: $(STAMP)
 
@@ -55,6 +55,11 @@ test: install
 
 test-fast: install
 	WORKBENCH_SKIP_SLOW=1 $(BIN)/python -m pytest tests --doctest-modules workbench -q
+
+# The controls: every phenomenon's experiment on SmolLM2's architecture with random weights (no
+# claim may replicate). About as long as running every phenomenon once; not part of `make test`.
+controls: install
+	WORKBENCH_CONTROLS=1 $(BIN)/python -m pytest tests/test_negative_control.py -m controls -v $(PYTEST_ARGS)
 
 # Re-execute the notebooks in place (their stored outputs are what nbval compares against).
 notebooks: install

@@ -1,6 +1,8 @@
 """Shared fixtures. Unit tests use the tiny model; tests marked ``slow`` load an offline model.
 
-Set ``WORKBENCH_SKIP_SLOW=1`` to skip the slow tests while iterating.
+Set ``WORKBENCH_SKIP_SLOW=1`` to skip the slow tests while iterating. Tests marked ``controls``
+run a whole experiment per phenomenon on a control model; they run under ``make controls``
+(``WORKBENCH_CONTROLS=1``), not under ``make test``.
 
 The suite runs offline by construction: ``HF_HUB_OFFLINE=1``, and any socket connection to an
 address other than loopback raises at once (so an accidental hub call fails instead of hanging).
@@ -73,6 +75,11 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    if os.environ.get("WORKBENCH_CONTROLS") != "1":
+        skip_control = pytest.mark.skip(reason="a control: run by `make controls` (WORKBENCH_CONTROLS=1)")
+        for item in items:
+            if "controls" in item.keywords:
+                item.add_marker(skip_control)
     if os.environ.get("WORKBENCH_SKIP_SLOW") == "1":
         skip = pytest.mark.skip(reason="WORKBENCH_SKIP_SLOW=1")
         for item in items:

@@ -9,8 +9,9 @@ import torch
 from workbench import atlas as atlas_mod
 from workbench.core.components import top_positive
 from workbench.core.results import Result
+from workbench.models import tiny_model
 from workbench.phenomena import registry
-from workbench.phenomena.atlas.analysis import HeadAtlas, default_k, head_atlas
+from workbench.phenomena.atlas.analysis import NEEDLES, HeadAtlas, default_k, head_atlas
 from workbench.phenomena.ioi.finder import ioi_scores
 from workbench.techniques.heads import HeadSet
 
@@ -210,3 +211,79 @@ def test_an_absent_phenomenon_gives_an_empty_role_not_an_error(tiny, monkeypatch
     assert len(a.sets["temporal"]) == 0 and torch.isnan(a.scores["temporal"].values).all()
     assert len(a.sets["induction"]) == 2
     assert a.overlaps()["shared"].tolist() == [0]
+
+
+# --------------------------------------------------------------------------------------------
+# The cross-phenomenon claims as a pre-registered experiment (issue 23)
+
+
+def _char_model(n_ctx=500):
+    from test_retrieval_protocol import char_model  # tests/ is on the path, as for `hooks`
+
+    return char_model(n_ctx=n_ctx)
+
+
+def test_held_out_answer_is_not_written_in_the_needle_and_no_scored_step_is_an_induction_step():
+    """Issue 23: with " 4821" written as in the needle, every digit after the first follows the same
+    token in the needle as in the answer, so an induction step does it. The held-out needle now
+    writes 4-8-2-1, and a step is scored only where no induction step reaches the answer token."""
+    from workbench.phenomena.atlas import experiment as ax
+
+    model = _char_model()
+    _, heldout = ax.prepare(model, ax.registration().design)
+    assert heldout
+    for h in heldout:
+        full = h.full_tokens[0].tolist()
+        n, (start, end) = h.context_length, h.needle_span
+        needle, answer = full[start:end], h.answer_ids.tolist()
+        assert h.answer_span is None
+        assert not any(needle[i:i + len(answer)] == answer for i in range(len(needle)))  # not in the needle
+        scored = h.copy_steps().tolist()
+        assert sum(scored) >= len(h.meta["code"]) - 1  # the digits after the first
+        for j, on in enumerate(scored):
+            if not on:
+                continue
+            assert model.tokenizer.decode([answer[j]]).isdigit()  # a digit, never a bare space
+            before = full[n - 1 + j]  # the token before answer token j
+            assert not any(full[p] == answer[j] and full[p - 1] == before for p in range(start, end))
+
+
+def test_the_old_paraphrased_needle_leaves_no_digit_to_score():
+    """Why the old claims were induction by construction: no digit step of the paraphrased needle survives."""
+    from workbench.phenomena import needle_haystacks
+
+    model = _char_model()
+    (h,) = needle_haystacks(model, context_lengths=(300,), depths=(0.5,), n_per=1, needle=NEEDLES["paraphrased"])
+    assert h.copy_steps().sum() == 0
+
+
+def test_atlas_run_gives_every_registered_claim():
+    from workbench.findings import VERDICTS, preregistration
+    from workbench.phenomena.atlas import experiment as ax
+
+    for model in (tiny_model(), _char_model()):
+        card = ax.run(model)
+        assert [f.claim.name for f in card.findings] == list(preregistration.load(ax.PACKAGE).claims)
+        assert all(f.verdict in VERDICTS for f in card.findings)
+        assert card.notebook == "06_head_atlas"
+    assert registry.get("atlas").run is ax.run
+
+
+def test_atlas_steps_and_run_agree():
+    from workbench.phenomena.atlas import experiment as ax
+
+    model = _char_model()
+    reg = ax.registration()
+    sequences, heldout = ax.prepare(model, reg.design)
+    m = ax.measure(model, heldout, ax.select_heads(model, sequences), reg.design)
+    card = ax.scorecard(reg, "m", m, n_select=len(sequences))
+    assert card.summary() == ax.run(model, label="m").summary()
+
+
+def test_cross_measurement_share_and_nulls_by_hand():
+    from workbench.phenomena.atlas.experiment import CrossMeasurement
+
+    per = torch.zeros(3, 2, 4)
+    per[:, 1, 2], per[:, 0, 0] = 0.9, 0.5
+    m = CrossMeasurement(per, [(1, 2), (1, 3), (0, 1)], torch.zeros(0), torch.zeros(0), 3, 3, 3)
+    assert float(m.share(per)) == pytest.approx(1 / 3)  # top heads with a positive score: L1H2, L0H0

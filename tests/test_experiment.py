@@ -92,23 +92,38 @@ def test_null_percentile_is_scipys_mean_percentileofscore():
     [
         (0.6, 0.9, 99.0, "replicated"),
         (0.6, 0.9, None, "replicated"),
-        (0.6, 0.9, 50.0, "partial"),
+        (0.6, 0.9, 50.0, "at chance"),
         (0.4, 0.9, 99.0, "inconclusive"),
         (0.1, 0.3, 99.0, "not replicated"),
+        (0.503, 0.9, 99.0, "inconclusive"),  # a bound within rounding of the threshold does not decide
+        (0.1, 0.497, 99.0, "inconclusive"),
+        (0.506, 0.9, 99.0, "replicated"),
     ],
 )
 def test_verdict_rule(lo, hi, pct, expected):
     assert verdict(CLAIM, lo, hi, pct) == expected
 
 
-def test_verdict_below_and_partial_bar():
-    below = Claim("b", "loss under 0.2", paper="p", statistic="s", threshold=0.2, direction="below", partial=0.4)
+def test_verdict_below_and_weaker_bar():
+    below = Claim("b", "loss under 0.2", paper="p", statistic="s", threshold=0.2, direction="below", weaker=0.4)
     assert verdict(below, 0.05, 0.15, None) == "replicated"
-    assert verdict(below, 0.25, 0.35, None) == "partial"
+    assert verdict(below, 0.25, 0.35, None) == "below the paper's bar"
+    assert verdict(below, 0.25, 0.35, 50.0) == "at chance"  # clears the weaker bar, not the null
+    assert verdict(below, 0.25, 0.35, 1.0) == "below the paper's bar"
     assert verdict(below, 0.5, 0.6, None) == "not replicated"
     assert verdict(below, 0.1, 0.3, None) == "inconclusive"
     with pytest.raises(ValueError, match="weaker"):
-        Claim("x", "x", paper="p", statistic="s", threshold=0.5, partial=0.7)
+        Claim("x", "x", paper="p", statistic="s", threshold=0.5, weaker=0.7)
+
+
+@pytest.mark.parametrize("lo, hi, margin", [(0.6, 0.9, 0.1), (0.1, 0.3, -0.2), (0.45, 0.9, -0.05), (0.1, 0.52, -0.02)])
+def test_margin_is_the_distance_of_the_deciding_bound(lo, hi, margin):
+    f = evaluate(CLAIM, torch.zeros(4), n_select=1)
+    f = type(f)(CLAIM, (lo + hi) / 2, lo, hi, None, 0, 1, 4, verdict(CLAIM, lo, hi, None))
+    assert f.margin == pytest.approx(margin)
+    below = Claim("b", "b", paper="p", statistic="s", threshold=0.5, direction="below")
+    g = type(f)(below, 0.2, 0.1, 0.3, None, 0, 1, 4, "replicated")
+    assert g.margin == pytest.approx(0.2)
 
 
 def test_evaluate_and_scorecard_round_trip(tmp_path):
@@ -191,5 +206,5 @@ def test_a_finding_that_could_not_be_measured_says_so():
     claim = Claim("c", "a claim", paper="p", statistic="s", threshold=0.1)
     card = Scorecard("m", "nb")
     card.add(not_measured(claim, n_select=4, n_eval=1, note="the model answered 1/16 haystacks"))
-    assert card.findings[0].verdict == "not replicated"
-    assert card.summary() == "c: not measured (the model answered 1/16 haystacks) vs 0.1 | null - | n 4/1 | not replicated"
+    assert card.findings[0].verdict == "not measured"
+    assert card.summary() == "c: no value (the model answered 1/16 haystacks) | null - | n 4/1 | not measured"

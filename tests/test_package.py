@@ -24,11 +24,12 @@ LAYERS = {
     "findings": {"core"},
     "phenomena": {"core", "models", "techniques", "findings"},
     "viz": {"core"},
+    "replicate": {"core", "models", "techniques", "findings", "phenomena", "viz"},
     "course": {"core", "models", "techniques", "findings", "phenomena", "viz"},
     "widgets": {"core", "models", "techniques", "viz"},
-    "cli": {"core", "models", "techniques", "findings", "phenomena", "viz", "course"},
+    "cli": {"core", "models", "techniques", "findings", "phenomena", "viz", "course", "replicate"},
     "__main__": {"cli"},
-    "__init__": {"core", "models", "techniques", "findings", "phenomena", "viz"},
+    "__init__": {"core", "models", "techniques", "findings", "phenomena", "viz", "replicate"},
 }
 
 

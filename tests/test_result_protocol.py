@@ -33,6 +33,8 @@ from workbench.phenomena.arithmetic.analysis import TopVsRandom  # noqa: E402
 from workbench.phenomena.atlas.analysis import HeadAtlas  # noqa: E402
 from workbench.phenomena.ioi.circuits import CircuitChoice, IOIClasses  # noqa: E402
 from workbench.phenomena.retrieval.analysis import MaskingResult  # noqa: E402
+from workbench.replicate.report import Replication  # noqa: E402
+from workbench.replicate.report import rows as replication_rows  # noqa: E402
 from workbench.techniques import ablation, attribution, lens  # noqa: E402
 from workbench.techniques.sae.features import LogitEffects  # noqa: E402
 from workbench.techniques.sae.splicing import Splice  # noqa: E402
@@ -58,7 +60,7 @@ def pair():
 
 
 METRIC = LogitDiff(answers=[2, 3, 4], wrong=[5, 6, 7])
-CLAIM = Claim("c", "the effect is large", paper="p", statistic="mean", threshold=0.5, partial=0.2)
+CLAIM = Claim("c", "the effect is large", paper="p", statistic="mean", threshold=0.5, weaker=0.2)
 
 
 def _grid(seed: int, metric: str = "score") -> Result:
@@ -89,6 +91,10 @@ BUILDERS = {
     Scorecard: lambda m, p: Scorecard("tiny", "nb", [_finding(), not_measured(
         Claim("d", "d", paper="p", statistic="s", threshold=1.0), n_select=2, n_eval=3, note="none solved")]),
     lens.LensResult: lambda m, p: lens.logit_lens(m, p[0][:2], top_k=2),
+    Replication: lambda m, p: Replication(replication_rows([{
+        "job": {"phenomenon": "ioi", "model": "tiny", "model_hash": "ab12", "control": "none", "seed": 0,
+                "code_hash": "c0de"}, "status": "ok", "findings": [_finding().to_dict()], "seconds": 1.0}]),
+        computed=1, notes=["ran here"]),
     attribution.Attribution: lambda m, p: attribution.attribute(m, *p, METRIC),
     edges.Graph: _edge_graph,
     edges.FaithfulnessCurve: lambda m, p: edges.faithfulness_curve(
@@ -206,8 +212,8 @@ def test_scorecard_json_stays_findings_json_and_loads(instances, tmp_path):
     assert path.read_text().startswith("{")
     back = Scorecard.load(path)
     assert back.summary() == card.summary() and back.to_frame().equals(card.to_frame())
-    # findings.json does not record a claim's partial bar or null level: those come back as defaults
-    assert back.findings[0].claim == dataclasses.replace(CLAIM, partial=None)
+    # findings.json records the weaker bar and the amendment; the null level comes back as its default
+    assert back.findings[0].claim == CLAIM
     assert_same(back.findings[1], card.findings[1])
 
 
@@ -241,9 +247,22 @@ NOT_RESULTS = {
     "Base": "the engine's cached base run", "ModelReadout": "a model's read-out (final norm, unembedding)", "Exercise": "a course exercise",
     "LetterTokenizer": "a course tokenizer", "AttentionExplorer": "a widget", "HTML": "a string shown as HTML",
     "Source": "a model source (models.registry)", "Role": "a registry entry", "Phenomenon": "a registry entry",
+    "Registration": "a pre-registration (claims.toml and its lock file)",
     "Lens": "a way of reading the residual stream (the logit lens has no state)",
     "View": "an interactive figure of a result (saved as an HTML page)",
     "CaseLog": "a course checker's record of one check (shown as its message)",
+    "Job": "a unit of work of a replication (its findings are stored by the results store)",
+    "Plan": "the jobs of a replication before they run",
+    "NeedleSplit": "a dataset half", "RepeatedSequences": "a dataset half",
+    "RetrievalSelection": "an experiment step's record (its findings are the Scorecard)",
+    "RetrievalMasking": "an experiment step's record (its findings are the Scorecard)",
+    "InductionSelection": "an experiment step's record (its findings are the Scorecard)",
+    "CrossMeasurement": "an experiment step's record (its findings are the Scorecard)",
+    "Setting": "a split-size setting of a phenomenon's design (circuit discovery)",
+    "Measurement": "one setting's raw per-prompt rows, saved as the Scorecard and FaithfulnessCurves built from them",
+    "TemporalData": "a dataset (03's prepared parts)", "ArithmeticData": "a dataset (04's prepared parts)",
+    "TemporalSelection": "a step's chosen heads", "ArithmeticSelection": "a step's chosen heads",
+    "TemporalMeasures": "a step's findings (the Scorecard holds them)", "ArithmeticMeasures": "a step's findings (the Scorecard holds them)",
 }
 
 PROTOCOL = ("to_frame", "plot", "_repr_html_", "save", "load")

@@ -43,6 +43,7 @@ from workbench.phenomena import (
     needle_haystacks,
     temporal_facts,
 )
+from workbench.replicate import replicate
 from workbench.techniques import (
     ablation,
     attention,
@@ -95,6 +96,7 @@ MODULES = {
     "models": "workbench.models",
     "patching": "workbench.techniques.patching",
     "path_patching": "workbench.techniques.path_patching",
+    "replication": "workbench.replicate",
     "phenomena": "workbench.phenomena",
     "plot": "workbench.viz.plot",
     "resources": "workbench.core.resources",
@@ -140,6 +142,7 @@ __all__ = [
     "patch_resid",
     "path_patch",
     "path_patch_heads",
+    "replicate",
     "overlap_table",
     "retrieval_scores",
     "single_token_id",

@@ -7,6 +7,8 @@
     workbench run all --model smollm2-135m
     workbench run 01 --random-init            (negative control: the same architecture, random weights)
     workbench atlas --model gemma-3-270m      (the head atlas: PNG + CSV under reports/<model>/atlas)
+    workbench replicate --models smollm2-135m gemma-3-270m --controls random-init
+                                              (every phenomenon on every model: reports/replication/)
     python -m workbench run ...               (the same)
 
 ``--model`` is an offline model, a TransformerLens name, a checkpoint folder or a ``.gguf`` file
@@ -383,6 +385,35 @@ def _device_params(device: str | None, dtype: str | None) -> dict[str, object]:
     return params
 
 
+def claims_command(action: str, phenomenon: str, claim: str | None, reason: str) -> int:
+    """``workbench claims check|lock|amend``: see :mod:`workbench.findings.preregistration`."""
+    from workbench.findings import preregistration
+    from workbench.phenomena import registry
+
+    if Path(phenomenon).is_dir():
+        where: str | Path = Path(phenomenon)
+    else:
+        where = registry.get(phenomenon).claims or ""
+        if not where:
+            raise SystemExit(f"Phenomenon {phenomenon!r} declares no claims.")
+    try:
+        if action == "check":
+            trouble = preregistration.problems(where)
+            print("\n".join(trouble) or "every claim matches its registration")
+            return 1 if trouble else 0
+        if action == "lock":
+            new = preregistration.lock(where)
+            print(f"registered: {', '.join(new)}" if new else "nothing new to register")
+            return 0
+        if claim is None:
+            raise SystemExit("amend needs the claim's name: workbench claims amend PHENOMENON CLAIM --reason ...")
+        preregistration.amend(where, claim, reason)
+        print(f"amended {claim}: {reason}")
+        return 0
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+
+
 def _shared_options() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """Parent parsers of the options several commands take: the model's, and the report folder."""
     model = argparse.ArgumentParser(add_help=False)
@@ -408,12 +439,23 @@ def main(argv: list[str] | None = None) -> int:
     at = sub.add_parser("atlas", help="map the heads of every phenomenon on a model (PNG + CSV)",
                         parents=[model_options, out_option])
     at.add_argument("--k", type=int, default=None, help="heads per role (default: 3%% of heads, at least 3)")
+    cl = sub.add_parser("claims", help="check, register or amend a phenomenon's pre-registered claims")
+    cl.add_argument("action", choices=["check", "lock", "amend"])
+    cl.add_argument("phenomenon", help="a registered phenomenon (ioi, retrieval, ...) or a folder with claims.toml")
+    cl.add_argument("claim", nargs="?", help="the claim to amend")
+    cl.add_argument("--reason", default="", help="why the claim changed (amend)")
     from workbench.course import cli as course_cli
+    from workbench.replicate import cli as replicate_cli
 
     course_cli.add_parser(sub)
+    replicate_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "course":
         return course_cli.main(args)
+    if args.command == "replicate":
+        return replicate_cli.main(args)
+    if args.command == "claims":
+        return claims_command(args.action, args.phenomenon, args.claim, args.reason)
 
     from workbench import models
     from workbench.models.registry import resolve

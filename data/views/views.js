@@ -198,7 +198,8 @@
   }
 
   function scorecard(root, d) {
-    var COL = {"replicated": "#1a9850", "partial": "#f46d43", "not replicated": "#d73027", "inconclusive": "#888"};
+    var COL = {"replicated": "#1a9850", "at chance": "#a6a23a", "below the paper's bar": "#f46d43",
+               "not replicated": "#d73027", "inconclusive": "#888", "not measured": "#7b5ea7"};
     var lo = d.range[0], hi = d.range[1], span = (hi - lo) || 1;
     function px(v) { return (8 + 144 * (v - lo) / span).toFixed(1); }
     var verdicts = [];

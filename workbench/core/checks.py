@@ -27,7 +27,7 @@ from torch import Tensor
 
 from workbench.core.types import Model
 
-__all__ = ["Ablation", "head", "head_pair", "heads", "indices", "layer", "option", "position_mask", "positions", "token_pair", "tokens"]
+__all__ = ["Ablation", "ContextTooLong", "context", "head", "head_pair", "heads", "indices", "layer", "option", "position_mask", "positions", "token_pair", "tokens"]
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
 
@@ -244,3 +244,14 @@ def option(value: Any, allowed: Sequence[Any], name: str) -> Any:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}.")
     return value
+
+
+class ContextTooLong(ValueError):
+    """Tokens that do not fit the model's context (``n_ctx``): for an experiment, a model that
+    cannot take its prompts (its claims are then not measured)."""
+
+
+def context(model, n_tokens: int, what: str = "The prompt") -> None:
+    """Raise :class:`ContextTooLong` when ``n_tokens`` exceed the model's context."""
+    if n_tokens > model.cfg.n_ctx:
+        raise ContextTooLong(f"{what} has {n_tokens} tokens; the model takes at most {model.cfg.n_ctx}.")

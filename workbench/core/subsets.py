@@ -25,7 +25,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["subset_items"]
+__all__ = ["overlaps", "split_pools", "subset_items"]
 
 T = TypeVar("T")
 
@@ -69,3 +69,44 @@ def subset_items(obj: T, index: Sequence[int] | Tensor) -> T:
             value = dict(value)
         values[f.name] = value
     return type(obj)(**values)
+
+
+def split_pools(
+    pools: dict[str, Sequence[T]], *, fraction: float = 0.5, seed: int = 0
+) -> tuple[dict[str, list[T]], dict[str, list[T]]]:
+    """Split every factor's pool (names, templates, subjects, ...) into a selection part and an
+    evaluation part that share no value, so that prompts built from each part are disjoint on every
+    factor by construction. Each pool is shuffled with its own seeded generator, then cut at
+    ``fraction`` (at least one value on each side).
+
+    >>> sel, ev = split_pools({"name": ["Ann", "Bob", "Cid", "Dee"], "template": ["t1", "t2"]})
+    >>> sorted(sel["name"] + ev["name"]), set(sel["name"]) & set(ev["name"])
+    (['Ann', 'Bob', 'Cid', 'Dee'], set())
+    >>> len(sel["template"]), len(ev["template"])
+    (1, 1)
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be strictly between 0 and 1, got {fraction}")
+    select: dict[str, list[T]] = {}
+    evaluate: dict[str, list[T]] = {}
+    for i, (factor, pool) in enumerate(pools.items()):
+        values = list(dict.fromkeys(pool))  # distinct, in order
+        if len(values) < 2:
+            raise ValueError(f"Factor {factor!r} has {len(values)} distinct value(s); a disjoint split needs two.")
+        order = torch.randperm(len(values), generator=torch.Generator().manual_seed(seed * 1009 + i)).tolist()
+        cut = min(len(values) - 1, max(1, round(fraction * len(values))))
+        select[factor] = [values[j] for j in order[:cut]]
+        evaluate[factor] = [values[j] for j in order[cut:]]
+    return select, evaluate
+
+
+def overlaps(a: dict[str, set], b: dict[str, set]) -> dict[str, set]:
+    """The values two splits share, factor by factor (empty sets when disjoint). Both must declare
+    the same factors.
+
+    >>> overlaps({"name": {"Ann"}, "template": {"t1"}}, {"name": {"Bob"}, "template": {"t1"}})
+    {'name': set(), 'template': {'t1'}}
+    """
+    if set(a) != set(b):
+        raise ValueError(f"The splits declare different factors: {sorted(a)} vs {sorted(b)}")
+    return {k: set(a[k]) & set(b[k]) for k in a}

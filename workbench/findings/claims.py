@@ -8,14 +8,22 @@ value in a null distribution, and a verdict. A :class:`Scorecard` collects the f
 as a table and writes ``findings.json``.
 
 The verdict rule (:func:`verdict`), for a claim that the statistic is at or above its threshold
-(``direction="above"``; ``"below"`` mirrors it):
+(``direction="above"``; ``"below"`` mirrors it), with "clears" meaning by more than the claim's
+``tolerance`` (so that no verdict rests on a bound within rounding of its threshold):
 
-- ``inconclusive``: the interval straddles the threshold;
 - ``replicated``: the whole interval clears the threshold and the value beats the null (percentile
   at or above ``Claim.null_level``, 95 unless declared otherwise), or the claim has no null;
-- ``partial``: the interval clears the threshold but the value does not beat the null, or the
-  interval misses the threshold but clears the claim's weaker ``partial`` bar;
-- ``not replicated``: otherwise.
+- ``at chance``: the interval clears the threshold (or the weaker bar) but the value does not beat
+  the null: random components do as well;
+- ``below the paper's bar``: the interval misses the threshold but clears the claim's declared
+  ``weaker`` bar, and beats the null where there is one;
+- ``inconclusive``: the interval straddles the threshold (or a bound is within ``tolerance`` of it);
+- ``not replicated``: otherwise;
+- ``not measured``: the model lacks the behaviour the claim is about (:func:`not_measured`); never
+  folded into another verdict.
+
+Each finding reports its ``margin``: how far the deciding interval bound lies past the threshold
+(positive: on the claim's side).
 
 >>> import torch
 >>> claim = Claim("demo", "the effect is positive", paper="none", statistic="mean effect", threshold=0.0)
@@ -52,8 +60,11 @@ __all__ = [
     "verdict",
 ]
 
-Verdict = Literal["replicated", "partial", "not replicated", "inconclusive"]
-VERDICTS: tuple[str, ...] = ("replicated", "partial", "not replicated", "inconclusive")
+Verdict = Literal["replicated", "at chance", "below the paper's bar", "not replicated", "inconclusive", "not measured"]
+#: The six verdicts, from the strongest to "the model lacks the behaviour".
+VERDICTS: tuple[str, ...] = (
+    "replicated", "at chance", "below the paper's bar", "not replicated", "inconclusive", "not measured",
+)
 N_RESAMPLES = 1000
 
 
@@ -62,8 +73,11 @@ N_RESAMPLES = 1000
 class Claim:
     """A claim declared before it is measured.
 
-    ``threshold`` is the same for every model; ``partial`` is an optional weaker bar on the same
-    side; ``null`` says how chance is modelled (e.g. "200 random head sets from the same layers").
+    ``threshold`` is the paper's bar, the same for every model; ``weaker`` is an optional weaker bar
+    on the same side (verdict ``below the paper's bar``); ``null`` says how chance is modelled (e.g.
+    "200 random head sets from the same layers"); ``tolerance``: a bound this close to a bar does not
+    decide (half a unit of the printed last digit by default). ``amended`` is the reason of the
+    claim's last recorded amendment (:mod:`workbench.findings.preregistration`), empty if none.
     """
 
     name: str
@@ -72,21 +86,27 @@ class Claim:
     statistic: str
     threshold: float
     direction: Literal["above", "below"] = "above"
-    partial: float | None = None
+    weaker: float | None = None
     null: str = ""
     null_level: float = 95.0
+    tolerance: float = 0.005
+    amended: str = ""
 
     def __post_init__(self) -> None:
         if self.direction not in ("above", "below"):
             raise ValueError(f"Claim {self.name!r}: direction must be 'above' or 'below', got {self.direction!r}")
-        if self.partial is not None and not self._passes(self.threshold, self.partial):
+        if self.weaker is not None and not self._passes(self.threshold, self.weaker):
             raise ValueError(
-                f"Claim {self.name!r}: the partial bar {self.partial} must be weaker than the threshold "
+                f"Claim {self.name!r}: the weaker bar {self.weaker} must be weaker than the threshold "
                 f"{self.threshold} (on the same side, direction={self.direction!r})"
             )
 
     def _passes(self, x: float, bar: float) -> bool:
         return x >= bar if self.direction == "above" else x <= bar
+
+    def past(self, x: float, bar: float) -> float:
+        """How far ``x`` lies past ``bar`` on the claim's side (negative: short of it)."""
+        return x - bar if self.direction == "above" else bar - x
 
 
 @dataclass(frozen=True)
@@ -104,6 +124,21 @@ class Finding(Persistent):
     verdict: Verdict
     note: str = ""
 
+    @property
+    def margin(self) -> float:
+        """How far the interval lies past the threshold: positive, the whole interval clears it by
+        this much; negative, the whole interval misses it by this much; for an interval that
+        straddles the threshold, minus the distance to its nearer bound. NaN when not measured."""
+        c = self.claim
+        lo = self.ci_low if c.direction == "above" else self.ci_high
+        hi = self.ci_high if c.direction == "above" else self.ci_low
+        past_lo, past_hi = c.past(lo, c.threshold), c.past(hi, c.threshold)
+        if past_lo > 0:
+            return past_lo
+        if past_hi < 0:
+            return past_hi
+        return -min(-past_lo, past_hi)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         c = d.pop("claim")
@@ -114,15 +149,19 @@ class Finding(Persistent):
             "statistic": c["statistic"],
             "threshold": c["threshold"],
             "direction": c["direction"],
+            "weaker": c["weaker"],
             "null": c["null"],
+            "amended": c["amended"],
             **{k: _json_number(v) for k, v in d.items()},
+            "margin": _json_number(self.margin),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Finding":
-        """The inverse of :meth:`to_dict` (``None`` values read back as NaN). The claim's ``partial``
-        and ``null_level`` are not in the dict: they come back as their defaults."""
-        claim = Claim(d["name"], d["claim"], d["paper"], d["statistic"], d["threshold"], d["direction"], null=d["null"])
+        """The inverse of :meth:`to_dict` (``None`` values read back as NaN). The claim's
+        ``null_level`` and ``tolerance`` are not in the dict: they come back as their defaults."""
+        claim = Claim(d["name"], d["claim"], d["paper"], d["statistic"], d["threshold"], d["direction"],
+                      weaker=d.get("weaker"), null=d["null"], amended=d.get("amended", ""))
         value, low, high = (float("nan") if d[k] is None else float(d[k]) for k in ("value", "ci_low", "ci_high"))
         return cls(claim, value, low, high, d["null_percentile"], d["n_null"], d["n_select"], d["n_eval"],
                    d["verdict"], d.get("note", ""))
@@ -134,7 +173,7 @@ class Finding(Persistent):
     def plot(self, **kwargs):
         """The value, its interval and the threshold (a one-row :meth:`Scorecard.plot`)."""
         kwargs.setdefault("title", f"{self.claim.name}: {self.verdict}")
-        return render("scorecard", Scorecard("", self.claim.name, [self]), **kwargs)
+        return render("scorecard_chart", Scorecard("", self.claim.name, [self]), **kwargs)
 
 
 def _json_number(v):
@@ -198,15 +237,15 @@ def null_percentile(value: float, null: Tensor | Sequence[float]) -> float:
 def verdict(claim: Claim, ci_low: float, ci_high: float, null_pct: float | None) -> Verdict:
     """The verdict rule of the module docstring."""
     lo, hi = (ci_low, ci_high) if claim.direction == "above" else (ci_high, ci_low)
-    if claim._passes(lo, claim.threshold):
-        if null_pct is None:
-            return "replicated"
-        beats = null_pct >= claim.null_level if claim.direction == "above" else null_pct <= 100 - claim.null_level
-        return "replicated" if beats else "partial"
-    if claim._passes(hi, claim.threshold):
+    tol = claim.tolerance
+    beats = null_pct is None or (
+        null_pct >= claim.null_level if claim.direction == "above" else null_pct <= 100 - claim.null_level)
+    if claim.past(lo, claim.threshold) > tol:
+        return "replicated" if beats else "at chance"
+    if claim.past(hi, claim.threshold) >= -tol:
         return "inconclusive"
-    if claim.partial is not None and claim._passes(lo, claim.partial):
-        return "partial"
+    if claim.weaker is not None and claim.past(lo, claim.weaker) > tol:
+        return "below the paper's bar" if beats else "at chance"
     return "not replicated"
 
 
@@ -227,8 +266,9 @@ def evaluate(
     rows into the claim's scalar (default: the mean). ``null`` holds the same statistic for each
     random draw (random head sets, permutations); ``None`` when the claim has no null.
     ``requires``: findings this claim presupposes (e.g. that the model shows the behaviour at
-    all); unless each of them is ``replicated``, a ``replicated`` or ``partial`` verdict becomes
-    ``inconclusive`` (a circuit of a behaviour the model lacks says nothing), with a note.
+    all); unless each of them is ``replicated``, a ``replicated``, ``at chance`` or ``below the
+    paper's bar`` verdict becomes ``inconclusive`` (a circuit of a behaviour the model lacks says
+    nothing), with a note.
     """
     per_item = torch.as_tensor(per_item).detach()
     stat = statistic or (lambda x: x.float().mean())
@@ -238,7 +278,7 @@ def evaluate(
     n_null = 0 if null is None else int(torch.as_tensor(null).numel())
     result = verdict(claim, low, high, pct)
     missing = [f.claim.name for f in requires if f.verdict != "replicated"]
-    if missing and result in ("replicated", "partial"):
+    if missing and result in ("replicated", "at chance", "below the paper's bar"):
         result = "inconclusive"
         note = "; ".join(filter(None, [note, f"presupposes {', '.join(missing)}, which is not replicated"]))
     return Finding(
@@ -272,22 +312,24 @@ class Scorecard(Persistent):
         lines = []
         for f in self.findings:
             null = "-" if f.null_percentile is None else f"{f.null_percentile:.0f}th pct of {f.n_null}"
-            measured = (f"{f.value:.{digits}f} [{f.ci_low:.{digits}f}, {f.ci_high:.{digits}f}]" if f.value == f.value
-                        else f"not measured ({f.note})")  # NaN: see not_measured
-            lines.append(f"{f.claim.name}: {measured} vs {f.claim.threshold:g} | null {null} | "
-                         f"n {f.n_select}/{f.n_eval} | {f.verdict}")
+            measured = (f"{f.value:.{digits}f} [{f.ci_low:.{digits}f}, {f.ci_high:.{digits}f}] vs "
+                        f"{f.claim.threshold:g} (margin {f.margin:+.{digits + 1}f})" if f.value == f.value
+                        else f"no value ({f.note})")  # NaN: see not_measured
+            amended = f" | amended: {f.claim.amended}" if f.claim.amended else ""
+            lines.append(f"{f.claim.name}: {measured} | null {null} | "
+                         f"n {f.n_select}/{f.n_eval} | {f.verdict}{amended}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"Scorecard({self.notebook} on {self.model})\n{self.summary()}"
 
     def _repr_html_(self) -> str:
-        cols = ["claim", "paper", "value", "ci_low", "ci_high", "threshold", "null_percentile", "verdict"]
+        cols = ["claim", "paper", "value", "ci_low", "ci_high", "threshold", "margin", "null_percentile", "verdict"]
         return self.to_frame()[cols].to_html(index=False, float_format=lambda x: f"{x:.3g}")
 
     def plot(self, **kwargs):
 
-        return render("scorecard", self, **kwargs)
+        return render("scorecard_chart", self, **kwargs)
 
     def view(self, **kwargs):
         """The interactive table: sortable, filtered by verdict, each interval drawn (no network)."""
@@ -318,7 +360,7 @@ class Scorecard(Persistent):
 
 def not_measured(claim: Claim, *, n_select: int, n_eval: int, note: str) -> Finding:
     """A finding that could not be measured on this model (e.g. it solves no evaluation item):
-    no value, no interval, verdict ``not replicated``, and ``note`` saying why."""
+    no value, no interval, verdict ``not measured``, and ``note`` saying why."""
     nan = float("nan")
     return Finding(claim=claim, value=nan, ci_low=nan, ci_high=nan, null_percentile=None, n_null=0,
-                   n_select=int(n_select), n_eval=int(n_eval), verdict="not replicated", note=note)
+                   n_select=int(n_select), n_eval=int(n_eval), verdict="not measured", note=note)

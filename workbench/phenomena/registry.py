@@ -25,11 +25,16 @@ from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from workbench.core.results import Result
+    from workbench.core.types import Model
+    from workbench.findings.claims import Scorecard
 
-__all__ = ["PHENOMENA", "Phenomenon", "PhenomenonAbsent", "Role", "get", "register", "roles"]
+__all__ = ["PHENOMENA", "Phenomenon", "PhenomenonAbsent", "Role", "default_k", "get", "register", "roles"]
 
 #: Finder: ``finder(model, *, k, seed, **options) -> {role name: Result [layer, head]}``.
 Finder = Callable[..., "dict[str, Result]"]
+#: Experiment: ``run(model, *, seed=0) -> Scorecard``: the phenomenon's pre-registered claims,
+#: selected on one split and measured on the other, with their nulls and verdicts.
+Experiment = Callable[..., "Scorecard"]
 
 
 class PhenomenonAbsent(ValueError):
@@ -57,6 +62,9 @@ class Phenomenon:
         roles: the roles ``finder`` returns scores for, in the order of the atlas's legend.
         notebook: the stem of the notebook that tells its story (``"02_retrieval_heads"``).
         options: keyword options of ``finder`` that callers may pass through (``"needle"``).
+        run: the whole experiment, ``run(model, *, seed=0) -> Scorecard``, or ``None``.
+        claims: the folder's pre-registration (``claims.toml`` + ``claims.lock.json``), a package
+            path such as ``"workbench.phenomena.ioi"``; ``None`` when the phenomenon has no claims.
     """
 
     name: str
@@ -65,6 +73,8 @@ class Phenomenon:
     roles: tuple[Role, ...] = ()
     notebook: str | None = None
     options: tuple[str, ...] = ()
+    run: Experiment | None = None
+    claims: str | None = None
 
     def __post_init__(self) -> None:
         if (self.finder is None) != (not self.roles):
@@ -98,3 +108,9 @@ def get(name: str) -> Phenomenon:
 def roles() -> list[Role]:
     """Every role of every registered phenomenon, in registration order."""
     return [r for p in PHENOMENA.values() for r in p.roles]
+
+
+def default_k(model: Model) -> int:
+    """Heads per role: 3% of the model's heads, at least 3 (the head atlas's K, and the induction
+    claims' K)."""
+    return max(3, round(0.03 * model.cfg.n_layers * model.cfg.n_heads))

@@ -478,8 +478,7 @@ def retrieval_hits(model: Model, haystack) -> tuple[Int[Tensor, "layer head"], b
     _check_haystack(haystack)
     full = haystack.full_tokens
     n, m = haystack.tokens.shape[1], len(haystack.answer_ids)
-    if full.shape[1] > model.cfg.n_ctx:
-        raise ValueError(f"The haystack with its answer has {full.shape[1]} tokens; the model takes {model.cfg.n_ctx}.")
+    checks.context(model, full.shape[1], "The haystack with its answer")
     queries = torch.arange(n - 1, n - 1 + m)
     start, end = haystack.needle_span
     answer = haystack.answer_ids

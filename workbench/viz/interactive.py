@@ -298,5 +298,5 @@ def view_scorecard(card, *, title: str | None = None):
     """``Scorecard.view()``: the table view, or (no findings) the static forest plot."""
     if not card.findings:
         return fallback("view(): the scorecard has no findings; showing the static figure instead.",
-                        render("scorecard", card, title=title))
+                        render("scorecard_chart", card, title=title))
     return scorecard_view(card, title=title)

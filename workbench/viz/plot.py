@@ -28,7 +28,7 @@ __all__ = [
     "logit_lens_heatmap",
     "patching_scatter",
     "plot_result",
-    "scorecard",
+    "scorecard_chart",
 ]
 
 # Diverging colour map centred on zero: patching and attribution values have a sign.
@@ -449,10 +449,15 @@ def logit_effects(effects, *, title: str | None = None, ax=None):
 
 
 
-def scorecard(card, *, ax=None, title: str | None = None):
+#: One colour per verdict (the six of :mod:`workbench.findings.claims`), here and in every report.
+VERDICT_COLOURS = {"replicated": "tab:green", "at chance": "tab:olive", "below the paper's bar": "tab:orange",
+                   "not replicated": "tab:red", "inconclusive": "tab:gray", "not measured": "tab:purple"}
+
+
+def scorecard_chart(card, *, ax=None, title: str | None = None):
     """A forest plot of a :class:`workbench.findings.claims.Scorecard`: each finding's value, its 95%
     interval, and its threshold, one row per claim, coloured by verdict."""
-    colours = {"replicated": "tab:green", "partial": "tab:orange", "not replicated": "tab:red", "inconclusive": "tab:gray"}
+    colours = VERDICT_COLOURS
     findings = card.findings
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 0.5 + 0.45 * max(1, len(findings))))
     for i, f in enumerate(findings):

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from workbench.core.metrics import LogitDiff
-from workbench.core.subsets import subset_items
+from workbench.core.subsets import split_pools, subset_items
 from workbench.core.types import Model
 from workbench.models import to_tokens
 from workbench.models.tokens import decode_token
@@ -62,6 +62,8 @@ __all__ = [
     "keep_correct",
     "SumProblems",
     "sum_problems",
+    "sum_split",
+    "pair_key",
 ]
 
 OPS = ("+", "-", "*")
@@ -354,6 +356,8 @@ class SumProblems:
             digit, so one teacher-forced pass predicts both digits (at ``P - 1`` and ``P``);
             corrupted_full [n, P + 1]: the corrupted prompt + the clean result's first digit.
         answer_ids [n, 2]: the result's two digit tokens; results, operands: the values.
+        example_operands [n, 2, 2]: the operands of the two worked examples;
+        corrupted_operands [n, 2]: the counterfactual problem's operands.
         pos: ``A_START, A, OP, B_START, B, END`` of the final problem (``END = P - 1``).
     """
 
@@ -367,6 +371,8 @@ class SumProblems:
     operands: Tensor
     pos: dict[str, Tensor]
     seed: int
+    example_operands: Tensor
+    corrupted_operands: Tensor
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -374,9 +380,27 @@ class SumProblems:
     def subset(self, index: Sequence[int] | Tensor) -> "SumProblems":
         return subset_items(self, index)
 
+    @property
+    def factors(self) -> dict[str, set[str]]:
+        """The operand pairs the problems are built from: the final problem's and the
+        counterfactual's, unordered (``"13+18"`` stands for 13+18 and 18+13). The worked examples'
+        pairs are :attr:`example_pairs`."""
+        pairs = torch.cat([self.operands, self.corrupted_operands]).tolist()
+        return {"operand pair": {pair_key(a, b) for a, b in pairs}}
+
+    @property
+    def example_pairs(self) -> set[str]:
+        """The operand pairs of the worked examples (unordered, as in :attr:`factors`)."""
+        return {pair_key(a, b) for a, b in self.example_operands.reshape(-1, 2).tolist()}
+
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(dict(prompt=self.prompts, result=self.results.tolist(),
                                  corrupted_prompt=self.corrupted_prompts))
+
+
+def pair_key(a: int, b: int) -> str:
+    """The unordered operand pair ``"a+b"`` with ``a <= b``: 13+18 and 18+13 are one pair."""
+    return f"{min(a, b)}+{max(a, b)}"
 
 
 def _differs(r: int, s: int) -> bool:
@@ -384,27 +408,34 @@ def _differs(r: int, s: int) -> bool:
     return str(r)[0] != str(s)[0] and str(r)[1] != str(s)[1]
 
 
-def sum_problems(model: Model, *, n: int = 200, seed: int = 0, lo: int = 10, hi: int = 49) -> SumProblems:
-    """``n`` distinct seeded problems ``a+b=`` with ``lo <= a, b <= hi`` (results of two digits),
-    after two solved examples whose results share no digit position with the answer (so neither
-    digit can be copied from them); the counterfactual has other operands whose result differs in
-    both digits. Every prompt has the same token length (checked).
-    """
+def _check_range(model: Model, lo: int, hi: int) -> list[tuple[int, int]]:
     if not 10 <= lo <= hi or 2 * hi > 99:
         raise ValueError(f"Need 10 <= lo <= hi and 2 * hi <= 99 (two-digit operands and results), got {lo}, {hi}.")
-    pairs = [(a, b) for a in range(lo, hi + 1) for b in range(lo, hi + 1)]
-    if not 1 <= n <= len(pairs):
-        raise ValueError(f"n must be between 1 and {len(pairs)} (distinct problems), got {n}.")
     if getattr(model, "tokenizer", None) is None:
         raise ValueError("sum_problems needs a model with a tokenizer.")
-    rng = random.Random(f"sums-{lo}-{hi}-{seed}")
+    return [(a, b) for a in range(lo, hi + 1) for b in range(lo, hi + 1)]
+
+
+def _sum_rows(rng: random.Random, problems, examples, counter) -> list[tuple]:
+    """For each problem ``(a, b)``: two worked examples drawn from ``examples`` and a counterfactual
+    from ``counter``, each with a result that shares no digit position with ``a + b``."""
     rows = []
-    for a, b in rng.sample(pairs, n):
+    for a, b in problems:
         r = a + b
-        shots = rng.sample([p for p in pairs if _differs(r, sum(p))], 2)
-        c, d = rng.choice([p for p in pairs if _differs(r, sum(p))])
+        shots_from = [p for p in examples if _differs(r, sum(p))]
+        counter_from = [p for p in counter if _differs(r, sum(p))]
+        if len(shots_from) < 2 or not counter_from:
+            raise ValueError(f"Too few operand pairs to draw worked examples and a counterfactual for {a}+{b} "
+                             f"({len(shots_from)} example pairs, {len(counter_from)} counterfactual pairs).")
+        shots = rng.sample(shots_from, 2)
+        c, d = rng.choice(counter_from)
         head = "".join(f"{x}+{y}={x + y}\n" for x, y in shots)
-        rows.append((a, b, r, head + f"{a}+{b}=", head + f"{c}+{d}="))
+        rows.append((a, b, r, head + f"{a}+{b}=", head + f"{c}+{d}=", shots, (c, d)))
+    return rows
+
+
+def _assemble_sums(model: Model, rows: list[tuple], seed: int) -> SumProblems:
+    n = len(rows)
     prompts = [x[3] for x in rows]
     corrupted = [x[4] for x in rows]
     clean, bad = to_tokens(model, prompts, padding="right"), to_tokens(model, corrupted, padding="right")
@@ -419,4 +450,52 @@ def sum_problems(model: Model, *, n: int = 200, seed: int = 0, lo: int = 10, hi:
     pos = {key: torch.full((n,), p - 6 + k) for k, key in enumerate(("A_START", "A", "OP", "B_START", "B", "END"))}
     return SumProblems(prompts=prompts, corrupted_prompts=corrupted, clean_tokens=clean, full_tokens=full,
                        corrupted_full=cf, answer_ids=answers, results=torch.tensor([x[2] for x in rows]),
-                       operands=torch.tensor([[x[0], x[1]] for x in rows]), pos=pos, seed=seed)
+                       operands=torch.tensor([[x[0], x[1]] for x in rows]), pos=pos, seed=seed,
+                       example_operands=torch.tensor([x[5] for x in rows]).reshape(n, 2, 2),
+                       corrupted_operands=torch.tensor([x[6] for x in rows]).reshape(n, 2))
+
+
+def sum_problems(model: Model, *, n: int = 200, seed: int = 0, lo: int = 10, hi: int = 49) -> SumProblems:
+    """``n`` distinct seeded problems ``a+b=`` with ``lo <= a, b <= hi`` (results of two digits),
+    after two solved examples whose results share no digit position with the answer (so neither
+    digit can be copied from them); the counterfactual has other operands whose result differs in
+    both digits. Every prompt has the same token length (checked). Worked examples and
+    counterfactuals come from every pair: for disjoint selection and evaluation problems use
+    :func:`sum_split`.
+    """
+    pairs = _check_range(model, lo, hi)
+    if not 1 <= n <= len(pairs):
+        raise ValueError(f"n must be between 1 and {len(pairs)} (distinct problems), got {n}.")
+    rng = random.Random(f"sums-{lo}-{hi}-{seed}")
+    rows = _sum_rows(rng, rng.sample(pairs, n), pairs, pairs)
+    return _assemble_sums(model, rows, seed)
+
+
+def sum_split(model: Model, *, n_select: int, n_eval: int, seed: int = 0, lo: int = 10, hi: int = 29,
+              fraction: float = 0.38) -> tuple[SumProblems, SumProblems]:
+    """Selection and evaluation problems built from disjoint operand pairs.
+
+    The unordered operand pairs (13+18 is 18+13) are split by
+    :func:`workbench.core.subsets.split_pools` (``fraction`` of them for selection, seeded). A
+    selection problem, its worked examples and its counterfactual use selection pairs only; an
+    evaluation problem and its counterfactual use evaluation pairs, and its worked examples
+    selection pairs: no evaluation sum appears, answered, in any prompt.
+
+    >>> from workbench.phenomena.arithmetic.dataset import pair_key
+    >>> pair_key(18, 13)
+    '13+18'
+    """
+    pairs = _check_range(model, lo, hi)
+    keys = sorted({pair_key(a, b) for a, b in pairs}, key=lambda k: tuple(map(int, k.split("+"))))
+    sel_keys, ev_keys = (set(part["operand pair"]) for part in
+                         split_pools({"operand pair": keys}, fraction=fraction, seed=seed))
+    select_pairs = [p for p in pairs if pair_key(*p) in sel_keys]
+    eval_pairs = [p for p in pairs if pair_key(*p) in ev_keys]
+    for name, n, pool in (("n_select", n_select, select_pairs), ("n_eval", n_eval, eval_pairs)):
+        if not 1 <= n <= len(pool):
+            raise ValueError(f"{name} must be between 1 and {len(pool)} (the problems of its part of the operand "
+                             f"pairs, fraction={fraction}), got {n}.")
+    rng = random.Random(f"sum-split-{lo}-{hi}-{seed}")
+    select_rows = _sum_rows(rng, rng.sample(select_pairs, n_select), select_pairs, select_pairs)
+    eval_rows = _sum_rows(rng, rng.sample(eval_pairs, n_eval), select_pairs, eval_pairs)
+    return _assemble_sums(model, select_rows, seed), _assemble_sums(model, eval_rows, seed)

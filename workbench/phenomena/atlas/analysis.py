@@ -73,18 +73,13 @@ from workbench.core.persist import Persistent, load_state
 from workbench.core.results import Result, render
 from workbench.findings import null_percentile
 from workbench.phenomena import registry
-from workbench.phenomena.registry import PhenomenonAbsent
+from workbench.phenomena.registry import PhenomenonAbsent, default_k
 from workbench.phenomena.retrieval.finder import NEEDLES, NeedleForm
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 __all__ = ["NEEDLES", "HeadAtlas", "head_atlas", "default_k", "finders", "layer_matched_overlap_null", "top_share"]
-
-
-def default_k(model: HookedTransformer) -> int:
-    """3% of the model's heads, at least 3."""
-    return max(3, round(0.03 * model.cfg.n_layers * model.cfg.n_heads))
 
 
 def finders() -> dict[str, registry.Phenomenon]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from workbench.phenomena.induction import experiment
 from workbench.phenomena.registry import Phenomenon, Role, register
 from workbench.techniques import heads
 
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
 
     from workbench.core.results import Result
 
-__all__ = ["induction_role_scores"]
+__all__ = ["experiment", "induction_role_scores"]
 
 
 def induction_role_scores(model: HookedTransformer, *, k: int, seed: int = 0) -> dict[str, Result]:
@@ -25,4 +26,5 @@ def induction_role_scores(model: HookedTransformer, *, k: int, seed: int = 0) ->
 register(Phenomenon(
     "induction", "Induction heads", finder=induction_role_scores,
     roles=(Role("induction", "C2", "attends to the token after an earlier copy of the current token"),),
+    run=experiment.run, claims="workbench.phenomena.induction",
 ))

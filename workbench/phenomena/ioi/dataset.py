@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor
 
 from workbench.core.metrics import LogitDiff
-from workbench.core.subsets import subset_items
+from workbench.core.subsets import split_pools, subset_items
 from workbench.core.types import Model
 from workbench.models import to_tokens
 from workbench.models.tokens import tokenizer_of
 
-__all__ = ["TEMPLATES", "IOIDataset", "ioi_dataset", "single_token_words"]
+__all__ = ["FACTORS", "TEMPLATES", "IOIDataset", "ioi_dataset", "ioi_split", "single_token_words"]
 
 # Written in ABBA order: {A} is the indirect object, {B} the subject (named twice).
 # Every name follows a space, so it tokenizes the same way wherever it stands.
@@ -63,6 +63,8 @@ OBJECTS = (
     "ring kiss bone basketball computer necklace drink snack book bag ball key letter gift box "
     "pen cake card hat phone"
 ).split()
+# The factors a split keeps disjoint (see :func:`ioi_split` and :attr:`IOIDataset.factors`).
+FACTORS: tuple[str, ...] = ("names", "templates", "places", "objects")
 
 
 def single_token_words(model: Model, words: Sequence[str]) -> list[str]:
@@ -98,9 +100,21 @@ class IOIDataset:
     order: list[str]
     corruption: str
     names: list[tuple[str, str]] = field(repr=False)
+    words: list[dict[str, tuple[str, ...]]] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    @property
+    def factors(self) -> dict[str, set[str]]:
+        """The values of each factor that these prompts use: ``"names"`` (every name in the clean,
+        corrupted and ABC prompts), ``"templates"`` (template strings), ``"places"``, ``"objects"``
+        (empty for a template without a place or an object)."""
+        out: dict[str, set[str]] = {k: set() for k in FACTORS}
+        for row in self.words:
+            for k in FACTORS:
+                out[k].update(row[k])
+        return out
 
     def logit_diff(self, *, per_prompt: bool = False) -> LogitDiff:
         """``logit[IO] - logit[S]`` at the END position, averaged over prompts."""
@@ -146,11 +160,21 @@ def _check_options(n: int, templates: Sequence[int] | None, order: str, corrupti
     return chosen
 
 
-def _prompt_rows(model: Model, n: int, chosen: list[int], seed: int, order: str, corruption: str) -> list[tuple]:
-    """``n`` seeded rows ``(template, order, IO name, S name, clean, corrupted, ABC prompt)``."""
-    names = single_token_words(model, NAMES)
-    places = single_token_words(model, PLACES)
-    objects = single_token_words(model, OBJECTS)
+def _pool(model: Model, given: Sequence[str] | None, default: Sequence[str], what: str) -> list[str]:
+    """The single-token words of ``given`` (default: the module's pool) for ``model``."""
+    if given is not None and (isinstance(given, str) or not all(isinstance(w, str) for w in given)):
+        raise TypeError(f"{what} must be a sequence of words, got {given!r}.")
+    return single_token_words(model, default if given is None else list(given))
+
+
+def _prompt_rows(
+    model: Model, n: int, chosen: list[int], seed: int, order: str, corruption: str,
+    pools: tuple[Sequence[str] | None, Sequence[str] | None, Sequence[str] | None] = (None, None, None),
+) -> list[tuple]:
+    """``n`` seeded rows ``(template, order, IO name, S name, clean, corrupted, ABC prompt, words)``."""
+    names = _pool(model, pools[0], NAMES, "names")
+    places = _pool(model, pools[1], PLACES, "places")
+    objects = _pool(model, pools[2], OBJECTS, "objects")
     if len(names) < 3 or not places or not objects:
         raise ValueError(
             f"Too few single-token words for this tokenizer (names {len(names)}, places "
@@ -174,7 +198,13 @@ def _prompt_rows(model: Model, n: int, chosen: list[int], seed: int, order: str,
         abc = _fill(TEMPLATES[t], o, a2, b2, place, obj)
         head, _, tail = abc.rpartition(f" {b2} ")
         abc = f"{head} {c2} {tail}"
-        rows.append((t, o, a, b, clean, corrupted, abc))
+        has_place, has_object = "{PLACE}" in TEMPLATES[t], "{OBJECT}" in TEMPLATES[t]
+        words = {
+            "names": (a, b, c, a2, b2, c2) if corruption == "ABC" else (a, b, a2, b2, c2),
+            "templates": (TEMPLATES[t],),
+            "places": (place,) if has_place else (), "objects": (obj,) if has_object else (),
+        }
+        rows.append((t, o, a, b, clean, corrupted, abc, words))
     return rows
 
 
@@ -186,6 +216,9 @@ def ioi_dataset(
     templates: Sequence[int] | None = None,
     order: Literal["mixed", "ABBA", "BABA"] = "mixed",
     corruption: Literal["ABC", "flip"] = "ABC",
+    names: Sequence[str] | None = None,
+    places: Sequence[str] | None = None,
+    objects: Sequence[str] | None = None,
 ) -> IOIDataset:
     """Generate ``n`` seeded IOI prompts for ``model``'s tokenizer.
 
@@ -196,9 +229,12 @@ def ioi_dataset(
         order: "ABBA", "BABA" or "mixed" (alternating).
         corruption: "ABC" replaces S2 by a third name (the usual patching baseline); "flip" swaps
             the two names throughout.
+        names, places, objects: restrict the pools the prompts draw from (default: :data:`NAMES`,
+            :data:`PLACES`, :data:`OBJECTS`); only single-token words are kept. The defaults draw
+            exactly as before these options existed.
     """
     chosen = _check_options(n, templates, order, corruption)
-    rows = _prompt_rows(model, n, chosen, seed, order, corruption)
+    rows = _prompt_rows(model, n, chosen, seed, order, corruption, (names, places, objects))
 
     prompts = [r[4] for r in rows]
     lengths = {len(tokenizer_of(model).encode(p, add_special_tokens=False)) for p in prompts}
@@ -222,4 +258,44 @@ def ioi_dataset(
         clean_tokens=clean_tokens, corrupted_tokens=corrupted_tokens, abc_tokens=abc_tokens,
         io_ids=io_ids, s_ids=s_ids, pos=pos, template_ids=torch.tensor([r[0] for r in rows]),
         order=[r[1] for r in rows], corruption=corruption, names=[(r[2], r[3]) for r in rows],
+        words=[r[7] for r in rows],
     )
+
+
+def ioi_split(
+    model: Model,
+    n_select: int,
+    n_eval: int,
+    *,
+    seed: int = 0,
+    templates: Sequence[int] | None = None,
+    order: Literal["mixed", "ABBA", "BABA"] = "mixed",
+    corruption: Literal["ABC", "flip"] = "ABC",
+    fraction: float = 0.5,
+) -> tuple[IOIDataset, IOIDataset]:
+    """A selection set and an evaluation set of IOI prompts that share no name, template, place or
+    object, by construction.
+
+    The model's single-token names, the places, the objects and the templates (those given,
+    default all) are each split into disjoint selection/evaluation parts with
+    :func:`workbench.core.subsets.split_pools` (``fraction`` to selection, seeded by ``seed``);
+    ``n_select`` prompts are then built from the selection parts and ``n_eval`` from the
+    evaluation parts (seeds ``seed`` and ``seed + 1``). Each half's ``.factors`` lists the values
+    it uses. A half whose templates differ in token length is right-padded, as in
+    :func:`ioi_dataset`.
+    """
+    if n_select < 1 or n_eval < 1:
+        raise ValueError(f"n_select and n_eval must be at least 1, got {n_select} and {n_eval}.")
+    chosen = _check_options(n_select, templates, order, corruption)
+    pools: dict[str, Sequence[Any]] = {
+        "names": single_token_words(model, NAMES), "templates": chosen,
+        "places": single_token_words(model, PLACES), "objects": single_token_words(model, OBJECTS),
+    }
+    sel, ev = split_pools(pools, fraction=fraction, seed=seed)
+    halves = []
+    for part, n, s in ((sel, n_select, seed), (ev, n_eval, seed + 1)):
+        halves.append(ioi_dataset(
+            model, n, seed=s, templates=part["templates"], order=order, corruption=corruption,
+            names=part["names"], places=part["places"], objects=part["objects"],
+        ))
+    return halves[0], halves[1]

@@ -46,7 +46,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from workbench.core import runtime
+from workbench.core import checks, runtime
 from workbench.core.persist import Persistent
 from workbench.core.results import Result, render
 from workbench.core.runtime import (
@@ -96,11 +96,7 @@ def _check_haystacks(model: Model, haystacks) -> list:
                 f"Expected workbench.phenomena.retrieval.dataset.Haystack objects, got {type(h).__name__} "
                 f"without {missing}."
             )
-        if h.full_tokens.shape[1] > model.cfg.n_ctx:
-            raise ValueError(
-                f"A haystack with its answer has {h.full_tokens.shape[1]} tokens; the model takes at "
-                f"most {model.cfg.n_ctx}. Use shorter context_lengths."
-            )
+        checks.context(model, h.full_tokens.shape[1], "A haystack with its answer (use shorter context_lengths)")
         if int(h.full_tokens.max()) >= model.cfg.d_vocab:
             raise ValueError(f"A haystack has token ids >= d_vocab={model.cfg.d_vocab}; it was built for another model.")
     return haystacks

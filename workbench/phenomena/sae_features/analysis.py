@@ -21,9 +21,18 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench.core.types import Model
-from workbench.techniques.sae import check_sae, encode, feature_direction
+from workbench.techniques.sae import check_sae, encode, feature_direction, word_at
+from workbench.techniques.sae.core import (
+    check_features,
+    corpus_tokens,
+    encode_flat,
+    flat_acts,
+    hook_acts,
+    masked,
+    str_tokens,
+)
 
-__all__ = ["active_features", "feature_ablations"]
+__all__ = ["active_features", "feature_ablations", "name_position_features", "top_words"]
 
 
 def _layer(hook_name: str) -> int:
@@ -72,3 +81,53 @@ def active_features(model: Model, sae, tokens: Int[Tensor, "batch pos"], *, min_
     """Features that fire (activation > 0) at some non-BOS position of at least ``min_share`` of the prompts."""
     fires = (encode(model, sae, tokens)[:, 1:] > 0).any(1).float().mean(0)  # [d_sae]
     return (fires >= min_share).nonzero().flatten().tolist()
+
+
+@torch.no_grad()
+def top_words(
+    model: Model, sae, features: Sequence[int], corpus, *, k: int = 10, window: int = 8, context: int = 64,
+    batch_size: int = 16,
+) -> dict[int, list[str]]:
+    """For each feature, the words at its ``k`` top-activating corpus tokens, in rank order.
+
+    The same words as the ``word`` column of :func:`workbench.techniques.sae.top_contexts` (same
+    token rows, same ranking with ties in corpus order, same window for :func:`word_at`), for many
+    features from one pass over the corpus. A feature that fires at fewer than ``k`` tokens has
+    fewer words.
+    """
+    hook_name = check_sae(model, sae)
+    feats = check_features(sae, features)
+    tokens = corpus_tokens(model, corpus, context=context)
+    acts = torch.empty(*tokens.shape, len(feats))
+    for b in range(0, len(tokens), batch_size):
+        x = flat_acts(hook_acts(model, hook_name, tokens[b : b + batch_size]))
+        acts[b : b + batch_size] = masked(sae, x, encode_flat(sae, x))[..., feats].float()
+    out = {}
+    width = tokens.shape[1]
+    for j, f in enumerate(feats):
+        flat = acts[..., j].flatten()
+        words = []
+        for i in flat.argsort(descending=True, stable=True)[:k].tolist():
+            if flat[i] <= 0:
+                break
+            r, p = divmod(i, width)
+            lo, hi = max(0, p - window), min(width, p + window + 1)
+            words.append(word_at(str_tokens(model, tokens[r, lo:hi]), p - lo))
+        out[f] = words
+    return out
+
+
+@torch.no_grad()
+def name_position_features(
+    model: Model, sae, ds, *, min_share: float = 0.1, positions: Sequence[str] = ("IO", "S1", "S2"),
+    exclude: Sequence[int] = (),
+) -> list[int]:
+    """Features that fire at one of the name ``positions`` of at least ``min_share`` of the IOI
+    prompts ``ds`` (an :class:`~workbench.phenomena.ioi.dataset.IOIDataset`), ``exclude`` left out."""
+    if not 0 < min_share <= 1:
+        raise ValueError(f"min_share must be in (0, 1], got {min_share!r}.")
+    latents = encode(model, sae, ds.clean_tokens)  # [batch, pos, feature]
+    rows = torch.arange(len(ds))
+    fires = torch.stack([latents[rows, ds.pos[p]] > 0 for p in positions]).any(0).float().mean(0)  # [feature]
+    skip = {int(f) for f in exclude}
+    return [f for f in (fires >= min_share).nonzero().flatten().tolist() if f not in skip]

@@ -51,6 +51,7 @@ from torch import Tensor
 
 from workbench.core.metrics import LogitDiff
 from workbench.core.resources import data_path
+from workbench.core.subsets import split_pools
 from workbench.core.types import Model
 from workbench.models import to_tokens
 from workbench.phenomena.answers import encode_text, first_answer_token, token_span
@@ -62,6 +63,8 @@ __all__ = [
     "load_facts",
     "facts_frame",
     "temporal_facts",
+    "temporal_relations",
+    "split_relations",
 ]
 
 #: The curated facts shipped with the repository.
@@ -187,6 +190,11 @@ class TemporalFacts:
             candidate_ids=[self.candidate_ids[i] for i in pick] if self.candidate_ids else [],
         )
 
+    @property
+    def factors(self) -> dict[str, set[str]]:
+        """The values of each factor the prompts are built from: ``{"relation": ..., "subject": ...}``."""
+        return {"relation": set(self.relations), "subject": set(self.subjects)}
+
     def by_length(self) -> dict[int, "TemporalFacts"]:
         """Sub-batches of one token length each (no padding): ``{n_tokens: subset}``."""
         lengths = self.pos["END"] + 1
@@ -284,6 +292,34 @@ def temporal_facts(
         rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), n))]
     return _assemble(model, rows, kind, time_format,
                      meta=dict(seed=seed, dropped=dropped, relations=chosen, path=str(path)))
+
+
+def temporal_relations(path: str | Path = FACTS_PATH) -> list[str]:
+    """The names of the temporal relations of the fact table, sorted."""
+    facts, _ = load_facts(path)
+    return sorted({f.relation for f in facts if f.kind == "temporal"})
+
+
+def split_relations(*, fraction: float = 0.5, seed: int = 0,
+                    path: str | Path = FACTS_PATH) -> tuple[list[str], list[str]]:
+    """The temporal relations split into a selection part and an evaluation part
+    (:func:`workbench.core.subsets.split_pools`, seeded). Every temporal relation has one subject
+    (checked), so prompts built from the two parts share neither a relation nor a subject.
+
+    >>> select, evaluate = split_relations(seed=0)
+    >>> set(select) & set(evaluate), len(select) + len(evaluate) == len(temporal_relations())
+    (set(), True)
+    """
+    facts, _ = load_facts(path)
+    subjects: dict[str, set[str]] = {}
+    for f in facts:
+        if f.kind == "temporal":
+            subjects.setdefault(f.relation, set()).add(f.subject)
+    several = sorted(r for r, s in subjects.items() if len(s) > 1)
+    if several:
+        raise ValueError(f"Temporal relations {several} have several subjects; split by subject instead.")
+    select, evaluate = split_pools({"relation": sorted(subjects)}, fraction=fraction, seed=seed)
+    return sorted(select["relation"]), sorted(evaluate["relation"])
 
 
 def _answer(model: Model, fact: Fact, time_text: str) -> tuple[str, int]:
